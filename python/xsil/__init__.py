@@ -1,0 +1,38 @@
+"""xsil: run 4-bit quantized LLMs on whatever silicon a device has.
+
+The kernel API (quantize, dequantize, matmul, pack, cpu_info) is re-exported here from
+:mod:`xsil.kernels`. Importing xsil never imports onnxruntime or any CUDA library.
+"""
+
+from __future__ import annotations
+
+from .kernels import (
+    FORMATS,
+    PackedWeights,
+    cpu_info,
+    dequantize,
+    format_info,
+    get_num_threads,
+    matmul,
+    pack,
+    quantize,
+    set_isa,
+    set_num_threads,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FORMATS",
+    "PackedWeights",
+    "cpu_info",
+    "dequantize",
+    "format_info",
+    "get_num_threads",
+    "matmul",
+    "pack",
+    "quantize",
+    "set_isa",
+    "set_num_threads",
+    "__version__",
+]

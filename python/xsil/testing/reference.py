@@ -1,0 +1,157 @@
+"""NumPy reference for the block formats and the matmul kernels.
+
+Written from the GGUF format description, independently of the C++ kernels, so the two can check
+each other. Everything here is vectorized NumPy; matmuls accumulate in float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BLOCK = {"Q4_0": (32, 18), "Q8_0": (32, 34), "Q4_K": (256, 144)}
+
+
+def row_bytes(fmt: str, cols: int) -> int:
+    bs, ts = BLOCK[fmt]
+    return cols // bs * ts
+
+
+def _f16(b: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(b).view(np.float16).astype(np.float32)
+
+
+def q4_k_scales(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unpack [n, 12] uint8 into 6-bit (scale, min) pairs, each [n, 8]."""
+    s = scales.astype(np.uint8)
+    sc = np.empty((s.shape[0], 8), np.uint8)
+    mn = np.empty((s.shape[0], 8), np.uint8)
+    sc[:, :4] = s[:, 0:4] & 63
+    mn[:, :4] = s[:, 4:8] & 63
+    sc[:, 4:] = (s[:, 8:12] & 0x0F) | ((s[:, 0:4] >> 6) << 4)
+    mn[:, 4:] = (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)
+    return sc, mn
+
+
+def dequantize(blocks: np.ndarray, fmt: str, cols: int) -> np.ndarray:
+    """GGUF rows -> float32 [rows, cols], with the float32 operation order of ggml."""
+    bs, ts = BLOCK[fmt]
+    b = np.ascontiguousarray(blocks, dtype=np.uint8).reshape(-1, ts)
+    rows = b.shape[0] * bs // cols
+    if fmt == "Q4_0":
+        d = _f16(b[:, 0:2])
+        qs = b[:, 2:]
+        q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float32) - np.float32(8)
+        out = d * q
+    elif fmt == "Q8_0":
+        d = _f16(b[:, 0:2])
+        q = b[:, 2:].view(np.int8).astype(np.float32)
+        out = q * d
+    elif fmt == "Q4_K":
+        d = _f16(b[:, 0:2])
+        dmin = _f16(b[:, 2:4])
+        sc, mn = q4_k_scales(b[:, 4:16])
+        qs = b[:, 16:].reshape(-1, 4, 32)
+        q = np.stack([qs & 0x0F, qs >> 4], axis=2).reshape(-1, 8, 32).astype(np.float32)
+        dl = (d * sc.astype(np.float32))[:, :, None]
+        ml = (dmin * mn.astype(np.float32))[:, :, None]
+        out = (dl * q - ml).reshape(-1, 256)
+    else:
+        raise ValueError(fmt)
+    return out.astype(np.float32).reshape(rows, cols)
+
+
+def quantize_activations(x: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fast path's activation quantization: per `group` values, d = amax / 127 (float32),
+    q = round-half-even(x * (1 / d)). Returns (q int8 [M, K], d float32 [M, K / group])."""
+    x = np.asarray(x, np.float32)
+    M, K = x.shape
+    xb = x.reshape(M, K // group, group)
+    amax = np.abs(xb).max(axis=2)
+    d = (amax / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+    q = np.rint(xb * inv[:, :, None]).astype(np.int8)
+    return q.reshape(M, K), d
+
+
+def _weight_ints(blocks: np.ndarray, fmt: str, N: int, K: int):
+    bs, ts = BLOCK[fmt]
+    b = np.ascontiguousarray(blocks, dtype=np.uint8).reshape(N, K // bs, ts)
+    return b
+
+
+def matmul_int8(x: np.ndarray, blocks: np.ndarray, fmt: str) -> np.ndarray:
+    """What the integer fast path computes, exactly (float64): activations quantized per block,
+    integer block dot products, scales applied per block pair."""
+    x = np.asarray(x, np.float32)
+    M, K = x.shape
+    bs, ts = BLOCK[fmt]
+    N = blocks.shape[0] if blocks.ndim == 2 else blocks.size // row_bytes(fmt, K)
+    b = _weight_ints(blocks, fmt, N, K)
+    if fmt in ("Q4_0", "Q8_0"):
+        qx, dx = quantize_activations(x, 32)
+        nb = K // 32
+        dw = b[:, :, 0:2].copy().view(np.float16)[..., 0].astype(np.float64)  # [N, nb]
+        if fmt == "Q4_0":
+            qs = b[:, :, 2:]
+            qw = np.concatenate([qs & 0x0F, qs >> 4], axis=2).astype(np.int64) - 8
+        else:
+            qw = b[:, :, 2:].view(np.int8).astype(np.int64)
+        qxb = qx.reshape(M, nb, 32).astype(np.int64)
+        isum = np.einsum("mbk,nbk->mnb", qxb, qw)  # [M, N, nb] exact ints
+        scale = dx.astype(np.float64)[:, None, :] * dw[None, :, :]
+        return (isum * scale).sum(axis=2)
+    # Q4_K
+    qx, dx = quantize_activations(x, 256)
+    nb = K // 256
+    d = b[:, :, 0:2].copy().view(np.float16)[..., 0].astype(np.float64)
+    dmin = b[:, :, 2:4].copy().view(np.float16)[..., 0].astype(np.float64)
+    sc, mn = q4_k_scales(b[:, :, 4:16].reshape(-1, 12))
+    sc = sc.reshape(N, nb, 8).astype(np.int64)
+    mn = mn.reshape(N, nb, 8).astype(np.int64)
+    qs = b[:, :, 16:].reshape(N, nb, 4, 32)
+    qw = np.stack([qs & 0x0F, qs >> 4], axis=3).reshape(N, nb, 8, 32).astype(np.int64)
+    qxb = qx.reshape(M, nb, 8, 32).astype(np.int64)
+    isum = np.einsum("mbjk,nbjk->mnbj", qxb, qw)  # [M, N, nb, 8]
+    xsum = qxb.sum(axis=3)  # [M, nb, 8]
+    s_sc = (isum * sc[None]).sum(axis=3)  # [M, N, nb]
+    s_m = np.einsum("mbj,nbj->mnb", xsum, mn)
+    dxx = dx.astype(np.float64)[:, None, :]
+    return (dxx * d[None] * s_sc - dxx * dmin[None] * s_m).sum(axis=2)
+
+
+def matmul_exact(x: np.ndarray, blocks: np.ndarray, fmt: str) -> np.ndarray:
+    """x . dequantize(W)^T in float64: what exact=True approximates in float32."""
+    x = np.asarray(x, np.float32)
+    K = x.shape[1]
+    w = dequantize(blocks, fmt, K)
+    return x.astype(np.float64) @ w.astype(np.float64).T
+
+
+def int8_error_bound(x: np.ndarray, blocks: np.ndarray, fmt: str) -> np.ndarray:
+    """Rigorous bound on |matmul_int8 - matmul_exact| per output: each activation moves by at most
+    half its block's step d, so |sum_k w_k (x_k - x^_k)| <= sum_blocks d/2 * sum_{k in block} |w_k|."""
+    x = np.asarray(x, np.float32)
+    M, K = x.shape
+    group = 256 if fmt == "Q4_K" else 32
+    _, dx = quantize_activations(x, group)
+    w = np.abs(dequantize(blocks, fmt, K).astype(np.float64))
+    wsum = w.reshape(w.shape[0], K // group, group).sum(axis=2)  # [N, nb]
+    return (dx.astype(np.float64) / 2) @ wsum.T
+
+
+def random_blocks(fmt: str, rows: int, cols: int, rng: np.random.Generator, scale: float = 0.02) -> np.ndarray:
+    """Valid random GGUF rows of a format (gguf-py has no Q4_K quantizer): random quants and
+    6-bit scales, fp16 super-scales around `scale`. uint8 [rows, row_bytes]."""
+    bs, ts = BLOCK[fmt]
+    nb = rows * cols // bs
+    b = rng.integers(0, 256, size=(nb, ts), dtype=np.uint8)
+    if fmt == "Q4_K":
+        d = (rng.uniform(0.5, 1.5, nb) * scale / 32).astype(np.float16)
+        dmin = (rng.uniform(0.5, 1.5, nb) * scale / 8).astype(np.float16)
+        b[:, 0:2] = d.view(np.uint8).reshape(nb, 2)
+        b[:, 2:4] = dmin.view(np.uint8).reshape(nb, 2)
+    else:
+        d = (rng.uniform(0.5, 1.5, nb) * scale / 8).astype(np.float16)
+        b[:, 0:2] = d.view(np.uint8).reshape(nb, 2)
+    return b.reshape(rows, cols // bs * ts)
