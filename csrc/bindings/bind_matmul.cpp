@@ -27,19 +27,20 @@ py::array_t<float> py_matmul(const py::array& x, const py::object& w, const std:
   p.K = x.shape(1);
   p.ldx = p.K;
   p.x = (const float*)x.data();
-  const Kernels* k = &kernels_for(isa);
+  const MatmulKernels* k = &matmul_kernels(resolve_tier(isa));
   int64_t w_bytes = 0;
   const FmtInfo* fi = fmt_info(fmt);
   if (py::isinstance<PyPacked>(w)) {
     const PyPacked& pk = w.cast<const PyPacked&>();
     if (pk.pw.fmt != fmt)
       throw std::invalid_argument(std::string("[matmul] packed weights are ") + fmt_name(pk.pw.fmt) + ", not " + fi->name);
-    if (!isa.empty() && isa != "auto" && isa != pk.pw.tier)
-      throw std::invalid_argument("[matmul] weights were packed for tier '" + pk.pw.tier + "', not '" + isa + "'");
+    if (!isa.empty() && isa != "auto" && isa != tier_name(pk.pw.tier))
+      throw std::invalid_argument(std::string("[matmul] weights were packed for tier '") + tier_name(pk.pw.tier) +
+                                  "', not '" + isa + "'");
     if (pk.pw.K != p.K)
       throw std::invalid_argument("[matmul] x has K=" + std::to_string(p.K) + " but the packed weights have K=" +
                                   std::to_string(pk.pw.K));
-    k = pk.pw.kernels;
+    k = &matmul_kernels(pk.pw.tier);
     p.w = pk.pw.data;
     p.w_packed = true;
     p.N = pk.pw.N;
@@ -87,7 +88,7 @@ py::object py_pack(py::array w, const std::string& fmt_s, const std::string& isa
                                 fi->name + " blocks (" + std::to_string(fi->type_size) + " bytes)");
   const int64_t K = rb / fi->type_size * fi->block_size;
   const int nt = check_threads(threads, op);
-  const Kernels& k = kernels_for(isa);
+  const MatmulKernels& k = matmul_kernels(resolve_tier(isa));
   if (inplace && !w.writeable())
     throw std::invalid_argument("[pack] inplace=True needs a writeable array (the mmap is read-only?)");
   auto res = std::make_unique<PyPacked>();
@@ -110,12 +111,12 @@ void register_matmul(py::module_& m) {
   py::class_<PyPacked>(m, "PackedWeights",
                        "Weights repacked once for one ISA tier; same byte size as the GGUF rows they came from.")
       .def_property_readonly("fmt", [](const PyPacked& p) { return std::string(fmt_name(p.pw.fmt)); })
-      .def_property_readonly("tier", [](const PyPacked& p) { return p.pw.tier; })
+      .def_property_readonly("tier", [](const PyPacked& p) { return std::string(tier_name(p.pw.tier)); })
       .def_property_readonly("shape", [](const PyPacked& p) { return py::make_tuple(p.pw.N, p.pw.K); })
       .def_property_readonly("nbytes", [](const PyPacked& p) { return p.pw.nbytes; })
       .def_property_readonly("inplace", [](const PyPacked& p) { return !p.keepalive.is_none(); })
       .def("__repr__", [](const PyPacked& p) {
-        return "PackedWeights(fmt=" + std::string(fmt_name(p.pw.fmt)) + ", tier=" + p.pw.tier + ", shape=(" +
+        return "PackedWeights(fmt=" + std::string(fmt_name(p.pw.fmt)) + ", tier=" + tier_name(p.pw.tier) + ", shape=(" +
                std::to_string(p.pw.N) + ", " + std::to_string(p.pw.K) + "), nbytes=" + std::to_string(p.pw.nbytes) + ")";
       });
   m.def("matmul", &py_matmul, py::arg("x"), py::arg("w"), py::arg("fmt"), py::arg("threads") = py::none(),

@@ -1,104 +1,100 @@
-// Tier registry: which tables this build has, which this CPU can run, and the default.
+// Tier registry: which tiers this build has, which this CPU can run, and the default.
 #include "cpu/dispatch.h"
 
 #include <atomic>
-#include <mutex>
 #include <stdexcept>
 
 namespace xsil {
 
 namespace {
-struct TierEntry {
-  std::string name;
-  bool available;
-  std::string reason;
-  const Kernels* table;
-};
 
-std::vector<TierEntry> build_tiers() {
+std::vector<TierInfo> build_tiers() {
   const CpuFeatures& f = cpu_features();
-  std::vector<TierEntry> t;
-  t.push_back({"ref", true, "", &ref_kernels()});
-#if defined(XSIL_TIER_AVX2)
+  std::vector<TierInfo> t;
+  t.push_back({Tier::Ref, "ref", true, ""});
+#if defined(XSIL_X86_TIERS)
   {
     const bool ok = f.avx2 && f.fma && f.f16c;
-    t.push_back({"avx2", ok, ok ? "" : "needs AVX2 + FMA + F16C with OS YMM support",
-                 ok ? &avx2_kernels() : nullptr});
+    t.push_back({Tier::Avx2, "avx2", ok, ok ? "" : "needs AVX2 + FMA + F16C with OS YMM support"});
   }
-#endif
-#if defined(XSIL_TIER_AVX512)
   {
     const bool ok = f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.fma && f.f16c;
-    t.push_back({"avx512", ok, ok ? "" : "needs AVX-512 F/BW/VL/DQ with OS ZMM support",
-                 ok ? &avx512_kernels(f.avx512vnni) : nullptr});
+    t.push_back({Tier::Avx512, "avx512", ok, ok ? "" : "needs AVX-512 F/BW/VL/DQ with OS ZMM support"});
   }
 #endif
-#if defined(XSIL_TIER_NEON)
-  t.push_back({"neon", f.neon, f.neon ? "" : "needs Advanced SIMD", f.neon ? &neon_kernels(false) : nullptr});
-  t.push_back({"neon-dotprod", f.dotprod, f.dotprod ? "" : "needs the dotprod extension (ARMv8.2)",
-               f.dotprod ? &neon_kernels(true) : nullptr});
+#if defined(XSIL_ARM_TIERS)
+  t.push_back({Tier::Neon, "neon", f.neon, f.neon ? "" : "needs Advanced SIMD"});
+  t.push_back({Tier::NeonDotprod, "neon-dotprod", f.dotprod, f.dotprod ? "" : "needs the dotprod extension (ARMv8.2)"});
 #endif
+  (void)f;
   return t;
 }
 
-const std::vector<TierEntry>& tier_entries() {
-  static const std::vector<TierEntry> t = build_tiers();
+const std::vector<TierInfo>& tier_list() {
+  static const std::vector<TierInfo> t = build_tiers();
   return t;
 }
 
-const Kernels* best_available() {
-  const Kernels* best = nullptr;
-  for (const auto& e : tier_entries())
-    if (e.available) best = e.table;
+Tier best_available() {
+  Tier best = Tier::Ref;
+  for (const auto& e : tier_list())
+    if (e.available) best = e.tier;
   return best;
 }
 
-std::atomic<const Kernels*> g_default{nullptr};
+std::atomic<int> g_default{-1};
 
 std::string available_list() {
   std::string s;
-  for (const auto& e : tier_entries())
+  for (const auto& e : tier_list())
     if (e.available) s += (s.empty() ? "" : ", ") + e.name;
   return s;
 }
 }  // namespace
 
-std::vector<TierInfo> tiers() {
-  std::vector<TierInfo> out;
-  for (const auto& e : tier_entries()) out.push_back({e.name, e.available, e.reason});
-  return out;
+const char* tier_name(Tier t) {
+  switch (t) {
+    case Tier::Ref: return "ref";
+    case Tier::Avx2: return "avx2";
+    case Tier::Avx512: return "avx512";
+    case Tier::Neon: return "neon";
+    case Tier::NeonDotprod: return "neon-dotprod";
+  }
+  return "?";
 }
 
-const Kernels& kernels_for(const std::string& tier) {
-  if (tier.empty() || tier == "auto") return default_kernels();
-  for (const auto& e : tier_entries()) {
-    if (e.name != tier) continue;
+std::vector<TierInfo> tiers() { return tier_list(); }
+
+Tier resolve_tier(const std::string& name) {
+  if (name.empty() || name == "auto") return default_tier();
+  for (const auto& e : tier_list()) {
+    if (e.name != name) continue;
     if (!e.available)
-      throw std::invalid_argument("[cpu] ISA tier '" + tier + "' is not supported by this CPU (" + e.reason +
+      throw std::invalid_argument("[cpu] ISA tier '" + name + "' is not supported by this CPU (" + e.reason +
                                   "); available tiers: " + available_list());
-    return *e.table;
+    return e.tier;
   }
   std::string all;
-  for (const auto& e : tier_entries()) all += (all.empty() ? "" : ", ") + e.name;
-  throw std::invalid_argument("[cpu] unknown ISA tier '" + tier + "'; tiers in this build: " + all +
+  for (const auto& e : tier_list()) all += (all.empty() ? "" : ", ") + e.name;
+  throw std::invalid_argument("[cpu] unknown ISA tier '" + name + "'; tiers in this build: " + all +
                               " (available here: " + available_list() + ")");
 }
 
-const Kernels& default_kernels() {
-  const Kernels* k = g_default.load(std::memory_order_acquire);
-  if (!k) {
-    k = best_available();
-    g_default.store(k, std::memory_order_release);
+Tier default_tier() {
+  int t = g_default.load(std::memory_order_acquire);
+  if (t < 0) {
+    t = (int)best_available();
+    g_default.store(t, std::memory_order_release);
   }
-  return *k;
+  return (Tier)t;
 }
 
-void set_default_tier(const std::string& tier) {
-  if (tier.empty() || tier == "auto") {
-    g_default.store(best_available(), std::memory_order_release);
+void set_default_tier(const std::string& name) {
+  if (name.empty() || name == "auto") {
+    g_default.store((int)best_available(), std::memory_order_release);
     return;
   }
-  g_default.store(&kernels_for(tier), std::memory_order_release);
+  g_default.store((int)resolve_tier(name), std::memory_order_release);
 }
 
 }  // namespace xsil

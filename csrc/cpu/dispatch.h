@@ -8,43 +8,8 @@
 #include <vector>
 
 #include "xsil/blocks.h"
-#include "xsil/params.h"
 
 namespace xsil {
-
-// Quantize one row of K activations (K % block == 0) to the activation blocks of a weight format.
-using QuantizeActFn = void (*)(const float* x, void* out, int64_t K);
-// Integer-path GEMM: y[m, n] for m in [0, M), n in [n0, n1). n0/n1 are multiples of the tier's
-// n_tile (except n1 == N); each output is computed the same way whatever range it falls in, so
-// results do not depend on the thread count.
-using GemmFn = void (*)(const GemmArgs& a, int64_t n0, int64_t n1);
-// Repack one group of n_rows (<= pack_rows) consecutive GGUF rows into the tier's layout. The packed
-// group has exactly the source group's size (a permutation of bytes within the group), so a packed
-// matrix can replace the original, and packing in place needs only one group of scratch.
-// src and dst do not overlap.
-using PackFn = void (*)(const void* src, void* dst, int64_t n_rows, int64_t K);
-
-struct FmtKernels {
-  QuantizeActFn quantize_act = nullptr;
-  GemmFn gemm = nullptr;          // reads GGUF rows
-  GemmFn gemm_packed = nullptr;   // reads packed rows; nullptr when the tier has no packed layout
-  PackFn pack = nullptr;          // nullptr when the tier has no packed layout
-  int64_t pack_rows = 1;          // rows per packed group; divides Kernels::n_tile
-};
-
-struct Kernels {
-  const char* name = "ref";
-  int64_t n_tile = 16;            // N granularity of work splitting (see GemmFn)
-  FmtKernels q4_0, q8_0, q4_k;
-  const FmtKernels* for_fmt(Fmt f) const {
-    switch (f) {
-      case Fmt::Q4_0: return &q4_0;
-      case Fmt::Q8_0: return &q8_0;
-      case Fmt::Q4_K: return &q4_k;
-      default: return nullptr;
-    }
-  }
-};
 
 struct CpuFeatures {
   std::string arch;          // "x86_64", "aarch64", or "other"
@@ -58,31 +23,27 @@ struct CpuFeatures {
 
 const CpuFeatures& cpu_features();
 
+// ISA tiers. Tier availability is decided once here; each kernel family (matmul, attention, ...)
+// keeps its own table per tier (see q4_matmul.h, attention.h), as MLAS keeps one dispatch struct
+// per kernel family.
+enum class Tier : int { Ref = 0, Avx2, Avx512, Neon, NeonDotprod };
+
+const char* tier_name(Tier t);
+
 // Tiers compiled into this build, in preference order (best last), and whether this CPU runs them.
 struct TierInfo {
+  Tier tier;
   std::string name;
   bool available;
   std::string reason;        // why unavailable ("" when available)
 };
 std::vector<TierInfo> tiers();
 
-// Table for a tier by name; throws std::invalid_argument naming the tier and the available ones if
-// unknown or not runnable on this CPU. "" or "auto" means the current default.
-const Kernels& kernels_for(const std::string& tier);
+// Tier by name; throws std::invalid_argument naming the tier and the available ones if unknown or
+// not runnable on this CPU. "" or "auto" means the current default.
+Tier resolve_tier(const std::string& name);
 // Current default tier (best available unless set_default_tier was called).
-const Kernels& default_kernels();
-void set_default_tier(const std::string& tier);
-
-// Tables defined in the ISA translation units.
-const Kernels& ref_kernels();
-#if defined(XSIL_TIER_AVX2)
-const Kernels& avx2_kernels();
-#endif
-#if defined(XSIL_TIER_AVX512)
-const Kernels& avx512_kernels(bool vnni);
-#endif
-#if defined(XSIL_TIER_NEON)
-const Kernels& neon_kernels(bool dotprod);
-#endif
+Tier default_tier();
+void set_default_tier(const std::string& name);
 
 }  // namespace xsil

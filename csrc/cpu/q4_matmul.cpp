@@ -71,7 +71,21 @@ void check_matmul(const MatmulParams& p, int64_t w_bytes, int threads) {
   if (!p.x || !p.w) throw std::invalid_argument("[matmul] null input buffer");
 }
 
-void matmul(const MatmulParams& p, const Kernels& k, int threads, bool exact) {
+const MatmulKernels& matmul_kernels(Tier t) {
+  switch (t) {
+#if defined(XSIL_X86_TIERS)
+    case Tier::Avx2: return matmul_kernels_avx2();
+    case Tier::Avx512: return matmul_kernels_avx512(cpu_features().avx512vnni);
+#endif
+#if defined(XSIL_ARM_TIERS)
+    case Tier::Neon: return matmul_kernels_neon(false);
+    case Tier::NeonDotprod: return matmul_kernels_neon(true);
+#endif
+    default: return matmul_kernels_ref();
+  }
+}
+
+void matmul(const MatmulParams& p, const MatmulKernels& k, int threads, bool exact) {
   ThreadPool& pool = ThreadPool::global();
   const int64_t rb = fmt_row_bytes(p.fmt, p.K);
 
@@ -99,7 +113,8 @@ void matmul(const MatmulParams& p, const Kernels& k, int threads, bool exact) {
 
   const FmtKernels* fk = k.for_fmt(p.fmt);
   const GemmFn gemm = p.w_packed ? fk->gemm_packed : fk->gemm;
-  if (!gemm) throw std::invalid_argument(std::string("[matmul] tier '") + k.name + "' has no kernel for this layout");
+  if (!gemm)
+    throw std::invalid_argument(std::string("[matmul] tier '") + tier_name(k.tier) + "' has no kernel for this layout");
 
   // 1. Quantize each activation row once.
   const int64_t xrb = act_row_bytes(p.fmt, p.K);
@@ -145,7 +160,7 @@ void matmul(const MatmulParams& p, const Kernels& k, int threads, bool exact) {
   });
 }
 
-bool pack_weights(const void* src, uint8_t* dst, Fmt fmt, int64_t N, int64_t K, const Kernels& k, int threads,
+bool pack_weights(const void* src, uint8_t* dst, Fmt fmt, int64_t N, int64_t K, const MatmulKernels& k, int threads,
                   PackedWeights* out) {
   const FmtKernels* fk = k.for_fmt(fmt);
   if (!fk || !fk->pack) return false;
@@ -154,8 +169,7 @@ bool pack_weights(const void* src, uint8_t* dst, Fmt fmt, int64_t N, int64_t K, 
   const int64_t g = fk->pack_rows;
   const int64_t n_groups = (N + g - 1) / g;
   PackedWeights pw;
-  pw.tier = k.name;
-  pw.kernels = &k;
+  pw.tier = k.tier;
   pw.fmt = fmt;
   pw.N = N;
   pw.K = K;

@@ -11,6 +11,53 @@
 
 namespace xsil {
 
+// --- The matmul family's per-tier table ---------------------------------------------------------
+// Quantize one row of K activations (K % block == 0) to the activation blocks of a weight format.
+using QuantizeActFn = void (*)(const float* x, void* out, int64_t K);
+// Integer-path GEMM: y[m, n] for m in [0, M), n in [n0, n1). n0 is a multiple of the table's
+// n_tile, n1 too unless n1 == N; each output is computed the same way whatever range it falls in,
+// so results do not depend on the thread count.
+using GemmFn = void (*)(const GemmArgs& a, int64_t n0, int64_t n1);
+// Repack one group of n_rows (<= pack_rows) consecutive GGUF rows into the tier's layout. The packed
+// group has exactly the source group's size (a permutation of bytes within the group), so a packed
+// matrix can replace the original, and packing in place needs only one group of scratch.
+// src and dst do not overlap.
+using PackFn = void (*)(const void* src, void* dst, int64_t n_rows, int64_t K);
+
+struct FmtKernels {
+  QuantizeActFn quantize_act = nullptr;
+  GemmFn gemm = nullptr;          // reads GGUF rows
+  GemmFn gemm_packed = nullptr;   // reads packed rows; nullptr when the tier has no packed layout
+  PackFn pack = nullptr;          // nullptr when the tier has no packed layout
+  int64_t pack_rows = 1;          // rows per packed group; divides MatmulKernels::n_tile
+};
+
+struct MatmulKernels {
+  Tier tier = Tier::Ref;
+  int64_t n_tile = 16;            // N granularity of work splitting (see GemmFn)
+  FmtKernels q4_0, q8_0, q4_k;
+  const FmtKernels* for_fmt(Fmt f) const {
+    switch (f) {
+      case Fmt::Q4_0: return &q4_0;
+      case Fmt::Q8_0: return &q8_0;
+      case Fmt::Q4_K: return &q4_k;
+      default: return nullptr;
+    }
+  }
+};
+
+// The table of a tier (which must be available: see resolve_tier).
+const MatmulKernels& matmul_kernels(Tier t);
+// Defined by each tier's translation units.
+const MatmulKernels& matmul_kernels_ref();
+#if defined(XSIL_X86_TIERS)
+const MatmulKernels& matmul_kernels_avx2();
+const MatmulKernels& matmul_kernels_avx512(bool vnni);
+#endif
+#if defined(XSIL_ARM_TIERS)
+const MatmulKernels& matmul_kernels_neon(bool dotprod);
+#endif
+
 // Bytes of one GGUF row of K weights in fmt (K must be a multiple of the block size).
 int64_t fmt_row_bytes(Fmt fmt, int64_t K);
 // Parses "Q4_0" / "Q8_0" / "Q4_K" (case-insensitive); throws std::invalid_argument naming `op`.
@@ -22,12 +69,11 @@ void check_matmul(const MatmulParams& p, int64_t w_bytes, int threads);
 
 // y = x . W^T. exact=false: activations quantized to 8-bit blocks, integer dot products (fast).
 // exact=true: each weight row dequantized to fp32, fp32 accumulation (slow; for checking).
-void matmul(const MatmulParams& p, const Kernels& k, int threads, bool exact);
+void matmul(const MatmulParams& p, const MatmulKernels& k, int threads, bool exact);
 
 // Weights repacked once into a tier's layout; same byte size as the GGUF rows it came from.
 struct PackedWeights {
-  std::string tier;               // tier whose kernels read this layout
-  const Kernels* kernels = nullptr;
+  Tier tier = Tier::Ref;          // tier whose kernels read this layout
   Fmt fmt = Fmt::Q4_0;
   int64_t N = 0, K = 0;
   std::shared_ptr<uint8_t> owner; // storage when the packed copy owns its memory
@@ -38,7 +84,7 @@ struct PackedWeights {
 // Packs N rows of GGUF blocks for `k`. If dst is non-null the result is written there (dst may equal
 // src: in place); otherwise a new buffer is allocated. Returns false if the tier has no packed layout
 // for fmt (then nothing is written).
-bool pack_weights(const void* src, uint8_t* dst, Fmt fmt, int64_t N, int64_t K, const Kernels& k,
+bool pack_weights(const void* src, uint8_t* dst, Fmt fmt, int64_t N, int64_t K, const MatmulKernels& k,
                   int threads, PackedWeights* out);
 
 }  // namespace xsil

@@ -4,7 +4,7 @@
 #include <cstdlib>
 
 #include "core/fp16.h"
-#include "cpu/dispatch.h"
+#include "cpu/q4_matmul.h"
 #include "cpu/quant.h"
 
 namespace xsil {
@@ -107,9 +107,9 @@ void gemm_ref(const GemmArgs& a, int64_t n0, int64_t n1) {
   }
 }
 
-Kernels make_ref() {
-  Kernels k;
-  k.name = "ref";
+MatmulKernels make_ref() {
+  MatmulKernels k;
+  k.tier = Tier::Ref;
   k.n_tile = 16;
   k.q4_0.quantize_act = quantize_act_q8a;
   k.q4_0.gemm = gemm_ref<block_q4_0, block_q8a, dot_q4_0, QK4_0>;
@@ -122,8 +122,8 @@ Kernels make_ref() {
 
 }  // namespace
 
-const Kernels& ref_kernels() {
-  static const Kernels k = make_ref();
+const MatmulKernels& matmul_kernels_ref() {
+  static const MatmulKernels k = make_ref();
   return k;
 }
 
