@@ -1,0 +1,1 @@
+"""Model loading: GGUF files, Llama-family decoders, tokenizers and sampling."""
