@@ -49,10 +49,10 @@ def set_isa(tier: str) -> None:
 
 def set_num_threads(n: int) -> None:
     """Resize the persistent thread pool (total threads, caller included)."""
-    n = _threads(n, "threads")
-    if n is None:
+    t = _threads(n, "threads")
+    if t is None:
         raise ValueError("[threads] n must be an int >= 1")
-    _core.set_num_threads(n)
+    _core.set_num_threads(t)
 
 
 def get_num_threads() -> int:
