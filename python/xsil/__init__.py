@@ -27,6 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "FORMATS",
     "PackedWeights",
+    "__version__",
     "capi_include_dir",
     "capi_library_path",
     "cpu_info",
@@ -38,5 +39,4 @@ __all__ = [
     "quantize",
     "set_isa",
     "set_num_threads",
-    "__version__",
 ]

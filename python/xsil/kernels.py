@@ -89,7 +89,7 @@ def dequantize(blocks: np.ndarray, fmt: str, cols: int, *, threads: Optional[int
 
 def matmul(
     x: np.ndarray,
-    w_blocks: Union[np.ndarray, "PackedWeights"],
+    w_blocks: Union[np.ndarray, PackedWeights],
     fmt: str,
     *,
     threads: Optional[int] = None,
@@ -124,7 +124,7 @@ def pack(
     isa: Optional[str] = None,
     inplace: bool = False,
     threads: Optional[int] = None,
-) -> Optional["PackedWeights"]:
+) -> Optional[PackedWeights]:
     """Repack GGUF rows once into the layout a tier's kernels read fastest.
 
     The packed copy has exactly the original's byte size and replaces it: with ``inplace=True`` the
@@ -142,7 +142,9 @@ def _apply_env() -> None:
         try:
             _core.set_isa(tier)
         except ValueError as e:
-            raise ValueError(f"XSIL_CPU_ISA={tier!r}: {e}. Unset XSIL_CPU_ISA or pick an available tier.") from None
+            raise ValueError(
+                f"XSIL_CPU_ISA={tier!r}: {e}. Unset XSIL_CPU_ISA or pick an available tier."
+            ) from None
 
 
 _apply_env()

@@ -86,7 +86,9 @@ def c_quantize(lib, x: np.ndarray, fmt: str, threads: int = 0) -> np.ndarray:
 def c_dequantize(lib, blocks: np.ndarray, fmt: str, cols: int, threads: int = 0) -> np.ndarray:
     rows = blocks.nbytes // lib.xsil_format_row_bytes(FMT_ID[fmt], cols)
     out = np.zeros((rows, cols), np.float32)
-    st = lib.xsil_dequantize(FMT_ID[fmt], vptr(blocks), blocks.nbytes, rows, cols, fptr(out), out.size, threads)
+    st = lib.xsil_dequantize(
+        FMT_ID[fmt], vptr(blocks), blocks.nbytes, rows, cols, fptr(out), out.size, threads
+    )
     assert st == OK, err(lib)
     return out
 
@@ -151,7 +153,8 @@ def test_format_info(lib, fmt):
     assert lib.xsil_format_block_size(FMT_ID[fmt]) == info["block_size"]
     assert lib.xsil_format_type_size(FMT_ID[fmt]) == info["type_size"]
     assert ffi.string(lib.xsil_format_name(FMT_ID[fmt])).decode() == fmt
-    assert lib.xsil_format_row_bytes(FMT_ID[fmt], 4 * 256) == 4 * 256 // info["block_size"] * info["type_size"]
+    row_bytes = 4 * 256 // info["block_size"] * info["type_size"]
+    assert lib.xsil_format_row_bytes(FMT_ID[fmt], 4 * 256) == row_bytes
 
 
 def test_unknown_format(lib):
@@ -399,7 +402,8 @@ def test_dequantize_errors(lib, rng):
     assert d(cols=0) == INVALID
     with pytest.raises(ValueError) as e:
         xsil.dequantize(b, "Q4_K", 0)
-    assert err(lib) == str(e.value) == "[dequantize] cols=0 is not a positive multiple of the Q4_K block size 256"
+    msg = "[dequantize] cols=0 is not a positive multiple of the Q4_K block size 256"
+    assert err(lib) == str(e.value) == msg
     assert d(nbytes=b.nbytes + 1) == INVALID
     assert err(lib) == "[dequantize] blocks have 289 bytes; rows=2 of cols=256 in Q4_K need 288"
     assert d(rows=3) == INVALID and "need 432" in err(lib)
@@ -446,6 +450,8 @@ def test_header_compiles_as_cpp(tmp_path):
     if cxx is None:
         pytest.skip("no C++ compiler")
     src = tmp_path / "h.cpp"
-    src.write_text("#include <xsil/xsil.h>\nint main() { return xsil_abi_version() == XSIL_ABI_VERSION ? 0 : 1; }\n")
+    src.write_text(
+        "#include <xsil/xsil.h>\nint main() { return xsil_abi_version() == XSIL_ABI_VERSION ? 0 : 1; }\n"
+    )
     subprocess.run([cxx, "-std=c++11", "-Wall", "-Wextra", "-pedantic", "-Werror", "-fsyntax-only",
                     f"-I{xsil.capi_include_dir()}", str(src)], check=True, capture_output=True, text=True)
