@@ -191,9 +191,7 @@ XSIL_API const char* xsil_cpu_get_tier(void) {
 }
 
 XSIL_API xsil_status xsil_cpu_set_tier(const char* name) {
-  return guard([&] {
-    stage(XSIL_ERR_TIER, [&] { set_default_tier(name ? std::string(name) : std::string()); });
-  });
+  return guard([&] { stage(XSIL_ERR_TIER, [&] { set_default_tier(name ? std::string(name) : std::string()); }); });
 }
 
 XSIL_API int32_t xsil_get_num_threads(void) {
@@ -240,12 +238,12 @@ XSIL_API xsil_status xsil_dequantize(xsil_format fmt, const void* blocks, size_t
     require_ptr(blocks, op, "blocks");
     require_ptr(out, op, "out");
     if ((uint64_t)need != (uint64_t)blocks_bytes)
-      throw std::invalid_argument("[dequantize] blocks have " + std::to_string(blocks_bytes) + " bytes; rows=" +
-                                  str(rows) + " of cols=" + str(cols) + " in " + fmt_info(f)->name + " need " +
-                                  str(need));
+      throw std::invalid_argument("[dequantize] blocks have " + std::to_string(blocks_bytes) +
+                                  " bytes; rows=" + str(rows) + " of cols=" + str(cols) + " in " + fmt_info(f)->name +
+                                  " need " + str(need));
     if (!fits(out_floats, n))
-      throw std::invalid_argument("[dequantize] out has room for " + std::to_string(out_floats) + " floats; rows=" +
-                                  str(rows) + " x cols=" + str(cols) + " need " + str(n));
+      throw std::invalid_argument("[dequantize] out has room for " + std::to_string(out_floats) +
+                                  " floats; rows=" + str(rows) + " x cols=" + str(cols) + " need " + str(n));
     dequantize_rows(blocks, out, rows, cols, f, nt);
   });
 }

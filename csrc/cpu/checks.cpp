@@ -32,8 +32,8 @@ int64_t check_block_multiple(Fmt fmt, int64_t value, const char* op, const char*
                                 " block size " + str(fi->block_size));
   if (value % fi->block_size != 0)
     throw std::invalid_argument(std::string("[") + op + "] " + what + "=" + str(value) + " is not a " +
-                                (positive ? "positive multiple" : "multiple") + " of the " + fi->name +
-                                " block size " + str(fi->block_size));
+                                (positive ? "positive multiple" : "multiple") + " of the " + fi->name + " block size " +
+                                str(fi->block_size));
   return value / fi->block_size * fi->type_size;
 }
 

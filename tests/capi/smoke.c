@@ -19,10 +19,11 @@ int main(void) {
     fprintf(stderr, "version mismatch: %s vs %s\n", xsil_version(), XSIL_VERSION);
     return 1;
   }
-  printf("xsil %s (ABI %d), arch %s, tier %s, %d threads\n", xsil_version(), (int)xsil_abi_version(),
-         xsil_cpu_arch(), xsil_cpu_get_tier(), (int)xsil_get_num_threads());
+  printf("xsil %s (ABI %d), arch %s, tier %s, %d threads\n", xsil_version(), (int)xsil_abi_version(), xsil_cpu_arch(),
+         xsil_cpu_get_tier(), (int)xsil_get_num_threads());
   for (int32_t i = 0; i < xsil_cpu_tier_count(); ++i)
-    printf("  tier %s: %s\n", xsil_cpu_tier_name(i), xsil_cpu_tier_available(i) ? "available" : xsil_cpu_tier_reason(i));
+    printf("  tier %s: %s\n", xsil_cpu_tier_name(i),
+           xsil_cpu_tier_available(i) ? "available" : xsil_cpu_tier_reason(i));
 
   float w[N * K], x[M * K], wd[N * K], y[M * N], ye[M * N];
   for (int i = 0; i < N * K; ++i) w[i] = (float)((i * 37) % 23 - 11) / 8.0f;

@@ -44,11 +44,11 @@ extern "C" {
 typedef int32_t xsil_status;
 enum {
   XSIL_OK = 0,
-  XSIL_ERR_INVALID_ARGUMENT = -1, /* bad size, shape, stride, pointer, thread count or value */
+  XSIL_ERR_INVALID_ARGUMENT = -1,   /* bad size, shape, stride, pointer, thread count or value */
   XSIL_ERR_UNSUPPORTED_FORMAT = -2, /* format id unknown, or not supported by this op */
-  XSIL_ERR_TIER = -3,             /* ISA tier name unknown, or not runnable on this CPU */
+  XSIL_ERR_TIER = -3,               /* ISA tier name unknown, or not runnable on this CPU */
   XSIL_ERR_OUT_OF_MEMORY = -4,
-  XSIL_ERR_INTERNAL = -5          /* any other failure (a bug: please report it) */
+  XSIL_ERR_INTERNAL = -5 /* any other failure (a bug: please report it) */
 };
 
 /* Block formats, by GGML type id (as stored in GGUF tensor infos). */
