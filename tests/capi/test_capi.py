@@ -455,3 +455,26 @@ def test_header_compiles_as_cpp(tmp_path):
     )
     subprocess.run([cxx, "-std=c++11", "-Wall", "-Wextra", "-pedantic", "-Werror", "-fsyntax-only",
                     f"-I{xsil.capi_include_dir()}", str(src)], check=True, capture_output=True, text=True)
+
+
+def test_concurrent_calls(lib, rng):
+    """cffi releases the GIL around C calls: several host threads call libxsil at once; the pool
+    serializes their jobs and each gets the single-threaded answer."""
+    x = rng.standard_normal((3, 256)).astype(np.float32)
+    w = random_blocks(rng, "Q4_K", 40, 256)
+    want = bits(xsil.matmul(x, w, "Q4_K"))
+    results, errors = [], []
+
+    def work():
+        try:
+            for _ in range(20):
+                results.append(np.array_equal(bits(c_matmul(lib, x, w, "Q4_K")), want))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 80 and all(results)
