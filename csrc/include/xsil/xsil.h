@@ -63,7 +63,7 @@ XSIL_API int32_t xsil_abi_version(void);
 
 /* --- Errors ------------------------------------------------------------------------------------ */
 /* Message of the last failed call on this thread; "" when the last call succeeded. Every function
- * except this one resets it. Valid until the next xsil_* call on the same thread. Never NULL. */
+ * that can fail resets it on entry. Valid until the next xsil_* call on the same thread. Never NULL. */
 XSIL_API const char* xsil_last_error(void);
 /* Short name of a status code ("XSIL_OK", "XSIL_ERR_INVALID_ARGUMENT", ...). Static storage. */
 XSIL_API const char* xsil_status_name(xsil_status status);
