@@ -1,11 +1,13 @@
 """xsil: run 4-bit quantized LLMs on whatever silicon a device has.
 
 The kernel API (quantize, dequantize, matmul, pack, cpu_info) is re-exported here from
-:mod:`xsil.kernels`. Importing xsil never imports onnxruntime or any CUDA library.
+:mod:`xsil.kernels`; :func:`capi_library_path` and :func:`capi_include_dir` locate the C ABI
+(:mod:`xsil.capi`). Importing xsil never imports onnxruntime or any CUDA library.
 """
 
 from __future__ import annotations
 
+from .capi import capi_include_dir, capi_library_path
 from .kernels import (
     FORMATS,
     PackedWeights,
@@ -25,6 +27,9 @@ __version__ = "0.1.0"
 __all__ = [
     "FORMATS",
     "PackedWeights",
+    "__version__",
+    "capi_include_dir",
+    "capi_library_path",
     "cpu_info",
     "dequantize",
     "format_info",
@@ -34,5 +39,4 @@ __all__ = [
     "quantize",
     "set_isa",
     "set_num_threads",
-    "__version__",
 ]
