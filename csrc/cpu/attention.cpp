@@ -66,7 +66,7 @@ float* prepare_q(const float* q, int64_t n_pos, int64_t n_heads, int64_t hd, con
 
 const AttentionKernels& attention_kernels(Tier t) {
   switch (t) {
-#if defined(XSIL_ATTENTION_X86)
+#if defined(XSIL_X86_TIERS)
     case Tier::Avx2: return attention_kernels_avx2();
     case Tier::Avx512: return attention_kernels_avx512();
 #endif

@@ -26,8 +26,7 @@ struct AttentionKernels {
 
 const AttentionKernels& attention_kernels(Tier t);
 const AttentionKernels& attention_kernels_ref();
-// Until the x86 attention files exist the avx2/avx512 tiers (if present) use the ref table.
-#if defined(XSIL_ATTENTION_X86)
+#if defined(XSIL_X86_TIERS)
 const AttentionKernels& attention_kernels_avx2();
 const AttentionKernels& attention_kernels_avx512();
 #endif
