@@ -5,6 +5,7 @@
 #include "cpu/attention.h"
 #include "cpu/kv_cache.h"
 #include "cpu/kv_rows.h"
+#include "cpu/membench.h"
 
 namespace xsil::bind {
 
@@ -292,6 +293,16 @@ void register_attention(py::module_& m) {
         py::arg("scale") = 0.0, py::arg("q_rotated") = false, py::arg("threads") = py::none(), py::arg("isa") = "");
   m.def("rope", &py_rope, py::arg("x"), py::arg("positions"), py::arg("mode") = "normal",
         py::arg("freq_base") = 10000.0, py::arg("freq_scale") = 1.0);
+  m.def("_stream_read", [](const py::array& a, py::object threads) {
+    require<uint8_t>(a, "stream_read", "a", "uint8");
+    if (a.nbytes() % 8 || ((uintptr_t)a.data() & 7))
+      throw std::invalid_argument("[stream_read] buffer must be 8-byte aligned with a multiple of 8 bytes");
+    const int nt = check_threads(threads, "stream_read");
+    const uint8_t* p = (const uint8_t*)a.data();
+    const int64_t n = a.nbytes();
+    py::gil_scoped_release nogil;
+    return stream_read(p, n, nt);
+  }, py::arg("a"), py::arg("threads") = py::none(), "Benchmark probe: read a buffer once (memory roofline).");
   m.def("kv_row_bytes", [](const std::string& dt, int64_t hd) {
     const KVDtype d = parse_kv_dtype(dt, "kv_cache");
     if (d == KVDtype::Q8_0 && hd % 32) throw std::invalid_argument("[kv_cache] head_dim must be a multiple of 32 for q8_0");

@@ -15,6 +15,11 @@ struct VT {
   static V load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static V set1(float x) { return _mm512_set1_ps(x); }
+  static constexpr int RB = 4;  // query rows per register block
+  static V max(V a, V b) { return _mm512_max_ps(a, b); }
+  static float hmax(V v) {
+    return _mm512_reduce_max_ps(v);
+  }
   static V zero() { return _mm512_setzero_ps(); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
