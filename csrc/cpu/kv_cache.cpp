@@ -137,9 +137,9 @@ KVCache::KVCache(const KVCacheParams& p) : p_(p) {
 
   k_row_ = kv_row_bytes(p.k_dtype, p.head_dim);
   v_row_ = kv_row_bytes(p.v_dtype, p.head_dim);
-  k_block_ = (int64_t)p.n_kv_heads * p.page_size * k_row_;
-  layer_bytes_ = k_block_ + (int64_t)p.n_kv_heads * p.page_size * v_row_;
-  page_bytes_ = (layer_bytes_ * p.n_layers + 63) / 64 * 64;  // pages start 64-byte aligned
+  k_chunk_ = (int64_t)p.page_size * k_row_;
+  v_chunk_ = (int64_t)p.page_size * v_row_;
+  page_bytes_ = (int64_t)p.n_layers * p.n_kv_heads * (k_chunk_ + v_chunk_);
 
   if (p.budget_bytes < 0 || p.budget_tokens < 0) bad(op, "the budget must not be negative");
   if (p.budget_bytes > 0) {
@@ -156,11 +156,12 @@ KVCache::KVCache(const KVCacheParams& p) : p_(p) {
   }
   if (n_pages_ > INT32_MAX / 2) bad(op, "budget is too large (" + str(n_pages_) + " pages)");
   const int64_t total = n_pages_ * page_bytes_;
+  v_region_ = n_pages_ * (int64_t)p.n_layers * p.n_kv_heads * k_chunk_;
   n_ctx_ = p.n_ctx > 0 ? p.n_ctx : n_pages_ * p.page_size;
   if (p.n_ctx < 0) bad(op, "n_ctx=" + str(p.n_ctx) + " must be >= 0 (0 = the whole budget)");
   if (p.n_keep < 0 || p.n_keep >= n_ctx_) bad(op, "n_keep=" + str(p.n_keep) + " must be in [0, n_ctx=" + str(n_ctx_) + ")");
 
-  void* mem = std::aligned_alloc(64, (size_t)total);
+  void* mem = std::aligned_alloc(64, (size_t)((total + 63) / 64 * 64));
   if (!mem) throw std::bad_alloc();
   mem_ = std::unique_ptr<uint8_t, void (*)(void*)>((uint8_t*)mem, std::free);
   pool_ = (uint8_t*)mem;
@@ -256,9 +257,17 @@ void KVCache::make_private(Seq& s, int64_t idx) {
   const int32_t old = s.pages[idx];
   if (refs_[old] == 1) return;
   const int32_t np = alloc_page();
-  std::memcpy(page_ptr(np), page_ptr(old), (size_t)page_bytes_);
+  copy_page(old, np);
   --refs_[old];  // still > 0: other sequences use it
   s.pages[idx] = np;
+}
+
+void KVCache::copy_page(int32_t src, int32_t dst) {
+  for (int32_t l = 0; l < p_.n_layers; ++l)
+    for (int32_t h = 0; h < p_.n_kv_heads; ++h) {
+      std::memcpy((uint8_t*)k_rows(dst, l, h), k_rows(src, l, h), (size_t)k_chunk_);
+      std::memcpy((uint8_t*)v_rows(dst, l, h), v_rows(src, l, h), (size_t)v_chunk_);
+    }
 }
 
 void KVCache::shift_impl(Seq& s, int64_t d) {

@@ -2,9 +2,13 @@
 //
 // Layout. One pool of n_pages pages is allocated when the cache is created and never grows. A page
 // holds page_size consecutive tokens of one sequence for ALL layers, so a sequence has a single page
-// table shared by its layers (one allocation decision per token, not per layer). Inside a page:
-//   layer l: K block [n_kv_heads][page_size][k_row_bytes], then V block [n_kv_heads][page_size][v_row_bytes]
-// so the K (or V) rows of one head within a page are contiguous: the attention kernels stream them.
+// table shared by its layers (one allocation decision per token, not per layer). In memory the pool
+// is head-major so that attention streams:
+//   K region [n_layers][n_kv_heads][n_pages][page_size][k_row_bytes], then
+//   V region [n_layers][n_kv_heads][n_pages][page_size][v_row_bytes]
+// i.e. page p of a sequence is the slot p of every (layer, head) array. Pages are handed out in
+// ascending order, so a sequence's K (or V) rows of one head in one layer are mostly one contiguous
+// run of memory: the hardware prefetcher and the TLB see a long sequential read, not a hop per page.
 // Rows are fp32, fp16 or GGUF Q8_0 blocks (head_dim / 32 blocks of 34 bytes).
 //
 // Positions. Token i of a sequence is at position i. K is stored already rotated (RoPE) at its
@@ -77,12 +81,12 @@ class KVCache {
   const std::vector<int32_t>& page_table(int32_t id) const;
 
   // --- read access for the attention kernels ---
+  // The page_size K (V) rows of (page, layer, head), k_row_bytes (v_row_bytes) apart.
   const uint8_t* k_rows(int32_t page, int32_t layer, int32_t head) const {
-    return pool_ + (int64_t)page * page_bytes_ + (int64_t)layer * layer_bytes_ + (int64_t)head * p_.page_size * k_row_;
+    return pool_ + (((int64_t)layer * p_.n_kv_heads + head) * n_pages_ + page) * k_chunk_;
   }
   const uint8_t* v_rows(int32_t page, int32_t layer, int32_t head) const {
-    return pool_ + (int64_t)page * page_bytes_ + (int64_t)layer * layer_bytes_ + k_block_ +
-           (int64_t)head * p_.page_size * v_row_;
+    return pool_ + v_region_ + (((int64_t)layer * p_.n_kv_heads + head) * n_pages_ + page) * v_chunk_;
   }
   int64_t k_row_bytes() const { return k_row_; }
   int64_t v_row_bytes() const { return v_row_; }
@@ -111,13 +115,13 @@ class KVCache {
   const Seq& seq(int32_t id, const char* op) const;
   int32_t alloc_page();
   void unref(int32_t page);
-  uint8_t* page_ptr(int32_t page) { return pool_ + (int64_t)page * page_bytes_; }
+  void copy_page(int32_t src, int32_t dst);
   void make_private(Seq& s, int64_t page_idx);  // copy-on-write of s.pages[page_idx]
   void budget_error(int64_t want_pages) const;
   void shift_impl(Seq& s, int64_t n_discard);
 
   KVCacheParams p_;
-  int64_t k_row_ = 0, v_row_ = 0, k_block_ = 0, layer_bytes_ = 0, page_bytes_ = 0;
+  int64_t k_row_ = 0, v_row_ = 0, k_chunk_ = 0, v_chunk_ = 0, v_region_ = 0, page_bytes_ = 0;
   int64_t n_pages_ = 0, n_ctx_ = 0;
   std::unique_ptr<uint8_t, void (*)(void*)> mem_{nullptr, nullptr};
   uint8_t* pool_ = nullptr;

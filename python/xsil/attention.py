@@ -112,7 +112,7 @@ def kv_cache_sizes(n_layers: int, n_kv_heads: int, head_dim: int, budget_bytes: 
                 continue
             row = _core.kv_row_bytes(kd, head_dim) + _core.kv_row_bytes(vd, head_dim)
             bpt = n_layers * n_kv_heads * row
-            page = -(-(bpt * page_size) // 64) * 64
+            page = bpt * page_size
             out[(kd, vd)] = {"bytes_per_token": bpt, "budget_tokens": budget_bytes // page * page_size}
     return out
 

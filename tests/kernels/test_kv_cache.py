@@ -24,7 +24,7 @@ def test_sizes_and_accounting():
     c = xsil.KVCache(2, 4, 64, page_size=16, k_dtype="q8_0", v_dtype="f16", budget_bytes=1 << 20)
     # K q8_0: 2 blocks x 34 = 68 bytes, V f16: 128 bytes; x 4 heads x 2 layers
     assert c.bytes_per_token == 2 * 4 * (68 + 128)
-    assert c.page_bytes == -(-(c.bytes_per_token * 16) // 64) * 64
+    assert c.page_bytes == c.bytes_per_token * 16
     assert c.budget_tokens == (1 << 20) // c.page_bytes * 16
     assert c.n_pages * c.page_bytes <= 1 << 20
     sizes = xsil.kv_cache_sizes(2, 4, 64, 1 << 20)

@@ -1,0 +1,88 @@
+"""Decode-attention benchmark table (markdown) for bench/README.md.
+
+    python bench/attention_table.py            # contexts 512, 2048, 4096, 8192
+    python bench/attention_table.py --quick    # same grid, fewer repetitions (< ~3 min)
+
+For each layer shape, KV dtype, context and thread count: the median time of one decode step of one
+layer (xsil, best ISA tier), the K/V bytes it reads per second, that rate as a fraction of the
+streaming-read bandwidth measured in the same run, ONNX Runtime's GroupQueryAttention (fp16 K/V, the
+closest it has to an 8-bit cache) on the same shapes and a plain NumPy (fp32) step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _attention as A  # noqa: E402
+
+import xsil  # noqa: E402
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions (the whole table in < ~3 min)")
+    ap.add_argument("--contexts", default="512,2048,4096,8192")
+    ap.add_argument("--shapes", default="tinyllama,llama7b")
+    ap.add_argument("--dtypes", default="f16,q8_0")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--isa", default="", help="xsil tier (default: best available)")
+    ap.add_argument("--no-ort", action="store_true")
+    args = ap.parse_args(argv)
+    if args.quick:
+        A.COLD_BYTES = 64 << 20
+    ctxs = [int(c) for c in args.contexts.split(",")]
+    threads = [int(t) for t in args.threads.split(",")]
+    info = xsil.cpu_info()
+    tier = args.isa or info["tier"]
+    bw = {t: A.stream_read_gbs(t) for t in threads}
+    ort_ver = None
+    if not args.no_ort:
+        try:
+            import onnxruntime
+
+            ort_ver = onnxruntime.__version__
+        except ImportError:
+            pass
+    print(f"CPU: {platform.processor() or info['arch']} ({info['hardware_threads']} hardware threads), xsil tier "
+          f"`{tier}`, ONNX Runtime {ort_ver or 'not installed'}, NumPy {np.__version__}")
+    print("Streaming-read bandwidth measured in this run: " +
+          ", ".join(f"{bw[t]:.1f} GB/s ({t} thread{'s' if t > 1 else ''})" for t in threads))
+    print(f"Each step reads one layer; the benchmark cycles through >= {A.COLD_BYTES >> 20} MiB of layers so K/V "
+          "comes from memory, as in a model.\n")
+    print("| layer | KV | ctx | thr | xsil µs | K/V GB/s | vs stream | ORT GQA fp16 µs | xsil vs ORT | NumPy fp32 µs |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for shape in args.shapes.split(","):
+        for ctx in ctxs:
+            ort_us = {}
+            np_us = None
+            for dt in args.dtypes.split(","):
+                case = A.DecodeCase(shape, ctx, dt).build()
+                got = case.step(0, threads[-1], tier)
+                want = case.reference()
+                err = np.abs(got - want).max()
+                assert err < {"f32": 1e-4, "f16": 1e-3, "q8_0": 1e-3}[dt] * 10, f"xsil differs from reference: {err}"
+                if np_us is None:
+                    np_us = A.time_numpy(case) * 1e6
+                for t in threads:
+                    if ort_ver and t not in ort_us:
+                        o = A.OrtDecode(case, t)
+                        o.check()
+                        ort_us[t] = o.time() * 1e6
+                        del o
+                    us = case.time(t, tier) * 1e6
+                    gbs = case.kv_bytes / us / 1e3
+                    o_us = ort_us.get(t)
+                    print(f"| {A.SHAPES[shape]['label'].split(' (')[0]} | {dt} | {ctx} | {t} | {us:.0f} | {gbs:.1f} | "
+                          f"{gbs / bw[t]:.2f}× | {'%.0f' % o_us if o_us else '-'} | "
+                          f"{'%.1f×' % (o_us / us) if o_us else '-'} | {np_us:.0f} |", flush=True)
+                del case
+
+
+if __name__ == "__main__":
+    main()
