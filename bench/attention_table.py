@@ -35,11 +35,13 @@ def main(argv=None):
     ap.add_argument("--no-ort", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
-        A.COLD_BYTES = 64 << 20
+        A.COLD_BYTES = 128 << 20
     ctxs = [int(c) for c in args.contexts.split(",")]
     threads = [int(t) for t in args.threads.split(",")]
     info = xsil.cpu_info()
     tier = args.isa or info["tier"]
+    # The roofline: the best streaming-read measurement of the run (before, between the rounds and
+    # after), so background load on a shared machine does not flatter the fractions.
     bw = {t: A.stream_read_gbs(t) for t in threads}
     ort_ver = None
     if not args.no_ort:
@@ -49,39 +51,53 @@ def main(argv=None):
             ort_ver = onnxruntime.__version__
         except ImportError:
             pass
+    rows = []
     print(f"CPU: {platform.processor() or info['arch']} ({info['hardware_threads']} hardware threads), xsil tier "
           f"`{tier}`, ONNX Runtime {ort_ver or 'not installed'}, NumPy {np.__version__}")
-    print("Streaming-read bandwidth measured in this run: " +
-          ", ".join(f"{bw[t]:.1f} GB/s ({t} thread{'s' if t > 1 else ''})" for t in threads))
     print(f"Each step reads one layer; the benchmark cycles through >= {A.COLD_BYTES >> 20} MiB of layers so K/V "
           "comes from memory, as in a model.\n")
-    print("| layer | KV | ctx | thr | xsil µs | K/V GB/s | vs stream | ORT GQA fp16 µs | xsil vs ORT | NumPy fp32 µs |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    dtypes = args.dtypes.split(",")
+    rounds = 2 if args.quick else 4
     for shape in args.shapes.split(","):
         for ctx in ctxs:
-            ort_us = {}
-            np_us = None
-            for dt in args.dtypes.split(","):
-                case = A.DecodeCase(shape, ctx, dt).build()
-                got = case.step(0, threads[-1], tier)
-                want = case.reference()
-                err = np.abs(got - want).max()
-                assert err < {"f32": 1e-4, "f16": 1e-3, "q8_0": 1e-3}[dt] * 10, f"xsil differs from reference: {err}"
-                if np_us is None:
-                    np_us = A.time_numpy(case) * 1e6
+            cases = {dt: A.DecodeCase(shape, ctx, dt).build() for dt in dtypes}
+            for dt, case in cases.items():
+                err = np.abs(case.step(0, threads[-1], tier) - case.reference()).max()
+                assert err < {"f32": 1e-3, "f16": 1e-2, "q8_0": 1e-2}[dt], f"xsil differs from the reference: {err}"
+            np_us = A.time_numpy(cases[dtypes[0]]) * 1e6
+            orts = {}
+            if ort_ver:
                 for t in threads:
-                    if ort_ver and t not in ort_us:
-                        o = A.OrtDecode(case, t)
-                        o.check()
-                        ort_us[t] = o.time() * 1e6
-                        del o
-                    us = case.time(t, tier) * 1e6
-                    gbs = case.kv_bytes / us / 1e3
-                    o_us = ort_us.get(t)
-                    print(f"| {A.SHAPES[shape]['label'].split(' (')[0]} | {dt} | {ctx} | {t} | {us:.0f} | {gbs:.1f} | "
-                          f"{gbs / bw[t]:.2f}× | {'%.0f' % o_us if o_us else '-'} | "
-                          f"{'%.1f×' % (o_us / us) if o_us else '-'} | {np_us:.0f} |", flush=True)
-                del case
+                    orts[t] = A.OrtDecode(cases[dtypes[0]], t)
+                    orts[t].check()
+            # Several rounds, alternating xsil and ORT; each keeps its best median (a shared machine's
+            # background load only ever slows a round down).
+            best = {}
+            for _ in range(rounds):
+                for t in threads:
+                    bw[t] = max(bw[t], A.stream_read_gbs(t, reps=3))
+                    for dt, case in cases.items():
+                        us = case.time(t, tier) * 1e6
+                        best[(dt, t)] = min(best.get((dt, t), float("inf")), us)
+                    if t in orts:
+                        us = orts[t].time() * 1e6
+                        best[("ort", t)] = min(best.get(("ort", t), float("inf")), us)
+            for dt, case in cases.items():
+                for t in threads:
+                    us = best[(dt, t)]
+                    rows.append((shape, dt, ctx, t, us, case.kv_bytes / us / 1e3, best.get(("ort", t)), np_us))
+                    print(f"  measured {shape} {dt} ctx={ctx} threads={t}: {us:.0f} us", file=sys.stderr, flush=True)
+            del cases, orts
+    for t in threads:
+        bw[t] = max(bw[t], A.stream_read_gbs(t))
+    print("Streaming-read bandwidth measured in this run (best of the run): " +
+          ", ".join(f"{bw[t]:.1f} GB/s ({t} thread{'s' if t > 1 else ''})" for t in threads) + "\n")
+    print("| layer | KV | ctx | thr | xsil µs | K/V GB/s | vs stream | ORT GQA fp16 µs | xsil vs ORT | NumPy fp32 µs |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for shape, dt, ctx, t, us, gbs, o_us, np_us in rows:
+        print(f"| {A.SHAPES[shape]['label'].split(' (')[0]} | {dt} | {ctx} | {t} | {us:.0f} | {gbs:.1f} | "
+              f"{gbs / bw[t]:.2f}× | {'%.0f' % o_us if o_us else '-'} | "
+              f"{'%.1f×' % (o_us / us) if o_us else '-'} | {np_us:.0f} |")
 
 
 if __name__ == "__main__":
