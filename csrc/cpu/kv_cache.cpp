@@ -155,6 +155,11 @@ KVCache::KVCache(const KVCacheParams& p) : p_(p) {
     bad(op, "set a budget: budget_bytes or budget_tokens must be > 0");
   }
   if (n_pages_ > INT32_MAX / 2) bad(op, "budget is too large (" + str(n_pages_) + " pages)");
+  // The pool (rounded up to the 64-byte allocation granule) must fit in a byte budget.
+  while (p.budget_bytes > 0 && n_pages_ > 1 && (n_pages_ * page_bytes_ + 63) / 64 * 64 > p.budget_bytes) --n_pages_;
+  if (p.budget_bytes > 0 && (n_pages_ * page_bytes_ + 63) / 64 * 64 > p.budget_bytes)
+    bad(op, "budget of " + str(p.budget_bytes) + " bytes is smaller than one page (" + str(page_bytes_) + " bytes = " +
+                str(p.page_size) + " tokens)");
   const int64_t total = n_pages_ * page_bytes_;
   v_region_ = n_pages_ * (int64_t)p.n_layers * p.n_kv_heads * k_chunk_;
   n_ctx_ = p.n_ctx > 0 ? p.n_ctx : n_pages_ * p.page_size;

@@ -26,7 +26,10 @@ def test_sizes_and_accounting():
     assert c.bytes_per_token == 2 * 4 * (68 + 128)
     assert c.page_bytes == c.bytes_per_token * 16
     assert c.budget_tokens == (1 << 20) // c.page_bytes * 16
-    assert c.n_pages * c.page_bytes <= 1 << 20
+    assert c.stats()["pool_bytes"] <= 1 << 20
+    # The budget is never exceeded, even by the allocation granule.
+    odd = xsil.KVCache(1, 1, 32, page_size=1, k_dtype="q8_0", v_dtype="q8_0", budget_bytes=68 * 3 + 10)
+    assert odd.n_pages == 2  # 3 pages = 204 bytes, but the 64-byte granule would make it 256 > 214
     sizes = xsil.kv_cache_sizes(2, 4, 64, 1 << 20)
     assert sizes[("q8_0", "f16")] == {"bytes_per_token": c.bytes_per_token, "budget_tokens": c.budget_tokens}
     assert sizes[("f32", "f32")]["bytes_per_token"] == 2 * 4 * 64 * 8
