@@ -2,6 +2,8 @@
 the page accounting is consistent (no page leaked, none shared wrongly) and at the end every
 sequence's attention equals the reference computed from the tokens it should hold."""
 
+import os
+
 import numpy as np
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -46,7 +48,7 @@ def check_pages(c, model):
         assert c.refcount(p) == sum(t.count(p) for t in tables.values())
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=int(os.environ.get("XSIL_HYPOTHESIS_EXAMPLES", "100")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=st.lists(op, min_size=8, max_size=40), seed=st.integers(0, 2**16),
        dt=st.sampled_from(["f32", "f16", "q8_0"]))
 def test_random_page_table_ops(ops, seed, dt):
