@@ -2,6 +2,19 @@
 // an online softmax (one pass over K/V, no score matrix of the whole context). The drivers here
 // validate, apply RoPE to the queries, split the work over threads (heads, query tiles and, for long
 // contexts, pages: split-K with a final reduction) and call the tier's span kernel per page.
+//
+// Use from a model's layer loop (no Python in between), for one decode step of sequence `seq`:
+//   const int64_t pos = cache.reserve(seq, 1);          // once per step: pages, COW, context shift
+//   const AttentionKernels& ak = attention_kernels(default_tier());
+//   for (int l = 0; l < n_layers; ++l) {
+//     ... q, k, v = projections of layer l (fp32, not rotated) ...
+//     KVWriteParams w; w.layer = l; w.seq_id = seq; w.pos0 = pos; w.n_tokens = 1; w.k = k; w.v = v;
+//     cache.write(w);                                   // rotates K at pos, stores f32/f16/Q8_0
+//     AttnDecodeParams a; a.cache = &cache; a.layer = l; a.n_seqs = 1; a.seq_ids = &seq;
+//     a.n_heads = n_heads; a.q = q; a.out = attn_out;   // q rotated at pos inside
+//     attention_decode(a, ak, n_threads);
+//   }
+// Prefill is the same with reserve(seq, n), n_tokens = n and attention_prefill (n_q = n).
 #pragma once
 #include <cstdint>
 
