@@ -1,4 +1,9 @@
 // AVX-512 (F/BW/VL/DQ) attention tier (16 floats per vector).
+// GCC 12's avx512fintrin.h trips -Wmaybe-uninitialized on its own _mm512_undefined_* helpers
+// (reductions, conversions); the warning is about the header, not this file.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
 
 #include <cmath>
