@@ -154,3 +154,32 @@ def test_multi_layer_cache(tier, rng):
         got = xsil.attention_decode(cache, layer, [s], q, isa=tier)
         want = expected(cache, q, k[layer], v[layer], [T - 1])
         assert_close(got, want, R.store(v[layer], "q8_0"), "f16", "q8_0", 3.0, f"layer {layer}")
+
+
+# Tails of the SIMD kernels: GQA groups that are not a multiple of the row block (3, 5, 6, 7), head
+# dims that are not a multiple of the vector width (40, 72, 96, 136), odd page sizes (1, 3, 5, 13).
+TAIL_CASES = [
+    (3, 1, 40, 29, 1, "f32", "f16"),
+    (10, 2, 72, 50, 3, "f16", "f32"),
+    (18, 3, 96, 77, 5, "f16", "q8_0"),
+    (7, 1, 136, 40, 13, "f32", "f32"),
+    (12, 2, 64, 33, 13, "q8_0", "q8_0"),
+]
+
+
+@pytest.mark.parametrize("case", TAIL_CASES, ids=ids)
+def test_kernel_tails(tier, case, rng):
+    H, nkv, hd, T, ps, kd, vd = case
+    cache = xsil.KVCache(1, nkv, hd, page_size=ps, k_dtype=kd, v_dtype=vd, budget_tokens=256)
+    s = cache.add_sequence()
+    k, v = rand_kv(rng, T, nkv, hd)
+    fill(cache, s, k, v, chunks=(4, 9))
+    q = rng.standard_normal((1, H, hd)).astype(np.float32)
+    l1 = np.abs(q).sum(-1).max() / np.sqrt(hd)
+    got = xsil.attention_decode(cache, 0, [s], q, threads=2, isa=tier)
+    assert_close(got, expected(cache, q, k, v, [T - 1]), R.store(v, vd), kd, vd, l1, "decode " + ids(case))
+    qp = rng.standard_normal((11, H, hd)).astype(np.float32)
+    got = xsil.attention_prefill(cache, 0, s, qp, threads=2, isa=tier)
+    l1 = np.abs(qp).sum(-1).max() / np.sqrt(hd)
+    assert_close(got, expected(cache, qp, k, v, np.arange(T - 11, T)), R.store(v, vd), kd, vd, l1,
+                 "prefill " + ids(case))
