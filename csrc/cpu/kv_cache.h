@@ -67,7 +67,8 @@ class KVCache {
   void truncate(int32_t id, int64_t len);   // keep the first len tokens (len <= length)
   // Make room for n more tokens at the end of sequence id; returns the first new position. Applies
   // the context-shift policy if the sequence would pass n_ctx or the pool runs dry. Pages the new
-  // tokens land in become private (copy-on-write). Throws (changing nothing) when it cannot.
+  // tokens land in become private (copy-on-write). Throws when it cannot; nothing is changed then,
+  // except that with the shift policy a shift already done to make room stays done.
   int64_t reserve(int32_t id, int64_t n);
   // Writes one layer's K/V for reserved positions (rotating K). Validates everything first.
   void write(const KVWriteParams& w);

@@ -172,7 +172,7 @@ def test_n_ctx_limit_error():
 
 
 @pytest.mark.parametrize("dt", ["f32", "f16", "q8_0"])
-@pytest.mark.parametrize("mode", ["normal", "neox"])
+@pytest.mark.parametrize("mode", ["normal", "neox", "none"])
 def test_context_shift_equals_fresh(dt, mode, rng):
     """After a shift, attention equals attention computed from scratch on the kept tokens at their
     new positions (keys re-rotated)."""
