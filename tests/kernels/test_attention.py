@@ -157,20 +157,26 @@ def test_multi_layer_cache(tier, rng):
 
 
 # Tails of the SIMD kernels: GQA groups that are not a multiple of the row block (3, 5, 6, 7), head
-# dims that are not a multiple of the vector width (40, 72, 96, 136), odd page sizes (1, 3, 5, 13).
+# dims that are not a multiple of the vector width (40, 72, 96, 136), odd page sizes (1, 3, 5, 7, 13),
+# and the single-row (1:1 heads) decode path.
 TAIL_CASES = [
     (3, 1, 40, 29, 1, "f32", "f16"),
     (10, 2, 72, 50, 3, "f16", "f32"),
     (18, 3, 96, 77, 5, "f16", "q8_0"),
     (7, 1, 136, 40, 13, "f32", "f32"),
     (12, 2, 64, 33, 13, "q8_0", "q8_0"),
+    # one query row per KV head (decode reads K/V in place, no fp32 copy)
+    (2, 2, 40, 23, 5, "f16", "f16"),
+    (4, 4, 96, 21, 7, "q8_0", "q8_0"),
+    (1, 1, 72, 12, 16, "f16", "f32"),
+    (3, 3, 64, 1000, 32, "q8_0", "f16"),
 ]
 
 
 @pytest.mark.parametrize("case", TAIL_CASES, ids=ids)
 def test_kernel_tails(tier, case, rng):
     H, nkv, hd, T, ps, kd, vd = case
-    cache = xsil.KVCache(1, nkv, hd, page_size=ps, k_dtype=kd, v_dtype=vd, budget_tokens=256)
+    cache = xsil.KVCache(1, nkv, hd, page_size=ps, k_dtype=kd, v_dtype=vd, budget_tokens=1024)
     s = cache.add_sequence()
     k, v = rand_kv(rng, T, nkv, hd)
     fill(cache, s, k, v, chunks=(4, 9))

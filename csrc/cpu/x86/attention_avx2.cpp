@@ -5,6 +5,7 @@
 
 #include "core/fp16.h"
 #include "cpu/attention.h"
+#include "cpu/kv_rows.h"
 
 namespace xsil {
 namespace attn_avx2 {
