@@ -171,8 +171,9 @@ KVCache::KVCache(const KVCacheParams& p) : p_(p) {
   mem_ = std::unique_ptr<uint8_t, void (*)(void*)>((uint8_t*)mem, std::free);
   pool_ = (uint8_t*)mem;
   refs_.assign((size_t)n_pages_, 0);
-  free_.reserve((size_t)n_pages_);
-  for (int64_t i = n_pages_ - 1; i >= 0; --i) free_.push_back((int32_t)i);  // page 0 handed out first
+  free_bits_.assign((size_t)((n_pages_ + 63) / 64), ~(uint64_t)0);
+  if (n_pages_ % 64) free_bits_.back() = ((uint64_t)1 << (n_pages_ % 64)) - 1;
+  n_free_ = n_pages_;
 }
 
 int64_t KVCache::bytes_per_token() const { return (int64_t)p_.n_layers * p_.n_kv_heads * (k_row_ + v_row_); }
@@ -207,21 +208,38 @@ int32_t KVCache::add_sequence() {
   return id;
 }
 
-int32_t KVCache::alloc_page() {
-  // Callers check free_ first; this is the last line of defence against an overrun.
-  if (free_.empty()) budget_error(1);
-  const int32_t pg = free_.back();
-  free_.pop_back();
+int32_t KVCache::alloc_page(int64_t hint) {
+  // Callers check n_free_ first; this is the last line of defence against an overrun.
+  if (n_free_ == 0) budget_error(1);
+  if (hint < 0 || hint >= n_pages_) hint = 0;
+  const int64_t n_words = (int64_t)free_bits_.size();
+  int64_t pg = -1;
+  int64_t w = hint >> 6;
+  uint64_t bits = free_bits_[w] & (~(uint64_t)0 << (hint & 63));
+  for (int64_t k = 0; k <= n_words; ++k) {  // from the hint to the end, then from page 0
+    if (bits) {
+      pg = w * 64 + __builtin_ctzll(bits);
+      break;
+    }
+    w = (w + 1) % n_words;
+    bits = free_bits_[w];
+  }
+  if (pg < 0) budget_error(1);
+  free_bits_[pg >> 6] &= ~((uint64_t)1 << (pg & 63));
+  --n_free_;
   refs_[pg] = 1;
-  return pg;
+  return (int32_t)pg;
 }
 
 void KVCache::unref(int32_t pg) {
-  if (--refs_[pg] == 0) free_.push_back(pg);
+  if (--refs_[pg] == 0) {
+    free_bits_[pg >> 6] |= (uint64_t)1 << (pg & 63);
+    ++n_free_;
+  }
 }
 
 void KVCache::budget_error(int64_t want_pages) const {
-  const int64_t used = n_pages_ - (int64_t)free_.size();
+  const int64_t used = n_pages_ - n_free_;
   std::string msg = "budget of " + str(budget_tokens()) + " tokens exhausted: " + str((int64_t)seqs_.size()) +
                     (seqs_.size() == 1 ? " sequence holds " : " sequences hold ") + str(used * p_.page_size) +
                     " (" + str(want_pages) + " more page(s) of " + str(p_.page_size) + " tokens needed); ";
@@ -261,7 +279,7 @@ void KVCache::truncate(int32_t id, int64_t len) {
 void KVCache::make_private(Seq& s, int64_t idx) {
   const int32_t old = s.pages[idx];
   if (refs_[old] == 1) return;
-  const int32_t np = alloc_page();
+  const int32_t np = alloc_page(idx > 0 ? (int64_t)s.pages[idx - 1] + 1 : old);
   copy_page(old, np);
   --refs_[old];  // still > 0: other sequences use it
   s.pages[idx] = np;
@@ -285,7 +303,7 @@ void KVCache::shift_impl(Seq& s, int64_t d) {
   const int64_t p0 = keep / ps, p1 = ceil_div(new_len, ps);
   int64_t need = 0;
   for (int64_t i = p0; i < p1; ++i) need += refs_[s.pages[i]] > 1;
-  if (need > (int64_t)free_.size()) budget_error(need - (int64_t)free_.size());
+  if (need > n_free_) budget_error(need - n_free_);
   for (int64_t i = p0; i < p1; ++i) make_private(s, i);
   std::vector<float> row((size_t)hd);
   const RopeParams& rp = p_.rope;
@@ -349,17 +367,18 @@ int64_t KVCache::reserve(int32_t id, int64_t n) {
     return need;
   };
   int64_t need = pages_needed();
-  if (need > (int64_t)free_.size() && can_shift && s.len > p_.n_keep) {
-    const int64_t cap_tokens = ((int64_t)s.pages.size() + (int64_t)free_.size()) * ps;
+  if (need > n_free_ && can_shift && s.len > p_.n_keep) {
+    const int64_t cap_tokens = ((int64_t)s.pages.size() + n_free_) * ps;
     int64_t d = std::max(s.len + n - cap_tokens, (s.len - p_.n_keep) / 2);
     d = std::min(d, s.len - p_.n_keep);
     if (d > 0) shift_impl(s, d);
     need = pages_needed();
   }
-  if (need > (int64_t)free_.size()) budget_error(need - (int64_t)free_.size());
+  if (need > n_free_) budget_error(need - n_free_);
   if (s.len % ps != 0) make_private(s, (int64_t)s.pages.size() - 1);
   const int64_t pos0 = s.len;
-  while ((int64_t)s.pages.size() < ceil_div(s.len + n, ps)) s.pages.push_back(alloc_page());
+  while ((int64_t)s.pages.size() < ceil_div(s.len + n, ps))
+    s.pages.push_back(alloc_page(s.pages.empty() ? 0 : (int64_t)s.pages.back() + 1));
   s.len += n;
   return pos0;
 }
@@ -378,7 +397,7 @@ void KVCache::write(const KVWriteParams& w) {
   const int64_t pg0 = w.pos0 / ps, pg1 = (w.pos0 + w.n_tokens - 1) / ps;
   int64_t need = 0;
   for (int64_t i = pg0; i <= pg1; ++i) need += refs_[s.pages[i]] > 1;
-  if (need > (int64_t)free_.size()) budget_error(need - (int64_t)free_.size());
+  if (need > n_free_) budget_error(need - n_free_);
   for (int64_t i = pg0; i <= pg1; ++i) make_private(s, i);
   std::vector<float> krow((size_t)(nkv * hd));
   for (int64_t t = 0; t < w.n_tokens; ++t) {
@@ -397,7 +416,7 @@ void KVCache::write(const KVWriteParams& w) {
 KVStats KVCache::stats() const {
   KVStats st;
   st.pages_total = n_pages_;
-  st.pages_free = (int64_t)free_.size();
+  st.pages_free = n_free_;
   st.pages_used = n_pages_ - st.pages_free;
   for (int32_t r : refs_) {
     st.pages_shared += r > 1;
@@ -426,11 +445,14 @@ std::string KVCache::check() const {
     }
   }
   std::vector<char> is_free((size_t)n_pages_, 0);
-  for (int32_t pg : free_) {
-    if (pg < 0 || pg >= n_pages_) return "free list holds page " + str(pg) + " out of range";
-    if (is_free[pg]) return "page " + str(pg) + " is on the free list twice";
-    is_free[pg] = 1;
+  int64_t n_free = 0;
+  for (int64_t i = 0; i < n_pages_; ++i) {
+    is_free[i] = (char)((free_bits_[i >> 6] >> (i & 63)) & 1);
+    n_free += is_free[i];
   }
+  for (int64_t i = n_pages_; i < (int64_t)free_bits_.size() * 64; ++i)
+    if ((free_bits_[i >> 6] >> (i & 63)) & 1) return "free bitmap marks page " + str(i) + " past the pool";
+  if (n_free != n_free_) return "free count " + str(n_free_) + " but " + str(n_free) + " pages marked free";
   for (int64_t i = 0; i < n_pages_; ++i) {
     if (count[i] != refs_[i])
       return "page " + str(i) + " has refcount " + str(refs_[i]) + " but " + str(count[i]) + " page-table entries";

@@ -6,9 +6,10 @@
 // is head-major so that attention streams:
 //   K region [n_layers][n_kv_heads][n_pages][page_size][k_row_bytes], then
 //   V region [n_layers][n_kv_heads][n_pages][page_size][v_row_bytes]
-// i.e. page p of a sequence is the slot p of every (layer, head) array. Pages are handed out in
-// ascending order, so a sequence's K (or V) rows of one head in one layer are mostly one contiguous
-// run of memory: the hardware prefetcher and the TLB see a long sequential read, not a hop per page.
+// i.e. page p of a sequence is the slot p of every (layer, head) array. A sequence's next page is
+// the first free page after its last one, so its K (or V) rows of one head in one layer are mostly
+// one contiguous run of memory: the hardware prefetcher and the TLB see a long sequential read, not a
+// hop per page.
 // Rows are fp32, fp16 or GGUF Q8_0 blocks (head_dim / 32 blocks of 34 bytes).
 //
 // Positions. Token i of a sequence is at position i. K is stored already rotated (RoPE) at its
@@ -114,7 +115,7 @@ class KVCache {
   };
   Seq& seq(int32_t id, const char* op);
   const Seq& seq(int32_t id, const char* op) const;
-  int32_t alloc_page();
+  int32_t alloc_page(int64_t hint);  // lowest free page >= hint (else the lowest), refcount 1
   void unref(int32_t page);
   void copy_page(int32_t src, int32_t dst);
   void make_private(Seq& s, int64_t page_idx);  // copy-on-write of s.pages[page_idx]
@@ -127,7 +128,8 @@ class KVCache {
   std::unique_ptr<uint8_t, void (*)(void*)> mem_{nullptr, nullptr};
   uint8_t* pool_ = nullptr;
   std::vector<int32_t> refs_;      // per page: number of page-table entries referencing it
-  std::vector<int32_t> free_;      // free page stack
+  std::vector<uint64_t> free_bits_;  // bit p set = page p free
+  int64_t n_free_ = 0;
   std::unordered_map<int32_t, Seq> seqs_;
   int32_t next_id_ = 0;
 };

@@ -12,7 +12,7 @@ def rand_kv(rng, T, n_kv, hd, outlier=False):
     return k, v
 
 
-def assert_close(got, want, v_stored, k_dtype, v_dtype, q_scaled_l1=None, note=""):
+def assert_close(got, want, v_stored, k_dtype, v_dtype, q_scaled_l1=None, note="", max_frac=0.02):
     """Format-derived check.
 
     The kernel and the reference store the same rotated K and V, but the kernel rotates in float32
@@ -32,7 +32,7 @@ def assert_close(got, want, v_stored, k_dtype, v_dtype, q_scaled_l1=None, note="
     flip_tol = acc_tol + qv + qk
     assert np.isfinite(got).all(), note
     frac = float((err > acc_tol).mean())
-    assert frac <= 0.02 or (k_dtype == "f32" and v_dtype == "f32" and frac == 0), (
+    assert frac <= max_frac or (k_dtype == "f32" and v_dtype == "f32" and frac == 0), (
         f"{note}: {frac:.3%} of outputs beyond float32 accuracy (max err {err.max():.3e}, tol {acc_tol:.3e})")
     assert err.max() <= flip_tol, f"{note}: max err {err.max():.3e} > {flip_tol:.3e}"
 

@@ -298,3 +298,19 @@ def test_bad_construction():
         xsil.KVCache(1, 2, 64, budget_tokens=64, n_keep=64)
     with pytest.raises(ValueError, match=r"\[kv_cache\] context_shift must be 'error' or 'shift'"):
         xsil.KVCache(1, 2, 64, budget_tokens=64, context_shift="drop")
+
+
+def test_pages_follow_each_other(rng):
+    """A sequence's next page is the first free one after its last, so its rows stay contiguous."""
+    c = make(budget_tokens=256)
+    a, b = c.add_sequence(), c.add_sequence()
+    c.reserve(a, 40)
+    c.reserve(b, 20)
+    assert c.page_table(a) == [0, 1, 2] and c.page_table(b) == [3, 4]
+    c.reserve(a, 30)  # continues after its own last page, skipping b's
+    assert c.page_table(a) == [0, 1, 2, 5, 6]
+    c.remove_sequence(b)
+    d = c.add_sequence()
+    c.reserve(d, 60)
+    assert c.page_table(d) == [3, 4, 7, 8]
+    assert c.check() == ""

@@ -125,7 +125,9 @@ def test_random_page_table_ops(ops, seed, dt):
     for i, sid in enumerate(live):
         k, v = model[sid]
         want = R.cached_attention(q[i:i + 1], k, v, dt, dt, [len(k) - 1])
-        assert_close(got[i:i + 1], want, R.store(v, dt), dt, dt, 3.0, f"seq {sid}")
+        # Outputs here are tiny (4 heads x 32): one K element landing on the other side of an f16 /
+        # Q8_0 rounding boundary moves a whole head's outputs, so only the format bound applies.
+        assert_close(got[i:i + 1], want, R.store(v, dt), dt, dt, 3.0, f"seq {sid}", max_frac=1.0)
         # stored contents too
         K, V = c.read(0, sid)
         np.testing.assert_allclose(V, R.store(v, dt), atol=R.quantum(v, dt).max() * 1.01 + 1e-7)
