@@ -3,11 +3,21 @@
 The kernel API (quantize, dequantize, matmul, pack, cpu_info) is re-exported here from
 :mod:`xsil.kernels`; :func:`capi_library_path` and :func:`capi_include_dir` locate the C ABI
 (:mod:`xsil.capi`). Importing xsil never imports onnxruntime or any CUDA library.
+:mod:`xsil.kernels`; the KV cache and attention API (KVCache, attention_decode, attention_prefill,
+rope) from :mod:`xsil.attention`. Importing xsil never imports onnxruntime or any CUDA library.
 """
 
 from __future__ import annotations
 
 from .capi import capi_include_dir, capi_library_path
+from .attention import (
+    KV_DTYPES,
+    KVCache,
+    attention_decode,
+    attention_prefill,
+    kv_cache_sizes,
+    rope,
+)
 from .kernels import (
     FORMATS,
     PackedWeights,
@@ -25,6 +35,12 @@ from .kernels import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "KV_DTYPES",
+    "KVCache",
+    "attention_decode",
+    "attention_prefill",
+    "kv_cache_sizes",
+    "rope",
     "FORMATS",
     "PackedWeights",
     "__version__",
