@@ -43,5 +43,6 @@ inline int check_threads(py::object threads, const char* op) {
 void register_cpu(py::module_& m);
 void register_quant(py::module_& m);
 void register_matmul(py::module_& m);
+void register_attention(py::module_& m);
 
 }  // namespace xsil::bind

@@ -7,4 +7,5 @@ PYBIND11_MODULE(_core, m) {
   xsil::bind::register_cpu(m);
   xsil::bind::register_quant(m);
   xsil::bind::register_matmul(m);
+  xsil::bind::register_attention(m);
 }

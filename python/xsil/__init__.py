@@ -1,11 +1,20 @@
 """xsil: run 4-bit quantized LLMs on whatever silicon a device has.
 
 The kernel API (quantize, dequantize, matmul, pack, cpu_info) is re-exported here from
-:mod:`xsil.kernels`. Importing xsil never imports onnxruntime or any CUDA library.
+:mod:`xsil.kernels`; the KV cache and attention API (KVCache, attention_decode, attention_prefill,
+rope) from :mod:`xsil.attention`. Importing xsil never imports onnxruntime or any CUDA library.
 """
 
 from __future__ import annotations
 
+from .attention import (
+    KV_DTYPES,
+    KVCache,
+    attention_decode,
+    attention_prefill,
+    kv_cache_sizes,
+    rope,
+)
 from .kernels import (
     FORMATS,
     PackedWeights,
@@ -23,6 +32,12 @@ from .kernels import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "KV_DTYPES",
+    "KVCache",
+    "attention_decode",
+    "attention_prefill",
+    "kv_cache_sizes",
+    "rope",
     "FORMATS",
     "PackedWeights",
     "cpu_info",

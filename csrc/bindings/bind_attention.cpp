@@ -1,0 +1,302 @@
+// KVCache, attention_decode / attention_prefill and rope.
+#include <cmath>
+
+#include "bindings/common.h"
+#include "cpu/attention.h"
+#include "cpu/kv_cache.h"
+#include "cpu/kv_rows.h"
+
+namespace xsil::bind {
+
+namespace {
+
+RopeMode parse_rope_mode(const std::string& s, const char* op) {
+  if (s == "normal") return RopeMode::Normal;
+  if (s == "neox") return RopeMode::Neox;
+  if (s == "none") return RopeMode::None;
+  throw std::invalid_argument(std::string("[") + op + "] rope mode '" + s + "' is not one of 'normal', 'neox', 'none'");
+}
+
+const char* rope_mode_name(RopeMode m) {
+  return m == RopeMode::Normal ? "normal" : m == RopeMode::Neox ? "neox" : "none";
+}
+
+std::string sh(const std::vector<int64_t>& v) {
+  std::string s = "(";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  return s + (v.size() == 1 ? ",)" : ")");
+}
+
+void require_shape(const py::array& a, const std::vector<int64_t>& want, const char* op, const char* arg) {
+  bool ok = a.ndim() == (py::ssize_t)want.size();
+  for (size_t i = 0; ok && i < want.size(); ++i) ok = a.shape(i) == want[i];
+  if (!ok)
+    throw std::invalid_argument(std::string("[") + op + "] " + arg + " must have shape " + sh(want) + ", got " +
+                                shape_str(a));
+}
+
+std::unique_ptr<KVCache> make_cache(int n_layers, int n_kv_heads, int head_dim, int page_size, const std::string& k_dtype,
+                                    const std::string& v_dtype, int64_t budget_bytes, int64_t budget_tokens,
+                                    int64_t n_ctx, const std::string& context_shift, int n_keep, const std::string& rope,
+                                    double freq_base, double freq_scale) {
+  const char* op = "kv_cache";
+  KVCacheParams p;
+  p.n_layers = n_layers;
+  p.n_kv_heads = n_kv_heads;
+  p.head_dim = head_dim;
+  p.page_size = page_size;
+  p.k_dtype = parse_kv_dtype(k_dtype, op);
+  p.v_dtype = parse_kv_dtype(v_dtype, op);
+  p.budget_bytes = budget_bytes;
+  p.budget_tokens = budget_tokens;
+  p.n_ctx = n_ctx;
+  if (context_shift == "error") p.shift = ShiftPolicy::Error;
+  else if (context_shift == "shift") p.shift = ShiftPolicy::Shift;
+  else throw std::invalid_argument("[kv_cache] context_shift must be 'error' or 'shift', got '" + context_shift + "'");
+  p.n_keep = n_keep;
+  p.rope.mode = parse_rope_mode(rope, op);
+  p.rope.freq_base = (float)freq_base;
+  p.rope.freq_scale = (float)freq_scale;
+  return std::make_unique<KVCache>(p);
+}
+
+void py_write(KVCache& c, int layer, int seq_id, int64_t pos0, const py::array& k, const py::array& v, bool k_rotated) {
+  const char* op = "kv_cache.write";
+  const KVCacheParams& cp = c.params();
+  require<float>(k, op, "k", "float32");
+  require<float>(v, op, "v", "float32");
+  if (k.ndim() != 3) throw std::invalid_argument("[kv_cache.write] k must be 3-D [n_tokens, n_kv_heads, head_dim], got " + shape_str(k));
+  const int64_t n = k.shape(0);
+  require_shape(k, {n, cp.n_kv_heads, cp.head_dim}, op, "k");
+  require_shape(v, {n, cp.n_kv_heads, cp.head_dim}, op, "v");
+  KVWriteParams w;
+  w.layer = layer;
+  w.seq_id = seq_id;
+  w.pos0 = pos0;
+  w.n_tokens = (int32_t)n;
+  w.k = (const float*)k.data();
+  w.v = (const float*)v.data();
+  w.k_rotated = k_rotated;
+  c.write(w);
+}
+
+int64_t py_append(KVCache& c, int seq_id, const py::array& k, const py::array& v) {
+  const char* op = "kv_cache.append";
+  const KVCacheParams& cp = c.params();
+  require<float>(k, op, "k", "float32");
+  require<float>(v, op, "v", "float32");
+  c.require_seq(seq_id, op);
+  int64_t n;
+  if (k.ndim() == 3 && cp.n_layers == 1) {
+    n = k.shape(0);
+    require_shape(k, {n, cp.n_kv_heads, cp.head_dim}, op, "k");
+    require_shape(v, {n, cp.n_kv_heads, cp.head_dim}, op, "v");
+  } else {
+    if (k.ndim() != 4)
+      throw std::invalid_argument("[kv_cache.append] k must be 4-D [n_layers, n_tokens, n_kv_heads, head_dim] (3-D "
+                                  "[n_tokens, n_kv_heads, head_dim] for a 1-layer cache), got " + shape_str(k));
+    n = k.shape(1);
+    require_shape(k, {cp.n_layers, n, cp.n_kv_heads, cp.head_dim}, op, "k");
+    require_shape(v, {cp.n_layers, n, cp.n_kv_heads, cp.head_dim}, op, "v");
+  }
+  if (n < 1) throw std::invalid_argument("[kv_cache.append] no tokens to append");
+  const int64_t pos0 = c.reserve(seq_id, n);
+  const int64_t per_layer = n * cp.n_kv_heads * cp.head_dim;
+  for (int l = 0; l < cp.n_layers; ++l) {
+    KVWriteParams w;
+    w.layer = l;
+    w.seq_id = seq_id;
+    w.pos0 = c.length(seq_id) - n;  // a context shift in reserve may have moved the end
+    w.n_tokens = (int32_t)n;
+    w.k = (const float*)k.data() + l * per_layer;
+    w.v = (const float*)v.data() + l * per_layer;
+    c.write(w);
+  }
+  (void)pos0;
+  return c.length(seq_id) - n;
+}
+
+py::tuple py_read(const KVCache& c, int layer, int seq_id) {
+  const char* op = "kv_cache.read";
+  const KVCacheParams& cp = c.params();
+  if (layer < 0 || layer >= cp.n_layers) throw std::invalid_argument("[kv_cache.read] layer out of range");
+  c.require_seq(seq_id, op);
+  const int64_t len = c.length(seq_id), hd = cp.head_dim, nkv = cp.n_kv_heads, ps = cp.page_size;
+  py::array_t<float> K({(py::ssize_t)len, (py::ssize_t)nkv, (py::ssize_t)hd});
+  py::array_t<float> V({(py::ssize_t)len, (py::ssize_t)nkv, (py::ssize_t)hd});
+  float* kp = K.mutable_data();
+  float* vp = V.mutable_data();
+  const auto& pt = c.page_table(seq_id);
+  for (int64_t t = 0; t < len; ++t)
+    for (int64_t h = 0; h < nkv; ++h) {
+      kv_load_row(cp.k_dtype, c.k_rows(pt[t / ps], layer, (int32_t)h) + (t % ps) * c.k_row_bytes(), kp + (t * nkv + h) * hd, hd);
+      kv_load_row(cp.v_dtype, c.v_rows(pt[t / ps], layer, (int32_t)h) + (t % ps) * c.v_row_bytes(), vp + (t * nkv + h) * hd, hd);
+    }
+  return py::make_tuple(K, V);
+}
+
+py::dict py_stats(const KVCache& c) {
+  const KVStats s = c.stats();
+  py::dict d;
+  d["pages_total"] = s.pages_total;
+  d["pages_used"] = s.pages_used;
+  d["pages_free"] = s.pages_free;
+  d["pages_shared"] = s.pages_shared;
+  d["page_bytes"] = s.page_bytes;
+  d["pool_bytes"] = s.pool_bytes;
+  d["bytes_used"] = s.bytes_used;
+  d["tokens_cached"] = s.tokens_cached;
+  d["budget_tokens"] = s.budget_tokens;
+  d["bytes_per_token"] = s.bytes_per_token;
+  d["n_seqs"] = s.n_seqs;
+  d["refs_total"] = s.refs_total;
+  py::dict lens;
+  for (int32_t id : c.sequence_ids()) lens[py::int_(id)] = c.length(id);
+  d["lengths"] = lens;
+  return d;
+}
+
+py::array_t<float> py_decode(const KVCache& c, int layer, const py::array& seq_ids, const py::array& q, double scale,
+                             bool q_rotated, py::object threads, const std::string& isa) {
+  const char* op = "attention_decode";
+  require<int32_t>(seq_ids, op, "seq_ids", "int32");
+  require<float>(q, op, "q", "float32");
+  if (seq_ids.ndim() != 1) throw std::invalid_argument("[attention_decode] seq_ids must be 1-D, got " + shape_str(seq_ids));
+  const int64_t ns = seq_ids.shape(0);
+  if (q.ndim() != 3) throw std::invalid_argument("[attention_decode] q must be 3-D [n_seqs, n_heads, head_dim], got " + shape_str(q));
+  require_shape(q, {ns, q.shape(1), c.params().head_dim}, op, "q");
+  const int nt = check_threads(threads, op);
+  AttnDecodeParams p;
+  p.cache = &c;
+  p.layer = layer;
+  p.n_seqs = (int32_t)ns;
+  p.seq_ids = (const int32_t*)seq_ids.data();
+  p.n_heads = (int32_t)q.shape(1);
+  p.q = (const float*)q.data();
+  p.q_rotated = q_rotated;
+  p.scale = (float)scale;
+  const AttentionKernels& k = attention_kernels(resolve_tier(isa));
+  py::array_t<float> out({(py::ssize_t)ns, (py::ssize_t)p.n_heads, (py::ssize_t)c.params().head_dim});
+  p.out = out.mutable_data();
+  check_attention_decode(p, nt);
+  {
+    py::gil_scoped_release nogil;
+    attention_decode(p, k, nt);
+  }
+  return out;
+}
+
+py::array_t<float> py_prefill(const KVCache& c, int layer, int seq_id, const py::array& q, double scale, bool q_rotated,
+                              py::object threads, const std::string& isa) {
+  const char* op = "attention_prefill";
+  require<float>(q, op, "q", "float32");
+  if (q.ndim() != 3) throw std::invalid_argument("[attention_prefill] q must be 3-D [n_q, n_heads, head_dim], got " + shape_str(q));
+  require_shape(q, {q.shape(0), q.shape(1), c.params().head_dim}, op, "q");
+  const int nt = check_threads(threads, op);
+  AttnPrefillParams p;
+  p.cache = &c;
+  p.layer = layer;
+  p.seq_id = seq_id;
+  p.n_q = (int32_t)q.shape(0);
+  p.n_heads = (int32_t)q.shape(1);
+  p.q = (const float*)q.data();
+  p.q_rotated = q_rotated;
+  p.scale = (float)scale;
+  const AttentionKernels& k = attention_kernels(resolve_tier(isa));
+  py::array_t<float> out({(py::ssize_t)p.n_q, (py::ssize_t)p.n_heads, (py::ssize_t)c.params().head_dim});
+  p.out = out.mutable_data();
+  check_attention_prefill(p, nt);
+  {
+    py::gil_scoped_release nogil;
+    attention_prefill(p, k, nt);
+  }
+  return out;
+}
+
+py::array_t<float> py_rope(const py::array& x, const py::array& positions, const std::string& mode, double base,
+                           double scale) {
+  const char* op = "rope";
+  require<float>(x, op, "x", "float32");
+  require<int64_t>(positions, op, "positions", "int64");
+  if (x.ndim() != 2 && x.ndim() != 3)
+    throw std::invalid_argument("[rope] x must be [n, head_dim] or [n, n_heads, head_dim], got " + shape_str(x));
+  const int64_t n = x.shape(0), nv = x.ndim() == 3 ? x.shape(1) : 1, hd = x.shape(x.ndim() - 1);
+  if (hd < 2 || hd % 2) throw std::invalid_argument("[rope] head_dim=" + std::to_string(hd) + " must be even");
+  if (positions.ndim() != 1 || positions.shape(0) != n)
+    throw std::invalid_argument("[rope] positions must be 1-D with " + std::to_string(n) + " entries, got " +
+                                shape_str(positions));
+  RopeParams rp;
+  rp.mode = parse_rope_mode(mode, op);
+  rp.freq_base = (float)base;
+  rp.freq_scale = (float)scale;
+  if (!(base > 0) || !std::isfinite(base)) throw std::invalid_argument("[rope] freq_base must be finite and > 0");
+  if (!(scale > 0) || !std::isfinite(scale)) throw std::invalid_argument("[rope] freq_scale must be finite and > 0");
+  py::array_t<float> y(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+  std::copy((const float*)x.data(), (const float*)x.data() + n * nv * hd, y.mutable_data());
+  rope_inplace(y.mutable_data(), n, nv, hd, (const int64_t*)positions.data(), 0, rp);
+  return y;
+}
+
+}  // namespace
+
+void register_attention(py::module_& m) {
+  py::class_<KVCache>(m, "KVCache", "Paged, budgeted KV cache (native). Use xsil.KVCache.")
+      .def(py::init(&make_cache), py::arg("n_layers"), py::arg("n_kv_heads"), py::arg("head_dim"),
+           py::arg("page_size") = 16, py::arg("k_dtype") = "f16", py::arg("v_dtype") = "f16",
+           py::arg("budget_bytes") = 0, py::arg("budget_tokens") = 0, py::arg("n_ctx") = 0,
+           py::arg("context_shift") = "error", py::arg("n_keep") = 0, py::arg("rope") = "normal",
+           py::arg("rope_freq_base") = 10000.0, py::arg("rope_freq_scale") = 1.0)
+      .def("add_sequence", &KVCache::add_sequence)
+      .def("remove_sequence", &KVCache::remove_sequence, py::arg("seq_id"))
+      .def("fork", &KVCache::fork, py::arg("seq_id"))
+      .def("truncate", &KVCache::truncate, py::arg("seq_id"), py::arg("length"))
+      .def("reserve", &KVCache::reserve, py::arg("seq_id"), py::arg("n_tokens"))
+      .def("shift", &KVCache::shift, py::arg("seq_id"), py::arg("n_discard"))
+      .def("write", &py_write, py::arg("layer"), py::arg("seq_id"), py::arg("pos0"), py::arg("k"), py::arg("v"),
+           py::arg("k_rotated") = false)
+      .def("append", &py_append, py::arg("seq_id"), py::arg("k"), py::arg("v"))
+      .def("read", &py_read, py::arg("layer"), py::arg("seq_id"))
+      .def("length", &KVCache::length, py::arg("seq_id"))
+      .def("n_shifted", &KVCache::n_shifted, py::arg("seq_id"))
+      .def("has", &KVCache::has, py::arg("seq_id"))
+      .def("page_table", &KVCache::page_table, py::arg("seq_id"))
+      .def("refcount", [](const KVCache& c, int32_t pg) {
+        if (pg < 0 || pg >= c.n_pages()) throw std::invalid_argument("[kv_cache] page " + std::to_string(pg) + " out of range");
+        return c.refcount(pg);
+      }, py::arg("page"))
+      .def("stats", &py_stats)
+      .def("check", &KVCache::check)
+      .def_property_readonly("sequences", &KVCache::sequence_ids)
+      .def_property_readonly("bytes_per_token", &KVCache::bytes_per_token)
+      .def_property_readonly("budget_tokens", &KVCache::budget_tokens)
+      .def_property_readonly("n_pages", &KVCache::n_pages)
+      .def_property_readonly("page_bytes", &KVCache::page_bytes)
+      .def_property_readonly("n_ctx", &KVCache::n_ctx)
+      .def_property_readonly("n_layers", [](const KVCache& c) { return c.params().n_layers; })
+      .def_property_readonly("n_kv_heads", [](const KVCache& c) { return c.params().n_kv_heads; })
+      .def_property_readonly("head_dim", [](const KVCache& c) { return c.params().head_dim; })
+      .def_property_readonly("page_size", [](const KVCache& c) { return c.params().page_size; })
+      .def_property_readonly("n_keep", [](const KVCache& c) { return c.params().n_keep; })
+      .def_property_readonly("k_dtype", [](const KVCache& c) { return std::string(kv_dtype_name(c.params().k_dtype)); })
+      .def_property_readonly("v_dtype", [](const KVCache& c) { return std::string(kv_dtype_name(c.params().v_dtype)); })
+      .def_property_readonly("context_shift", [](const KVCache& c) {
+        return std::string(c.params().shift == ShiftPolicy::Shift ? "shift" : "error");
+      })
+      .def_property_readonly("rope", [](const KVCache& c) {
+        const RopeParams& r = c.params().rope;
+        return py::make_tuple(rope_mode_name(r.mode), r.freq_base, r.freq_scale);
+      });
+  m.def("attention_decode", &py_decode, py::arg("cache"), py::arg("layer"), py::arg("seq_ids"), py::arg("q"),
+        py::arg("scale") = 0.0, py::arg("q_rotated") = false, py::arg("threads") = py::none(), py::arg("isa") = "");
+  m.def("attention_prefill", &py_prefill, py::arg("cache"), py::arg("layer"), py::arg("seq_id"), py::arg("q"),
+        py::arg("scale") = 0.0, py::arg("q_rotated") = false, py::arg("threads") = py::none(), py::arg("isa") = "");
+  m.def("rope", &py_rope, py::arg("x"), py::arg("positions"), py::arg("mode") = "normal",
+        py::arg("freq_base") = 10000.0, py::arg("freq_scale") = 1.0);
+  m.def("kv_row_bytes", [](const std::string& dt, int64_t hd) {
+    const KVDtype d = parse_kv_dtype(dt, "kv_cache");
+    if (d == KVDtype::Q8_0 && hd % 32) throw std::invalid_argument("[kv_cache] head_dim must be a multiple of 32 for q8_0");
+    return kv_row_bytes(d, hd);
+  }, py::arg("dtype"), py::arg("head_dim"));
+}
+
+}  // namespace xsil::bind
