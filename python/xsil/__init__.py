@@ -29,9 +29,35 @@ from .kernels import (
     set_num_threads,
 )
 
+from .errors import BackendError, ContextOverflowError, GGUFError, XsilError
+from .backend import Session
+
 __version__ = "0.1.0"
 
+
+def backends(refresh: bool = False) -> list:
+    """Every registered backend as data: name, kind, score, available, reason, devices."""
+    from . import registry
+
+    return [r.as_dict() for r in registry.table(refresh)]
+
+
+def devices(refresh: bool = False) -> list:
+    """Every device an available backend found: backend, name, kind and details."""
+    out = []
+    for r in backends(refresh):
+        for d in r["devices"]:
+            out.append(dict(backend=r["name"], **d))
+    return out
+
 __all__ = [
+    "BackendError",
+    "ContextOverflowError",
+    "GGUFError",
+    "Session",
+    "XsilError",
+    "backends",
+    "devices",
     "KV_DTYPES",
     "KVCache",
     "attention_decode",

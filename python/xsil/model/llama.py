@@ -28,6 +28,15 @@ LAYER_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_
 
 
 def peak_rss_bytes() -> int:
+    """Peak resident set size of this process. VmHWM (per address space, so not inherited from a
+    parent the way ru_maxrss is across fork+exec), else getrusage."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
