@@ -1,5 +1,6 @@
 // matmul and weight packing.
 #include "bindings/common.h"
+#include "cpu/checks.h"
 #include "cpu/q4_matmul.h"
 
 namespace xsil::bind {
@@ -49,10 +50,7 @@ py::array_t<float> py_matmul(const py::array& x, const py::object& w, const std:
     if (wa.ndim() != 2)
       throw std::invalid_argument("[matmul] w must be 2-D [N, K/" + std::to_string(fi->block_size) + "*" +
                                   std::to_string(fi->type_size) + "] uint8, got shape " + shape_str(wa));
-    if (p.K % fi->block_size != 0)
-      throw std::invalid_argument("[matmul] K=" + std::to_string(p.K) + " is not a multiple of the " + fi->name +
-                                  " block size " + std::to_string(fi->block_size));
-    const int64_t rb = fmt_row_bytes(fmt, p.K);
+    const int64_t rb = check_block_multiple(fmt, p.K, op, "K", /*positive=*/false);
     if (wa.shape(1) != rb)
       throw std::invalid_argument("[matmul] w has " + std::to_string(wa.shape(1)) + " bytes per row; K=" +
                                   std::to_string(p.K) + " in " + fi->name + " needs " + std::to_string(rb));

@@ -1,7 +1,6 @@
 // quantize / dequantize between fp32 and GGUF block rows.
-#include <cmath>
-
 #include "bindings/common.h"
+#include "cpu/checks.h"
 #include "cpu/q4_matmul.h"
 #include "cpu/quant.h"
 
@@ -14,17 +13,10 @@ static py::array_t<uint8_t> py_quantize(const py::array& x, const std::string& f
   if (x.ndim() != 2)
     throw std::invalid_argument(std::string("[quantize] x must be 2-D [rows, cols], got shape ") + shape_str(x));
   const int64_t rows = x.shape(0), cols = x.shape(1);
-  const FmtInfo* fi = fmt_info(fmt);
-  if (cols % fi->block_size != 0)
-    throw std::invalid_argument("[quantize] cols=" + std::to_string(cols) + " is not a multiple of the " + fi->name +
-                                " block size " + std::to_string(fi->block_size));
+  check_block_multiple(fmt, cols, op, "cols", /*positive=*/false);
   const int nt = check_threads(threads, op);
   const float* px = (const float*)x.data();
-  const int64_t n = rows * cols;
-  for (int64_t i = 0; i < n; ++i)
-    if (!std::isfinite(px[i]))
-      throw std::invalid_argument("[quantize] x has a non-finite value at flat index " + std::to_string(i) +
-                                  "; quantization needs finite weights");
+  check_finite(px, rows * cols, op);
   const int64_t rb = fmt_row_bytes(fmt, cols);
   py::array_t<uint8_t> out({(py::ssize_t)rows, (py::ssize_t)rb});
   uint8_t* po = out.mutable_data();
@@ -41,9 +33,7 @@ static py::array_t<float> py_dequantize(const py::array& blocks, const std::stri
   const Fmt fmt = parse_fmt(fmt_name, op);
   require<uint8_t>(blocks, op, "blocks", "uint8");
   const FmtInfo* fi = fmt_info(fmt);
-  if (cols < 1 || cols % fi->block_size != 0)
-    throw std::invalid_argument("[dequantize] cols=" + std::to_string(cols) + " is not a positive multiple of the " +
-                                fi->name + " block size " + std::to_string(fi->block_size));
+  check_block_multiple(fmt, cols, op, "cols", /*positive=*/true);
   const int64_t rb = fmt_row_bytes(fmt, cols);
   int64_t rows;
   if (blocks.ndim() == 2) {

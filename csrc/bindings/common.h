@@ -7,6 +7,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "cpu/checks.h"
+
 namespace py = pybind11;
 
 #include "cpu/q4_matmul.h"
@@ -39,12 +41,11 @@ void require(const py::array& a, const char* op, const char* arg, const char* ex
                                 " must be C-contiguous (use np.ascontiguousarray)");
 }
 
+// None = the whole pool (0); otherwise the shared range check (cpu/checks.h).
 inline int check_threads(py::object threads, const char* op) {
   if (threads.is_none()) return 0;
-  const long t = threads.cast<long>();
-  if (t < 1 || t > 1024)
-    throw std::invalid_argument(std::string("[") + op + "] threads=" + std::to_string(t) +
-                                " is out of range [1, 1024]");
+  const long long t = threads.cast<long long>();
+  xsil::check_threads(t, op);
   return (int)t;
 }
 

@@ -16,6 +16,16 @@ static inline int q4_0_level(float t) {
   return q > 15 ? 15 : q;
 }
 
+// round(t), half away from zero. |t| <= 127.5 for finite blocks with a normal d. When d underflows
+// to an fp32 subnormal, fp16(d) is 0 and every weight dequantizes to 0 whatever q, but t can be
+// inf or NaN (1/d overflows) or just above 127.5 (d lost precision): we write 0 for a non-finite t
+// and wrap 128 to -128, as the x86 float->int32->int8 conversion behind gguf-py's astype does; a
+// direct float->int8 cast would be undefined in C++ for those values.
+static inline int8_t q8_0_level(float t) {
+  if (!(std::fabs(t) < 2147483648.0f)) return 0;
+  return (int8_t)(uint8_t)(uint32_t)(int32_t)std::roundf(t);
+}
+
 void quantize_row_q4_0(const float* x, block_q4_0* y, int64_t k) {
   const int64_t nb = k / QK4_0;
   for (int64_t i = 0; i < nb; ++i) {
@@ -47,7 +57,7 @@ void quantize_row_q8_0(const float* x, block_q8_0* y, int64_t k) {
     const float d = amax / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     y[i].d = fp32_to_fp16(d);
-    for (int j = 0; j < QK8_0; ++j) y[i].qs[j] = (int8_t)std::roundf(xb[j] * id);  // half away from zero
+    for (int j = 0; j < QK8_0; ++j) y[i].qs[j] = q8_0_level(xb[j] * id);
   }
 }
 

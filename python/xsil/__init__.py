@@ -2,7 +2,9 @@
 
 The kernel API (quantize, dequantize, matmul, pack, cpu_info) is re-exported here from
 :mod:`xsil.kernels`; the KV cache and attention API (KVCache, attention_decode, attention_prefill,
-rope) from :mod:`xsil.attention`. Importing xsil never imports onnxruntime or any CUDA library.
+rope) from :mod:`xsil.attention`; :func:`capi_library_path` and :func:`capi_include_dir` locate the
+C ABI (:mod:`xsil.capi`). Sessions (:class:`Session`) run GGUF models on a backend chosen by
+:func:`backends` / ``backend="auto"``. Importing xsil never imports onnxruntime or any CUDA library.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from .attention import (
     kv_cache_sizes,
     rope,
 )
+from .capi import capi_include_dir, capi_library_path
 from .kernels import (
     FORMATS,
     PackedWeights,
@@ -66,6 +69,9 @@ __all__ = [
     "rope",
     "FORMATS",
     "PackedWeights",
+    "__version__",
+    "capi_include_dir",
+    "capi_library_path",
     "cpu_info",
     "dequantize",
     "format_info",
@@ -75,5 +81,4 @@ __all__ = [
     "quantize",
     "set_isa",
     "set_num_threads",
-    "__version__",
 ]

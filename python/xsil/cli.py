@@ -37,7 +37,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(0)
     # 1. Self-check: every available tier against the NumPy reference.
     ok = True
-    print("\nself-check against the NumPy model of the integer path (max |xsil - ref| / max |ref|, must be < 1e-4):")
+    print("\nself-check against the NumPy model of the integer path "
+          "(max |xsil - ref| / max |ref|, must be < 1e-4):")
     for fmt in xsil.FORMATS:
         K, N, M = 512, 96, 5
         w = rng.standard_normal((N, K)).astype(np.float32)
@@ -64,9 +65,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for M in (1, 128):
         x = rng.standard_normal((M, K)).astype(np.float32)
         rep = 30 if M == 1 else 5
-        t_np = _median_time(lambda: x @ wd.T, rep)
+        t_np = _median_time(lambda: x @ wd.T, rep)  # noqa: B023 (called before x changes)
         for tier in tiers:
-            t = _median_time(lambda: xsil.matmul(x, wq, "Q4_0", isa=tier), rep)
+            t = _median_time(lambda: xsil.matmul(x, wq, "Q4_0", isa=tier), rep)  # noqa: B023 (same)
             gbs = wq.nbytes / t / 1e9
             gflops = 2 * M * N * K / t / 1e9
             rows.append((M, tier, t * 1e3, gbs, gflops, t_np / t))
@@ -155,8 +156,8 @@ def _add_session_args(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="xsil", description="xsil: cross-silicon 4-bit LLM runtime")
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("demo", help="kernel self-check against the NumPy reference + a short benchmark").set_defaults(
-        fn=cmd_demo)
+    demo = sub.add_parser("demo", help="kernel self-check against the NumPy reference + a short benchmark")
+    demo.set_defaults(fn=cmd_demo)
     sub.add_parser("info", help="CPU features and ISA tiers as JSON").set_defaults(fn=cmd_info)
     pd = sub.add_parser("devices", help="backends and devices, with the reason each is (un)available")
     pd.add_argument("--json", action="store_true")

@@ -49,10 +49,10 @@ def set_isa(tier: str) -> None:
 
 def set_num_threads(n: int) -> None:
     """Resize the persistent thread pool (total threads, caller included)."""
-    n = _threads(n, "threads")
-    if n is None:
+    t = _threads(n, "threads")
+    if t is None:
         raise ValueError("[threads] n must be an int >= 1")
-    _core.set_num_threads(n)
+    _core.set_num_threads(t)
 
 
 def get_num_threads() -> int:
@@ -89,7 +89,7 @@ def dequantize(blocks: np.ndarray, fmt: str, cols: int, *, threads: Optional[int
 
 def matmul(
     x: np.ndarray,
-    w_blocks: Union[np.ndarray, "PackedWeights"],
+    w_blocks: Union[np.ndarray, PackedWeights],
     fmt: str,
     *,
     threads: Optional[int] = None,
@@ -124,7 +124,7 @@ def pack(
     isa: Optional[str] = None,
     inplace: bool = False,
     threads: Optional[int] = None,
-) -> Optional["PackedWeights"]:
+) -> Optional[PackedWeights]:
     """Repack GGUF rows once into the layout a tier's kernels read fastest.
 
     The packed copy has exactly the original's byte size and replaces it: with ``inplace=True`` the
@@ -142,7 +142,9 @@ def _apply_env() -> None:
         try:
             _core.set_isa(tier)
         except ValueError as e:
-            raise ValueError(f"XSIL_CPU_ISA={tier!r}: {e}. Unset XSIL_CPU_ISA or pick an available tier.") from None
+            raise ValueError(
+                f"XSIL_CPU_ISA={tier!r}: {e}. Unset XSIL_CPU_ISA or pick an available tier."
+            ) from None
 
 
 _apply_env()

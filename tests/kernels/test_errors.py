@@ -70,7 +70,8 @@ def test_empty_shapes(wq):
 def test_unknown_format(wq):
     with pytest.raises(ValueError, match=r"\[matmul\] unsupported format 'Q5_1'"):
         xsil.matmul(np.zeros((1, 64), np.float32), wq, "Q5_1")
-    with pytest.raises(ValueError, match=r"\[quantize\] unsupported format 'Q4_K'; expected one of Q4_0, Q8_0"):
+    with pytest.raises(ValueError, match=r"\[quantize\] unsupported format 'Q4_K'; "
+                       r"expected one of Q4_0, Q8_0"):
         xsil.quantize(np.zeros((1, 256), np.float32), "Q4_K")
     with pytest.raises(ValueError, match=r"\[matmul\] fmt must be a string"):
         xsil.matmul(np.zeros((1, 64), np.float32), wq, 2)
@@ -124,7 +125,8 @@ def test_quantize_errors():
 
 
 def test_dequantize_errors():
-    with pytest.raises(ValueError, match=r"\[dequantize\] blocks have 30 bytes per row; cols=64 in Q4_0 need 36"):
+    with pytest.raises(ValueError, match=r"\[dequantize\] blocks have 30 bytes per row; "
+                       r"cols=64 in Q4_0 need 36"):
         xsil.dequantize(np.zeros((2, 30), np.uint8), "Q4_0", 64)
     with pytest.raises(ValueError, match=r"\[dequantize\] cols=100 is not a positive multiple"):
         xsil.dequantize(np.zeros((2, 36), np.uint8), "Q4_0", 100)
@@ -137,7 +139,8 @@ def test_dequantize_errors():
 
 
 def test_pack_errors(wq):
-    with pytest.raises(ValueError, match=r"\[pack\] w has 35 bytes per row, not a whole number of Q4_0 blocks"):
+    with pytest.raises(ValueError, match=r"\[pack\] w has 35 bytes per row, "
+                       r"not a whole number of Q4_0 blocks"):
         xsil.pack(np.zeros((4, 35), np.uint8), "Q4_0")
     ro = wq.copy()
     ro.flags.writeable = False

@@ -60,7 +60,8 @@ def test_dequantize_matches_gguf(fmt, rng):
     if fmt == "Q4_K":
         b = ref.random_blocks(fmt, 33, cols, rng)
     else:
-        b = gguf_quant(np.concatenate([special_rows(cols, rng), rng.standard_normal((22, cols)).astype(np.float32)]), fmt)
+        rows = np.concatenate([special_rows(cols, rng), rng.standard_normal((22, cols)).astype(np.float32)])
+        b = gguf_quant(rows, fmt)
     got = xsil.dequantize(b, fmt, cols)
     want = gguf_dequant(b, fmt)
     assert got.dtype == np.float32 and got.shape == want.shape

@@ -31,7 +31,8 @@ def check_int8_path(got, x, wq, fmt):
     assert (np.abs(got - exact) <= bound).all()
 
 
-# (M, N, K) grid: awkward N (1, not multiples of 8/16), K from one block to 11008, M across decode and prefill.
+# (M, N, K) grid: awkward N (1, not multiples of 8/16), K from one block to 11008, M across decode and
+# prefill.
 SHAPES = [
     (1, 1, 256),
     (1, 7, 512),

@@ -42,7 +42,11 @@ def test_import_does_not_load_onnxruntime_or_cuda():
     import subprocess
     import sys
 
-    code = "import sys, xsil; bad=[m for m in sys.modules if m.startswith(('onnxruntime','torch','cupy','xsil._cuda'))]; print(bad)"
+    code = (
+        "import sys, xsil; "
+        "bad=[m for m in sys.modules "
+        "if m.startswith(('onnxruntime','torch','cupy','xsil._cuda'))]; print(bad)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"

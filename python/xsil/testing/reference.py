@@ -85,7 +85,6 @@ def matmul_int8(x: np.ndarray, blocks: np.ndarray, fmt: str) -> np.ndarray:
     integer block dot products, scales applied per block pair."""
     x = np.asarray(x, np.float32)
     M, K = x.shape
-    bs, ts = BLOCK[fmt]
     N = blocks.shape[0] if blocks.ndim == 2 else blocks.size // row_bytes(fmt, K)
     b = _weight_ints(blocks, fmt, N, K)
     if fmt in ("Q4_0", "Q8_0"):
@@ -132,7 +131,7 @@ def int8_error_bound(x: np.ndarray, blocks: np.ndarray, fmt: str) -> np.ndarray:
     """Rigorous bound on |matmul_int8 - matmul_exact| per output: each activation moves by at most
     half its block's step d, so |sum_k w_k (x_k - x^_k)| <= sum_blocks d/2 * sum_{k in block} |w_k|."""
     x = np.asarray(x, np.float32)
-    M, K = x.shape
+    K = x.shape[1]
     group = 256 if fmt == "Q4_K" else 32
     _, dx = quantize_activations(x, group)
     w = np.abs(dequantize(blocks, fmt, K).astype(np.float64))
@@ -140,7 +139,9 @@ def int8_error_bound(x: np.ndarray, blocks: np.ndarray, fmt: str) -> np.ndarray:
     return (dx.astype(np.float64) / 2) @ wsum.T
 
 
-def random_blocks(fmt: str, rows: int, cols: int, rng: np.random.Generator, scale: float = 0.02) -> np.ndarray:
+def random_blocks(
+    fmt: str, rows: int, cols: int, rng: np.random.Generator, scale: float = 0.02
+) -> np.ndarray:
     """Valid random GGUF rows of a format (gguf-py has no Q4_K quantizer): random quants and
     6-bit scales, fp16 super-scales around `scale`. uint8 [rows, row_bytes]."""
     bs, ts = BLOCK[fmt]
