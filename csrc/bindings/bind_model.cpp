@@ -149,6 +149,8 @@ void register_model(py::module_& m) {
                       if (t < 0 || t > 1024) throw std::invalid_argument("[model] threads out of range");
                       pm.model->set_threads(t);
                     })
+      .def_property("exact", [](PyModel& pm) { return pm.model->exact(); },
+                    [](PyModel& pm, bool e) { pm.model->set_exact(e); })
       .def_property_readonly("weight_bytes_per_token", [](PyModel& pm) { return pm.model->weight_bytes_per_token(); });
 }
 

@@ -92,6 +92,18 @@ int64_t LlamaModel::weight_bytes_per_token() const {
   return b;
 }
 
+void LlamaModel::set_exact(bool e) {
+  if (e) {
+    auto packed = [](const WeightRef& w) { return w.packed; };
+    bool any = packed(output_);
+    for (const auto& L : layers_)
+      any = any || packed(L.wq) || packed(L.wk) || packed(L.wv) || packed(L.wo) || packed(L.w_gate) ||
+            packed(L.w_up) || packed(L.w_down);
+    if (any) throw std::invalid_argument("[model] exact mode reads GGUF rows; load the model with pack=False");
+  }
+  exact_ = e;
+}
+
 void LlamaModel::ensure_scratch(int64_t n) {
   if (n <= cap_) return;
   const auto& c = cfg_;
@@ -122,7 +134,7 @@ void LlamaModel::linear(const WeightRef& w, const float* x, float* y, int64_t M)
   p.N = w.rows;
   p.K = w.cols;
   p.fmt = w.fmt;
-  matmul(p, matmul_kernels(w.packed ? w.tier : tier_), threads_, false);
+  matmul(p, matmul_kernels(w.packed ? w.tier : tier_), threads_, exact_);
 }
 
 void LlamaModel::forward(const int32_t* tokens, int64_t n, int32_t seq, float* logits, bool all_logits) {

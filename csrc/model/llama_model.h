@@ -51,6 +51,10 @@ class LlamaModel {
   Tier tier() const { return tier_; }
   int threads() const { return threads_; }
   void set_threads(int t) { threads_ = t; }
+  // exact: block-quantized matmuls dequantize to fp32 instead of the int8-activation fast path
+  // (slow; for checking the forward against a float reference). Packed weights are not allowed then.
+  void set_exact(bool e);
+  bool exact() const { return exact_; }
   // Bytes of weights read per decoded token (every matmul weight + the output matrix).
   int64_t weight_bytes_per_token() const;
 
@@ -64,6 +68,7 @@ class LlamaModel {
   std::unique_ptr<KVCache> cache_;
   Tier tier_;
   int threads_;
+  bool exact_ = false;
   int64_t cap_ = 0;
   std::vector<float> x_, h_, q_, k_, v_, att_, g_, u_;
 };

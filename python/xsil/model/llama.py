@@ -131,8 +131,10 @@ class LlamaModel:
 
     def __init__(self, path: str, *, n_ctx: int = 4096, kv_dtype: str = "f16", isa: Optional[str] = None,
                  threads: Optional[int] = None, pack: bool = True, page_size: int = 16,
-                 context_shift: str = "error", n_keep: int = 0):
+                 context_shift: str = "error", n_keep: int = 0, exact: bool = False):
         rep = LoadReport()
+        if exact:
+            pack = False  # the exact (fp32 dequantize) path reads GGUF rows
         t0 = time.perf_counter()
         if isinstance(n_ctx, bool) or not isinstance(n_ctx, (int, np.integer)) or n_ctx < 1:
             raise ValueError(f"[model] n_ctx={n_ctx!r} must be an int >= 1")
@@ -190,6 +192,7 @@ class LlamaModel:
         kv = dict(page_size=page_size, k_dtype=kv_dtype, v_dtype=kv_dtype, budget_tokens=int(n_ctx), n_ctx=int(n_ctx),
                   context_shift=context_shift, n_keep=int(n_keep))
         self.native = _core.LlamaModel(cfg.as_core(), weights, kv, tier, int(threads or 0))
+        self.native.exact = bool(exact)
         self.n_ctx = int(n_ctx)
         self.kv_dtype = kv_dtype
         self.tier = self.native.tier
