@@ -38,17 +38,22 @@ from .backend import Session
 __version__ = "0.1.0"
 
 
-def backends(refresh: bool = False) -> list:
+def _backends_table(refresh: bool = False) -> list:
     """Every registered backend as data: name, kind, score, available, reason, devices."""
     from . import registry
 
     return [r.as_dict() for r in registry.table(refresh)]
 
 
+# ``xsil.backends`` is both the plugin package (xsil.backends.cpu, ...) and, being a callable
+# module, the listing function: ``xsil.backends()``.
+from . import backends  # noqa: E402
+
+
 def devices(refresh: bool = False) -> list:
     """Every device an available backend found: backend, name, kind and details."""
     out = []
-    for r in backends(refresh):
+    for r in _backends_table(refresh):
         for d in r["devices"]:
             out.append(dict(backend=r["name"], **d))
     return out

@@ -191,7 +191,12 @@ class LlamaModel:
         t4 = time.perf_counter()
         kv = dict(page_size=page_size, k_dtype=kv_dtype, v_dtype=kv_dtype, budget_tokens=int(n_ctx), n_ctx=int(n_ctx),
                   context_shift=context_shift, n_keep=int(n_keep))
-        self.native = _core.LlamaModel(cfg.as_core(), weights, kv, tier, int(threads or 0))
+        try:
+            self.native = _core.LlamaModel(cfg.as_core(), weights, kv, tier, int(threads or 0))
+        except ValueError as e:
+            if str(e).startswith("[model] tensor"):  # shapes/types in the file do not fit the config
+                raise GGUFError(f"{os.path.basename(path)}: {e}") from None
+            raise
         self.native.exact = bool(exact)
         self.n_ctx = int(n_ctx)
         self.kv_dtype = kv_dtype
@@ -210,8 +215,9 @@ class LlamaModel:
         try:
             return self.native.forward(np.ascontiguousarray(ids, np.int32), seq_id, all_logits)
         except ValueError as e:
-            if "exhausted" in str(e) or "n_ctx" in str(e) and "limit" in str(e):
-                raise ContextOverflowError(str(e)) from None
+            msg = str(e)
+            if msg.startswith("[kv_cache]") and ("exhausted" in msg or "past n_ctx" in msg):
+                raise ContextOverflowError(msg) from None
             raise
 
     def close(self) -> None:
