@@ -91,9 +91,9 @@ def write_model(path, *, arch="llama", n_embd=64, n_layer=2, n_head=4, n_head_kv
         elif t == "F16":
             w.add_tensor(name, x.astype(np.float16))
         elif t == "Q4_K":
-            from xsil.testing.reference import random_blocks
+            from xsil.testing.reference import quantize_q4_k
 
-            b = random_blocks("Q4_K", rows, cols, rng, scale=std * 4)
+            b = quantize_q4_k(x)
             w.add_tensor(name, b, raw_dtype=GT.Q4_K)
         else:
             q = gguf.quants.quantize(x, getattr(GT, t))
