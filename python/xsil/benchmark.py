@@ -207,7 +207,8 @@ def main(args: argparse.Namespace) -> int:
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(out, f, indent=2)
-    print(json.dumps(out))
+    if not getattr(args, "quiet_json", False):
+        print(json.dumps(out))
     return 0 if all("error" not in r for r in rows) else 1
 
 

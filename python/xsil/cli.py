@@ -10,15 +10,6 @@ import time
 import numpy as np
 
 
-def _median_time(fn, repeat: int) -> float:
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
-
-
 def cmd_info(args: argparse.Namespace) -> int:
     import xsil
 
@@ -26,56 +17,53 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def _selfcheck(rng) -> bool:
     import xsil
     from xsil.testing import reference as ref
 
-    info = xsil.cpu_info()
-    tiers = info["available_tiers"]
-    print(f"xsil {xsil.__version__}  arch={info['arch']}  tiers={','.join(tiers)}  default={info['tier']}  "
-          f"threads={info['threads']}")
-    rng = np.random.default_rng(0)
-    # 1. Self-check: every available tier against the NumPy reference.
     ok = True
-    print("\nself-check against the NumPy model of the integer path "
+    tiers = xsil.cpu_info()["available_tiers"]
+    print("kernel self-check against the NumPy model of the integer path "
           "(max |xsil - ref| / max |ref|, must be < 1e-4):")
     for fmt in xsil.FORMATS:
         K, N, M = 512, 96, 5
         w = rng.standard_normal((N, K)).astype(np.float32)
-        if fmt == "Q4_K":  # no Q4_K quantizer (as in gguf-py): valid random blocks
-            wq = ref.random_blocks(fmt, N, K, rng)
-        else:
-            wq = xsil.quantize(w, fmt)
+        wq = ref.quantize_q4_k(w) if fmt == "Q4_K" else xsil.quantize(w, fmt)
         x = rng.standard_normal((M, K)).astype(np.float32)
         want = ref.matmul_int8(x, wq, fmt)
         scale = np.abs(want).max() + 1e-30
+        line = []
         for tier in tiers:
-            got = xsil.matmul(x, wq, fmt, isa=tier)
-            err = float(np.abs(got - want).max() / scale)
-            good = err < 1e-4
-            ok &= good
-            print(f"  {fmt:5s} {tier:8s} rel.err {err:.2e}  {'ok' if good else 'FAIL'}")
-    # 2. Short benchmark: decode GEMV + prefill GEMM at a TinyLlama shape.
-    print("\nbenchmark (TinyLlama 2048x5632 Q4_0, median of repeats, hot cache):")
-    K, N = 2048, 5632
-    w = rng.standard_normal((N, K)).astype(np.float32)
-    wq = xsil.quantize(w, "Q4_0")
-    wd = xsil.dequantize(wq, "Q4_0", K)
-    rows = []
-    for M in (1, 128):
-        x = rng.standard_normal((M, K)).astype(np.float32)
-        rep = 30 if M == 1 else 5
-        t_np = _median_time(lambda: x @ wd.T, rep)  # noqa: B023 (called before x changes)
-        for tier in tiers:
-            t = _median_time(lambda: xsil.matmul(x, wq, "Q4_0", isa=tier), rep)  # noqa: B023 (same)
-            gbs = wq.nbytes / t / 1e9
-            gflops = 2 * M * N * K / t / 1e9
-            rows.append((M, tier, t * 1e3, gbs, gflops, t_np / t))
-    print(f"  {'M':>4s} {'tier':8s} {'ms':>8s} {'GB/s(w)':>8s} {'GFLOP/s':>8s} {'x numpy fp32':>12s}")
-    for M, tier, ms, gbs, gf, sp in rows:
-        print(f"  {M:4d} {tier:8s} {ms:8.3f} {gbs:8.1f} {gf:8.1f} {sp:12.2f}")
+            err = float(np.abs(xsil.matmul(x, wq, fmt, isa=tier) - want).max() / scale)
+            ok &= err < 1e-4
+            line.append(f"{tier} {err:.1e}{'' if err < 1e-4 else ' FAIL'}")
+        print(f"  {fmt:5s} " + ", ".join(line))
+    return ok
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job: kernel self-check, a streamed completion on the embedded default model, and a
+    short benchmark of the same model."""
+    import xsil
+
+    info = xsil.cpu_info()
+    print(f"xsil {xsil.__version__}  arch={info['arch']}  tiers={','.join(info['available_tiers'])}  "
+          f"default={info['tier']}  threads={info['threads']}\n")
+    ok = _selfcheck(np.random.default_rng(0))
+    print()
+    run_args = argparse.Namespace(model=None, backend="auto", strict=False, n_ctx=2048, kv_dtype="f16",
+                                  threads=None, isa=None, prompt="The edge model is", max_tokens=48,
+                                  temperature=0.0, top_k=0, top_p=1.0, seed=None)
+    cmd_run(run_args)
+    print()
+    from .benchmark import main as bench_main
+
+    bench_args = argparse.Namespace(model=None, tinyllama=False, threads=None, pp="128", tg=64, repeat=3,
+                                    n_ctx=1024, kv_dtype="f16", backends="cpu", llama_cpp="auto", json_out=None,
+                                    quiet_json=True)
+    rc = bench_main(bench_args)
     print("\nself-check:", "PASSED" if ok else "FAILED")
-    return 0 if ok else 1
+    return 0 if ok and rc == 0 else 1
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
