@@ -71,8 +71,12 @@ class CpuSession(Session):
 
     def _setup(self, path: str, *, n_ctx: int, kv_dtype: str, threads, isa=None, pack: bool = True,
                  page_size: int = 16, context_shift: str = "error", n_keep: int = 0):
+        import time
+
         from xsil.model.llama import LlamaModel
 
+        self._t_open = time.perf_counter()
+        self._first_done = False
         self.model = LlamaModel(path, n_ctx=n_ctx, kv_dtype=kv_dtype, isa=isa, threads=threads, pack=pack,
                                 page_size=page_size, context_shift=context_shift, n_keep=n_keep)
         self.tokenizer = self.model.tokenizer
@@ -86,10 +90,24 @@ class CpuSession(Session):
 
     def _forward(self, ids: np.ndarray, all_logits: bool = True) -> np.ndarray:
         out = self.model.forward(ids, self.seq, all_logits)
+        self._mark_first()
         return out if all_logits else out[None]
 
     def _forward_last(self, ids: np.ndarray) -> np.ndarray:
-        return self.model.forward(ids, self.seq, False)
+        out = self.model.forward(ids, self.seq, False)
+        self._mark_first()
+        return out
+
+    def _mark_first(self) -> None:
+        if not self._first_done:
+            import time
+
+            from xsil.model.llama import peak_rss_bytes
+
+            self._first_done = True
+            rep = self.model.report
+            rep.phases["first_token_ready"] = time.perf_counter() - self._t_open
+            rep.peak_rss = max(rep.peak_rss, peak_rss_bytes())
 
     def _reset(self) -> None:
         self.model.cache.remove_sequence(self.seq)

@@ -172,7 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     pb.add_argument("--json-out", default=None, help="write the results as JSON to this file")
     pb.set_defaults(fn=cmd_bench)
     args = p.parse_args(argv)
-    return args.fn(args)
+    from .errors import XsilError
+
+    try:
+        return args.fn(args)
+    except (XsilError, ValueError, FileNotFoundError) as e:
+        print(f"xsil: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":
