@@ -55,3 +55,10 @@ def test_bench_small(tmp_path):
     for k in ("load_s", "ttft_s", "pp16_tok_s", "tg4_tok_s", "peak_rss_bytes", "roofline_pct"):
         assert row[k] > 0, k
     assert res["stream_read_gbs"] > 0
+
+
+def test_synthetic_vocab_has_unique_tokens():
+    from xsil.model.default import synthetic_vocab
+
+    toks, scores, types = synthetic_vocab(4000)
+    assert len(toks) == len(set(toks)) == len(scores) == len(types) == 4000

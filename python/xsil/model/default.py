@@ -47,14 +47,22 @@ def synthetic_vocab(n_vocab: int) -> tuple:
     """SentencePiece-style vocabulary: <unk> <s> </s>, 256 byte tokens, words, letters, filler."""
     tokens: List[str] = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
     types: List[int] = [2, 3, 3] + [6] * 256
+    seen = set(tokens)
+
+    def add(t: str) -> None:  # every token text once (llama.cpp rejects duplicates)
+        if t not in seen:
+            seen.add(t)
+            tokens.append(t)
+
     for w in _WORDS:
-        tokens += ["\u2581" + w, w]
-    letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?'"
-    for ch in letters:
-        tokens += [ch, "\u2581" + ch]
+        add("\u2581" + w)
+        add(w)
+    for ch in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?'":
+        add(ch)
+        add("\u2581" + ch)
     i = 0
     while len(tokens) < n_vocab:
-        tokens.append(f"\u2581t{i}")
+        add(f"\u2581t{i}")
         i += 1
     tokens = tokens[:n_vocab]
     types += [1] * (len(tokens) - len(types))
@@ -135,7 +143,7 @@ def cache_dir() -> str:
 
 def synthetic_model_path(spec: SyntheticSpec = DEFAULT) -> str:
     """Path of the cached synthetic model for `spec`, generating it on first use."""
-    key = hashlib.sha256(repr(asdict(spec)).encode() + b"v1").hexdigest()[:12]
+    key = hashlib.sha256(repr(asdict(spec)).encode() + b"v2").hexdigest()[:12]
     path = os.path.join(cache_dir(), f"{spec.name}-{key}.gguf")
     if not os.path.exists(path):
         write_synthetic(path, spec)
