@@ -7,11 +7,6 @@ namespace xsil::bind {
 
 namespace {
 
-struct PyPacked {
-  PackedWeights pw;
-  py::object keepalive;  // the caller's array when packed in place
-};
-
 const char* fmt_name(Fmt f) { return fmt_info(f)->name; }
 
 py::array_t<float> py_matmul(const py::array& x, const py::object& w, const std::string& fmt_s, py::object threads,

@@ -11,7 +11,15 @@
 
 namespace py = pybind11;
 
+#include "cpu/q4_matmul.h"
+
 namespace xsil::bind {
+
+// Python-side handle of packed weights (xsil.PackedWeights).
+struct PyPacked {
+  PackedWeights pw;
+  py::object keepalive;  // the caller's array when packed in place
+};
 
 inline std::string shape_str(const py::array& a) {
   std::string s = "(";
@@ -44,6 +52,7 @@ inline int check_threads(py::object threads, const char* op) {
 void register_cpu(py::module_& m);
 void register_quant(py::module_& m);
 void register_matmul(py::module_& m);
+void register_model(py::module_& m);
 void register_attention(py::module_& m);
 
 }  // namespace xsil::bind

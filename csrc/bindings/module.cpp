@@ -7,5 +7,6 @@ PYBIND11_MODULE(_core, m) {
   xsil::bind::register_cpu(m);
   xsil::bind::register_quant(m);
   xsil::bind::register_matmul(m);
+  xsil::bind::register_model(m);
   xsil::bind::register_attention(m);
 }

@@ -96,6 +96,20 @@ class Session:
     tokenizer: Any = None
     n_vocab: int = 0
     n_ctx: int = 0
+    selection: str = ""          # how this backend was chosen (filled by xsil.Session)
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        # xsil.Session(model, backend=..., ...) picks and opens a backend; backends create their
+        # own subclass instances with cls.__new__(cls) and set them up in _setup().
+        if cls is Session:
+            from .session import open_session
+
+            return open_session(*args, **kwargs)
+        return super().__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """``xsil.Session(model, backend="auto", strict=False, n_ctx=4096, kv_dtype="f16",
+        threads=None, **backend_options)``: see :func:`xsil.session.open_session`."""
 
     # -- implemented by backends ---------------------------------------------------------------
     def _forward(self, ids: np.ndarray) -> np.ndarray:

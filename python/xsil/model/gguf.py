@@ -150,7 +150,9 @@ class GGUFFile:
     ``tensors`` maps names to :class:`TensorInfo`; :meth:`tensor` returns zero-copy views.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, copy_on_write: bool = False):
+        """copy_on_write=True maps the file privately and writably (MAP_PRIVATE): tensors can then be
+        repacked in place; touched pages become private copies and the file is never modified."""
         self.path = os.fspath(path)
         try:
             self._fh = open(self.path, "rb")
@@ -160,7 +162,9 @@ class GGUFFile:
             size = os.fstat(self._fh.fileno()).st_size
             if size < 24:
                 raise GGUFError(f"{self.path!r} is {size} bytes: too small for a GGUF header (24 bytes)")
-            self._mm = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ)
+            self._mm = mmap.mmap(self._fh.fileno(), 0,
+                                 access=mmap.ACCESS_COPY if copy_on_write else mmap.ACCESS_READ)
+            self.copy_on_write = copy_on_write
             self.size = size
             self._parse()
         except GGUFError as e:

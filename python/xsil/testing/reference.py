@@ -148,11 +148,46 @@ def random_blocks(
     nb = rows * cols // bs
     b = rng.integers(0, 256, size=(nb, ts), dtype=np.uint8)
     if fmt == "Q4_K":
-        d = (rng.uniform(0.5, 1.5, nb) * scale / 32).astype(np.float16)
-        dmin = (rng.uniform(0.5, 1.5, nb) * scale / 8).astype(np.float16)
+        # sc * q averages ~236 and m ~31.5: weights land within a few `scale` of zero
+        d = (rng.uniform(0.5, 1.5, nb) * scale / 120).astype(np.float16)
+        dmin = (rng.uniform(0.5, 1.5, nb) * scale / 16).astype(np.float16)
         b[:, 0:2] = d.view(np.uint8).reshape(nb, 2)
         b[:, 2:4] = dmin.view(np.uint8).reshape(nb, 2)
     else:
         d = (rng.uniform(0.5, 1.5, nb) * scale / 8).astype(np.float16)
         b[:, 0:2] = d.view(np.uint8).reshape(nb, 2)
     return b.reshape(rows, cols // bs * ts)
+
+
+def quantize_q4_k(x: np.ndarray) -> np.ndarray:
+    """A simple Q4_K quantizer (min/max per 32-element sub-block, 6-bit scales and mins relative to
+    fp16 super-block scales). Not llama.cpp's error-minimizing search, but it makes realistic,
+    valid Q4_K rows from real-valued weights (gguf-py has no Q4_K quantizer). float32 [rows, cols]
+    (cols % 256 == 0) -> uint8 [rows, cols / 256 * 144]."""
+    x = np.asarray(x, np.float32)
+    rows, cols = x.shape
+    xb = x.reshape(-1, 8, 32).astype(np.float64)
+    mn = np.minimum(xb.min(axis=2), 0.0)            # [nb, 8] sub-block minimum (<= 0)
+    mx = xb.max(axis=2)
+    scale = np.maximum(mx - mn, 1e-30) / 15.0       # [nb, 8]
+    d = (scale.max(axis=1) / 63.0).astype(np.float16).astype(np.float64)      # [nb]
+    dmin = ((-mn).max(axis=1) / 63.0).astype(np.float16).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sc = np.where(d[:, None] > 0, np.rint(scale / d[:, None]), 0).clip(0, 63).astype(np.uint8)
+        m = np.where(dmin[:, None] > 0, np.rint(-mn / dmin[:, None]), 0).clip(0, 63).astype(np.uint8)
+        step = d[:, None] * sc                       # [nb, 8]
+        off = dmin[:, None] * m
+        q = np.where(step[:, :, None] > 0, np.rint((xb + off[:, :, None]) / step[:, :, None]), 0)
+    q = q.clip(0, 15).astype(np.uint8)              # [nb, 8, 32]
+    nb = xb.shape[0]
+    out = np.zeros((nb, 144), np.uint8)
+    out[:, 0:2] = d.astype(np.float16).view(np.uint8).reshape(nb, 2)
+    out[:, 2:4] = dmin.astype(np.float16).view(np.uint8).reshape(nb, 2)
+    s = np.zeros((nb, 12), np.uint8)
+    s[:, 0:4] = sc[:, 0:4] | ((sc[:, 4:8] >> 4) << 6)
+    s[:, 4:8] = m[:, 0:4] | ((m[:, 4:8] >> 4) << 6)
+    s[:, 8:12] = (sc[:, 4:8] & 0x0F) | ((m[:, 4:8] & 0x0F) << 4)
+    out[:, 4:16] = s
+    qq = q.reshape(nb, 4, 2, 32)
+    out[:, 16:] = (qq[:, :, 0, :] | (qq[:, :, 1, :] << 4)).reshape(nb, 128)
+    return out.reshape(rows, cols // 256 * 144)

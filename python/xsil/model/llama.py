@@ -1,0 +1,225 @@
+"""Llama-family decoders from GGUF (arch ``llama``: Llama 2/3, Mistral, TinyLlama, SmolLM; arch
+``qwen2``: Q/K/V biases, neox RoPE), run by the native core (``xsil._core.LlamaModel``).
+
+Weights stay in the file mapping (zero-copy). Where the ISA tier has a faster packed layout, a
+tensor is repacked *in place* in a private (copy-on-write) mapping: the packed copy replaces the
+file's pages instead of doubling memory.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from .. import _core
+from ..errors import ContextOverflowError, GGUFError
+from .gguf import GGUFFile
+from .tokenizer import Tokenizer, from_gguf
+
+SUPPORTED_ARCHS = ("llama", "qwen2")
+WEIGHT_TYPES = ("F32", "F16", "Q4_0", "Q8_0", "Q4_K")
+LAYER_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up",
+                 "ffn_down")
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process. VmHWM (per address space, so not inherited from a
+    parent the way ru_maxrss is across fork+exec), else getrusage."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@dataclass
+class LlamaConfig:
+    arch: str
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_ff: int
+    n_vocab: int
+    n_ctx_train: int
+    rms_eps: float
+    rope_mode: str
+    rope_freq_base: float
+    rope_freq_scale: float
+
+    @classmethod
+    def from_gguf(cls, g: GGUFFile) -> "LlamaConfig":
+        arch = g.require("general.architecture", (str,))
+        if arch not in SUPPORTED_ARCHS:
+            raise GGUFError(f"unsupported architecture {arch!r}; supported: {', '.join(SUPPORTED_ARCHS)}")
+        p = arch + "."
+        n_embd = g.require(p + "embedding_length")
+        n_head = g.require(p + "attention.head_count")
+        n_head_kv = int(g.get(p + "attention.head_count_kv", n_head))
+        head_dim = int(g.get(p + "attention.key_length", n_embd // max(n_head, 1)))
+        n_rot = int(g.get(p + "rope.dimension_count", head_dim))
+        if n_rot != head_dim:
+            raise GGUFError(f"partial rotary embeddings (rope.dimension_count={n_rot} < head_dim={head_dim}) are "
+                            f"not supported")
+        if int(g.get(p + "attention.value_length", head_dim)) != head_dim:
+            raise GGUFError("value_length != key_length is not supported")
+        tok = g.tensor_info("token_embd.weight")
+        n_vocab = tok.dims[1] if len(tok.dims) == 2 else 0
+        scale = 1.0
+        st = g.get(p + "rope.scaling.type")
+        if st in (None, "none"):
+            pass
+        elif st == "linear":
+            scale = 1.0 / float(g.get(p + "rope.scaling.factor", 1.0))
+        else:
+            raise GGUFError(f"rope scaling type {st!r} is not supported (supported: none, linear)")
+        cfg = cls(arch=arch, n_embd=int(n_embd), n_layer=int(g.require(p + "block_count")), n_head=int(n_head),
+                  n_head_kv=n_head_kv, head_dim=head_dim, n_ff=int(g.require(p + "feed_forward_length")),
+                  n_vocab=int(n_vocab), n_ctx_train=int(g.get(p + "context_length", 0)),
+                  rms_eps=float(g.get(p + "attention.layer_norm_rms_epsilon", 1e-5)),
+                  rope_mode="neox" if arch == "qwen2" else "normal",
+                  rope_freq_base=float(g.get(p + "rope.freq_base", 10000.0)), rope_freq_scale=scale)
+        for k in ("n_embd", "n_layer", "n_head", "n_head_kv", "head_dim", "n_ff", "n_vocab"):
+            v = getattr(cfg, k)
+            if not 0 < v < 1 << 24:
+                raise GGUFError(f"model dimension {k}={v} is out of range")
+        if cfg.n_head % cfg.n_head_kv:
+            raise GGUFError(f"n_head={cfg.n_head} is not a multiple of n_head_kv={cfg.n_head_kv}")
+        return cfg
+
+    def as_core(self) -> Dict[str, Any]:
+        return dict(n_embd=self.n_embd, n_layer=self.n_layer, n_head=self.n_head, n_head_kv=self.n_head_kv,
+                    head_dim=self.head_dim, n_ff=self.n_ff, n_vocab=self.n_vocab, rms_eps=self.rms_eps,
+                    rope_mode=self.rope_mode, rope_freq_base=self.rope_freq_base,
+                    rope_freq_scale=self.rope_freq_scale)
+
+
+def tensor_names(cfg: LlamaConfig) -> List[str]:
+    names = ["token_embd.weight", "output_norm.weight"]
+    for i in range(cfg.n_layer):
+        names += [f"blk.{i}.{t}.weight" for t in LAYER_TENSORS]
+    return names
+
+
+@dataclass
+class LoadReport:
+    phases: Dict[str, float] = field(default_factory=dict)   # seconds per phase
+    peak_rss: int = 0
+    file_bytes: int = 0
+    weight_bytes: int = 0
+    packed_tensors: int = 0
+    packed_bytes: int = 0
+    tier: str = ""
+
+    def as_dict(self) -> Dict[str, Any]:
+        return dict(phases_s=dict(self.phases), peak_rss_bytes=self.peak_rss, file_bytes=self.file_bytes,
+                    weight_bytes=self.weight_bytes, packed_tensors=self.packed_tensors,
+                    packed_bytes=self.packed_bytes, tier=self.tier)
+
+
+class LlamaModel:
+    """A loaded GGUF decoder: config, tokenizer, the native model and its KV cache."""
+
+    def __init__(self, path: str, *, n_ctx: int = 4096, kv_dtype: str = "f16", isa: Optional[str] = None,
+                 threads: Optional[int] = None, pack: bool = True, page_size: int = 16,
+                 context_shift: str = "error", n_keep: int = 0, exact: bool = False):
+        rep = LoadReport()
+        if exact:
+            pack = False  # the exact (fp32 dequantize) path reads GGUF rows
+        t0 = time.perf_counter()
+        if isinstance(n_ctx, bool) or not isinstance(n_ctx, (int, np.integer)) or n_ctx < 1:
+            raise ValueError(f"[model] n_ctx={n_ctx!r} must be an int >= 1")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
+                                    or not 1 <= threads <= 1024):
+            raise ValueError(f"[model] threads={threads!r} must be an int in [1, 1024] or None")
+        g = GGUFFile(path, copy_on_write=pack)
+        rep.phases["open_validate"] = time.perf_counter() - t0
+        rep.file_bytes = g.size
+        self.gguf = g
+        self.path = path
+        self.config = cfg = LlamaConfig.from_gguf(g)
+        t1 = time.perf_counter()
+        self.tokenizer: Tokenizer = from_gguf(g)
+        if self.tokenizer.vocab_size != cfg.n_vocab:
+            raise GGUFError(f"tokenizer has {self.tokenizer.vocab_size} tokens but token_embd has {cfg.n_vocab} rows")
+        rep.phases["tokenizer"] = time.perf_counter() - t1
+
+        t2 = time.perf_counter()
+        names = tensor_names(cfg)
+        optional = ["output.weight"] + [f"blk.{i}.attn_{x}.bias" for i in range(cfg.n_layer) for x in "qkv"]
+        tier = _core.get_isa() if not isa else isa
+        weights: Dict[str, tuple] = {}
+        for name in names + [n for n in optional if n in g.tensors]:
+            ti = g.tensor_info(name)
+            if ti.type_name not in WEIGHT_TYPES:
+                raise GGUFError(f"tensor {name!r} has type {ti.type_name}; supported: {', '.join(WEIGHT_TYPES)}")
+            if len(ti.dims) > 2:
+                raise GGUFError(f"tensor {name!r} has {len(ti.dims)} dims; expected 1 or 2")
+            rows = ti.dims[1] if len(ti.dims) == 2 else 1
+            cols = ti.dims[0]
+            arr = g.tensor(name)
+            if ti.type_name in ("F32", "F16"):
+                arr = arr.reshape(rows, cols) if len(ti.dims) == 2 else arr.reshape(1, cols)
+            weights[name] = (arr, ti.type_name, rows, cols)
+            rep.weight_bytes += ti.nbytes
+        # Missing tensors are reported by name by the core; but check here for a clearer message.
+        missing = [n for n in names if n not in g.tensors]
+        if missing:
+            raise GGUFError(f"tensors missing for {cfg.arch}: {', '.join(missing[:5])}")
+        rep.phases["map_weights"] = time.perf_counter() - t2
+
+        t3 = time.perf_counter()
+        if pack:
+            for name, (arr, fmt, rows, cols) in list(weights.items()):
+                if fmt in ("Q4_0", "Q8_0", "Q4_K") and name != "token_embd.weight":
+                    pk = _core.pack(arr, fmt, tier, True, threads)
+                    if pk is not None:
+                        weights[name] = (pk, fmt, rows, cols)
+                        rep.packed_tensors += 1
+                        rep.packed_bytes += pk.nbytes
+        rep.phases["pack"] = time.perf_counter() - t3
+
+        t4 = time.perf_counter()
+        kv = dict(page_size=page_size, k_dtype=kv_dtype, v_dtype=kv_dtype, budget_tokens=int(n_ctx), n_ctx=int(n_ctx),
+                  context_shift=context_shift, n_keep=int(n_keep))
+        try:
+            self.native = _core.LlamaModel(cfg.as_core(), weights, kv, tier, int(threads or 0))
+        except ValueError as e:
+            if str(e).startswith("[model] tensor"):  # shapes/types in the file do not fit the config
+                raise GGUFError(f"{os.path.basename(path)}: {e}") from None
+            raise
+        self.native.exact = bool(exact)
+        self.n_ctx = int(n_ctx)
+        self.kv_dtype = kv_dtype
+        self.tier = self.native.tier
+        rep.phases["build"] = time.perf_counter() - t4
+        rep.phases["total"] = time.perf_counter() - t0
+        rep.peak_rss = peak_rss_bytes()
+        rep.tier = self.tier
+        self.report = rep
+
+    @property
+    def cache(self):
+        return self.native.cache
+
+    def forward(self, ids: np.ndarray, seq_id: int, all_logits: bool = True) -> np.ndarray:
+        try:
+            return self.native.forward(np.ascontiguousarray(ids, np.int32), seq_id, all_logits)
+        except ValueError as e:
+            msg = str(e)
+            if msg.startswith("[kv_cache]") and ("exhausted" in msg or "past n_ctx" in msg):
+                raise ContextOverflowError(msg) from None
+            raise
+
+    def close(self) -> None:
+        self.native = None
+        self.gguf.close()

@@ -1,0 +1,145 @@
+"""One contract for every backend: each available backend must pass it unchanged; unavailable ones
+skip with their probe's reason. Per-backend tolerances live in TOLERANCE."""
+
+import os
+
+import numpy as np
+import pytest
+
+import xsil
+from xsil import registry
+
+ORACLE = os.path.join(os.path.dirname(__file__), "..", "data", "oracle")
+MODEL = os.path.join(ORACLE, "tiny.gguf")
+
+# max |batch - step| logits / logit std, and minimum per-position cosine against llama.cpp
+TOLERANCE = {"cpu": dict(batch_vs_step=0.02, cos=0.9995)}
+DEFAULT_TOL = dict(batch_vs_step=0.05, cos=0.999)
+
+
+@pytest.fixture(params=registry.names())
+def backend(request):
+    name = request.param
+    p = registry.probe(name)
+    if not p.available:
+        pytest.skip(f"{name}: {p.reason}")
+    return name
+
+
+@pytest.fixture
+def session(backend):
+    s = xsil.Session(MODEL, backend=backend, strict=True, n_ctx=256)
+    yield s
+    s.close()
+
+
+def tol(backend):
+    return TOLERANCE.get(backend, DEFAULT_TOL)
+
+
+def test_probe_is_data_and_cheap():
+    for name in registry.names():
+        p = registry.probe(name, refresh=True)
+        assert isinstance(p.score, int) and p.score >= 0 and isinstance(p.reason, str) and p.reason
+        assert p.available == (p.score > 0)
+
+
+def test_forward_shapes_and_dtype(session):
+    out = session.forward([1, 5, 9])
+    assert out.shape == (3, session.n_vocab) and out.dtype == np.float32
+    assert session.n_past == 3
+
+
+def test_batch_equals_step(session, backend):
+    o = np.load(os.path.join(ORACLE, "tiny.npz"))
+    toks = o["tokens"][:24]
+    batch = session.forward(toks)
+    session.reset()
+    assert session.n_past == 0
+    step = np.concatenate([session.forward(toks[i:i + 1]) for i in range(len(toks))])
+    assert np.abs(batch - step).max() / batch.std() <= tol(backend)["batch_vs_step"]
+
+
+def test_logits_match_llama_cpp(session, backend):
+    o = np.load(os.path.join(ORACLE, "tiny.npz"))
+    got = session.forward(o["tokens"])
+    want = o["logits_batch"]
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() >= tol(backend)["cos"]
+    assert (got.argmax(1) == want.argmax(1)).all()
+
+
+def test_generate_streams_events(session):
+    events = list(session.generate("the model is", max_tokens=5))
+    assert 1 <= len(events) <= 5
+    for i, e in enumerate(events):
+        assert isinstance(e.token_id, int) and 0 <= e.token_id < session.n_vocab
+        assert isinstance(e.text, str) and e.index == i
+    assert events[-1].finish_reason in ("length", "eos", "stop")
+    assert all(e.finish_reason is None for e in events[:-1])
+
+
+def test_greedy_is_deterministic_and_seeded_sampling_repeats(session):
+    a = [e.token_id for e in session.generate([1, 40, 50], max_tokens=6)]
+    session.reset()
+    b = [e.token_id for e in session.generate([1, 40, 50], max_tokens=6)]
+    assert a == b
+    session.reset()
+    c = [e.token_id for e in session.generate([1, 40, 50], max_tokens=6, temperature=0.9, top_k=40, seed=3)]
+    session.reset()
+    d = [e.token_id for e in session.generate([1, 40, 50], max_tokens=6, temperature=0.9, top_k=40, seed=3)]
+    assert c == d
+
+
+def test_stop_strings_and_tokens(session):
+    first = list(session.generate([1, 40, 50], max_tokens=3))
+    session.reset()
+    ev = list(session.generate([1, 40, 50], max_tokens=10, stop_tokens=[first[0].token_id]))
+    assert len(ev) == 1 and ev[0].finish_reason == "eos"
+    session.reset()
+    text = first[0].text
+    if text.strip():
+        ev = list(session.generate([1, 40, 50], max_tokens=10, stop=[text.strip()[:1]]))
+        assert ev[-1].finish_reason == "stop" and len(ev) <= 3
+
+
+def test_token_out_of_range(session):
+    with pytest.raises(ValueError, match=r"token id 99999 at index 1 is out of range"):
+        session.forward([1, 99999])
+    with pytest.raises(ValueError, match=r"out of range"):
+        session.forward([-1])
+    with pytest.raises(ValueError, match=r"token_ids must be integers"):
+        session.forward([1.5])
+    with pytest.raises(ValueError, match=r"empty"):
+        session.forward([])
+    assert session.n_past == 0  # nothing was appended
+
+
+def test_context_overflow(backend):
+    with xsil.Session(MODEL, backend=backend, strict=True, n_ctx=32) as s:
+        s.forward(list(range(1, 30)))
+        with pytest.raises(xsil.ContextOverflowError, match=r"n_ctx=32|budget"):
+            s.forward(list(range(1, 10)))
+        assert s.n_past == 29  # unchanged by the failed call
+        s.reset()
+        s.forward(list(range(1, 30)))
+
+
+def test_unknown_option_rejected(backend):
+    with pytest.raises(ValueError, match=r"unknown option.*valid options"):
+        xsil.Session(MODEL, backend=backend, strict=True, n_ctx=32, definitely_not_an_option=1)
+
+
+def test_describe(session, backend):
+    d = session.describe()
+    for k in ("backend", "device", "placement", "memory", "load"):
+        assert k in d
+    assert d["backend"] == backend
+    assert "phases_s" in d["load"] and d["load"]["peak_rss_bytes"] > 0
+
+
+def test_close_and_context_manager(backend):
+    with xsil.Session(MODEL, backend=backend, strict=True, n_ctx=32) as s:
+        s.forward([1])
+    with pytest.raises(ValueError, match="closed"):
+        s.forward([1])

@@ -1,0 +1,128 @@
+"""Synthetic GGUF models written with gguf-py's GGUFWriter (independent of xsil's own writer)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+gguf = __import__("pytest").importorskip("gguf")
+GT = gguf.GGMLQuantizationType
+
+
+def _vocab_llama(n):
+    toks = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    types = [2, 3, 3] + [6] * 256
+    extra = ["\u2581" + c for c in "abcdefghijklmnopqrstuvwxyz"] + list("abcdefghijklmnopqrstuvwxyz")
+    toks += extra
+    types += [1] * len(extra)
+    i = 0
+    while len(toks) < n:
+        toks.append(f"\u2581w{i}")
+        types.append(1)
+        i += 1
+    return toks[:n], [0.0] * 259 + [-float(i) for i in range(n - 259)], types[:n]
+
+
+def _vocab_gpt2(n):
+    # byte-level alphabet (GPT-2 mapping), then merges of common pairs
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    k = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + k)
+            k += 1
+    toks = [chr(c) for c in cs]
+    merges = []
+    for a, b in [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("e", "r")]:
+        merges.append(f"{a} {b}")
+        toks.append(a + b)
+    toks += ["<|endoftext|>"]
+    types = [1] * (len(toks) - 1) + [3]
+    while len(toks) < n:
+        toks.append(f"[unused{len(toks)}]")
+        types.append(5)
+    return toks[:n], merges, types[:n]
+
+
+def write_model(path, *, arch="llama", n_embd=64, n_layer=2, n_head=4, n_head_kv=2, n_ff=96, n_vocab=320,
+                wtype="Q4_0", mix=None, tied=False, biases=False, seed=0, rope_base=10000.0, head_dim=None):
+    """mix: optional dict of tensor-name suffix -> type name overriding wtype (e.g. {"ffn_down": "Q8_0"})."""
+    rng = np.random.default_rng(seed)
+    hd = head_dim or n_embd // n_head
+    w = gguf.GGUFWriter(path, arch)
+    w.add_context_length(256)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_rope_dimension_count(hd)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(rope_base)
+    if arch == "qwen2":
+        toks, merges, types = _vocab_gpt2(n_vocab)
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("qwen2")
+        w.add_token_list(toks)
+        w.add_token_types(types)
+        w.add_token_merges(merges)
+        w.add_eos_token_id(len(toks) - 1 if "<|endoftext|>" not in toks else toks.index("<|endoftext|>"))
+    else:
+        toks, scores, types = _vocab_llama(n_vocab)
+        w.add_tokenizer_model("llama")
+        w.add_token_list(toks)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+
+    def typ(name):
+        for k, v in (mix or {}).items():
+            if k in name:
+                return v
+        return wtype
+
+    def mat(name, rows, cols, std):
+        x = (rng.standard_normal((rows, cols)) * std).astype(np.float32)
+        t = typ(name)
+        if t == "F32":
+            w.add_tensor(name, x)
+        elif t == "F16":
+            w.add_tensor(name, x.astype(np.float16))
+        elif t == "Q4_K":
+            from xsil.testing.reference import quantize_q4_k
+
+            b = quantize_q4_k(x)
+            w.add_tensor(name, b, raw_dtype=GT.Q4_K)
+        else:
+            q = gguf.quants.quantize(x, getattr(GT, t))
+            w.add_tensor(name, q, raw_dtype=getattr(GT, t))
+
+    def vec(name, n, center=1.0, std=0.1):
+        w.add_tensor(name, (center + std * rng.standard_normal(n)).astype(np.float32))
+
+    mat("token_embd.weight", n_vocab, n_embd, 0.5)
+    for i in range(n_layer):
+        b = f"blk.{i}."
+        vec(b + "attn_norm.weight", n_embd)
+        mat(b + "attn_q.weight", n_head * hd, n_embd, 0.15)
+        mat(b + "attn_k.weight", n_head_kv * hd, n_embd, 0.15)
+        mat(b + "attn_v.weight", n_head_kv * hd, n_embd, 0.1)
+        if biases:
+            vec(b + "attn_q.bias", n_head * hd, 0.0, 0.2)
+            vec(b + "attn_k.bias", n_head_kv * hd, 0.0, 0.2)
+            vec(b + "attn_v.bias", n_head_kv * hd, 0.0, 0.2)
+        mat(b + "attn_output.weight", n_embd, n_head * hd, 0.1)
+        vec(b + "ffn_norm.weight", n_embd)
+        mat(b + "ffn_gate.weight", n_ff, n_embd, 0.1)
+        mat(b + "ffn_up.weight", n_ff, n_embd, 0.1)
+        mat(b + "ffn_down.weight", n_embd, n_ff, 0.1)
+    vec("output_norm.weight", n_embd)
+    if not tied:
+        mat("output.weight", n_vocab, n_embd, 0.1)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
