@@ -80,6 +80,7 @@ void ThreadPool::run_tasks(int thread) {
 }
 
 void ThreadPool::worker_loop(int index, uint64_t seen) {
+  (void)index;
   for (;;) {
     // Spin briefly: kernel calls come back to back during decoding, and a futex wake costs more
     // than a short decode matmul.
@@ -94,12 +95,16 @@ void ThreadPool::worker_loop(int index, uint64_t seen) {
     }
     seen = generation_.load(std::memory_order_acquire);
     if (stop_) return;
-    if (index < active_) {
+    // Announce, then claim: the caller closes tickets before it waits for inside_ == 0, so a
+    // successful claim is always waited for, and a late one finds the tickets closed.
+    inside_.fetch_add(1, std::memory_order_seq_cst);
+    const int slot = tickets_.fetch_sub(1, std::memory_order_seq_cst);
+    if (slot > 0 && generation_.load(std::memory_order_seq_cst) == seen) {
       t_in_pool_task = true;
-      run_tasks(index);
+      run_tasks(slot);  // slot in [1, threads): a unique thread index within this job
       t_in_pool_task = false;
-      pending_.fetch_sub(1, std::memory_order_acq_rel);
     }
+    inside_.fetch_sub(1, std::memory_order_seq_cst);
   }
 }
 
@@ -122,18 +127,19 @@ void ThreadPool::parallel_for(int64_t n_tasks, int threads, const std::function<
   }
   fn_ = &fn;
   n_tasks_ = n_tasks;
-  active_ = n;
   next_task_.store(0, std::memory_order_relaxed);
-  pending_.store(n - 1, std::memory_order_relaxed);
+  tickets_.store(n - 1, std::memory_order_seq_cst);
   {
     std::lock_guard<std::mutex> lk(mu_);
-    generation_.fetch_add(1, std::memory_order_acq_rel);
+    generation_.fetch_add(1, std::memory_order_seq_cst);
   }
   cv_.notify_all();
   t_in_pool_task = true;
   run_tasks(0);
   t_in_pool_task = false;
-  while (pending_.load(std::memory_order_acquire) != 0) XSIL_PAUSE();
+  // Every task is taken. Close the job to workers that have not joined, then wait for those that did.
+  tickets_.store(kClosed, std::memory_order_seq_cst);
+  while (inside_.load(std::memory_order_seq_cst) != 0) XSIL_PAUSE();
   fn_ = nullptr;
 }
 

@@ -34,6 +34,7 @@ class ThreadPool {
   void stop_workers();
   void worker_loop(int index, uint64_t seen);
   void run_tasks(int thread);
+  static constexpr int kClosed = -(1 << 30);
 
   int n_threads_ = 1;
   std::vector<std::thread> workers_;
@@ -42,12 +43,16 @@ class ThreadPool {
   std::condition_variable cv_;
   std::atomic<uint64_t> generation_{0};
   bool stop_ = false;
-  // current job
+  // current job. A worker joins by taking a ticket (tickets_ counts the worker slots still open,
+  // its value names the slot = thread index); inside_ counts workers between "about to claim" and
+  // "done". The caller, once every task is taken and its own are done, closes the tickets and
+  // waits only for workers already inside: a worker that is descheduled and has not joined yet
+  // never makes the caller wait.
   const std::function<void(int64_t, int)>* fn_ = nullptr;
   int64_t n_tasks_ = 0;
-  int active_ = 0;                      // threads taking part (caller included)
   std::atomic<int64_t> next_task_{0};
-  std::atomic<int> pending_{0};         // workers still busy with the current job
+  std::atomic<int> tickets_{0};
+  std::atomic<int> inside_{0};
 };
 
 }  // namespace xsil
