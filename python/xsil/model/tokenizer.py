@@ -38,8 +38,24 @@ class Tokenizer:
     def encode(self, text: str, add_bos: Optional[bool] = None) -> List[int]:
         raise NotImplementedError
 
-    def token_bytes(self, tid: int) -> bytes:
+    def _bos(self, add_bos: Optional[bool]) -> List[int]:
+        """[bos_id] if BOS is to be added (the file's default unless add_bos says), else []."""
+        want = self.add_bos if add_bos is None else add_bos
+        return [self.bos_id] if want and self.bos_id is not None else []
+
+    def _piece_bytes(self, tid: int) -> bytes:
+        """The raw bytes of token tid (tid already range-checked)."""
         raise NotImplementedError
+
+    def token_bytes(self, tid: int) -> bytes:
+        """The bytes a token stands for (b"" for control tokens), cached."""
+        cache = self.__dict__.setdefault("_bytes_cache", {})
+        b = cache.get(tid)
+        if b is None:
+            if not 0 <= tid < self.vocab_size:
+                raise ValueError(f"[decode] token id {tid} is out of range [0, {self.vocab_size})")
+            b = cache[tid] = self._piece_bytes(tid)
+        return b
 
     def decode(self, ids: Iterable[int]) -> str:
         return b"".join(self.token_bytes(int(i)) for i in ids).decode("utf-8", errors="replace")
@@ -77,7 +93,6 @@ class SPMTokenizer(Tokenizer):
                 continue
             if ty in (TT_NORMAL, TT_USER_DEFINED, TT_UNUSED) or ty not in (TT_CONTROL, TT_UNKNOWN):
                 self.index.setdefault(t, i)
-        self._bytes_cache: Dict[int, bytes] = {}
 
     def _bigram(self, heap, syms, left: int, right: int) -> None:
         if left < 0 or right < 0:
@@ -88,9 +103,7 @@ class SPMTokenizer(Tokenizer):
             heapq.heappush(heap, (-self.scores[tid], left, text))
 
     def encode(self, text: str, add_bos: Optional[bool] = None) -> List[int]:
-        ids: List[int] = []
-        if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
-            ids.append(self.bos_id)
+        ids: List[int] = self._bos(add_bos)
         if not text:
             return ids
         s = text.replace(" ", SPACE)
@@ -130,23 +143,15 @@ class SPMTokenizer(Tokenizer):
             i = syms[i][2]
         return ids
 
-    def token_bytes(self, tid: int) -> bytes:
-        b = self._bytes_cache.get(tid)
-        if b is not None:
-            return b
-        if not 0 <= tid < self.vocab_size:
-            raise ValueError(f"[decode] token id {tid} is out of range [0, {self.vocab_size})")
+    def _piece_bytes(self, tid: int) -> bytes:
         ty = self.types[tid]
         t = self.tokens[tid]
         if ty == TT_BYTE:
             m = _BYTE_RE.match(t)
-            b = bytes([int(m.group(1), 16)]) if m else b""
-        elif ty in (TT_CONTROL, TT_UNKNOWN):
-            b = b""
-        else:
-            b = t.replace(SPACE, " ").encode("utf-8")
-        self._bytes_cache[tid] = b
-        return b
+            return bytes([int(m.group(1), 16)]) if m else b""
+        if ty in (TT_CONTROL, TT_UNKNOWN):
+            return b""
+        return t.replace(SPACE, " ").encode("utf-8")
 
 
 # Pre-tokenizer regexes by tokenizer.ggml.pre (facts from the models' tokenizer configs).
@@ -207,31 +212,20 @@ class BPETokenizer(Tokenizer):
                 cs.append(256 + n)
                 n += 1
         self._unbyte = {chr(c): b for b, c in zip(bs, cs)}
-        self._bytes_cache: Dict[int, bytes] = {}
 
     def encode(self, text: str, add_bos: Optional[bool] = None) -> List[int]:
-        ids = []
-        if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
-            ids.append(self.bos_id)
+        ids = self._bos(add_bos)
         if text:
             ids.extend(self._tk.encode(text, add_special_tokens=False).ids)
         return ids
 
-    def token_bytes(self, tid: int) -> bytes:
-        b = self._bytes_cache.get(tid)
-        if b is not None:
-            return b
-        if not 0 <= tid < self.vocab_size:
-            raise ValueError(f"[decode] token id {tid} is out of range [0, {self.vocab_size})")
+    def _piece_bytes(self, tid: int) -> bytes:
         t = self.tokens[tid]
         if self.types[tid] == TT_CONTROL:
-            b = b""
-        elif self.types[tid] == TT_USER_DEFINED:
-            b = t.encode("utf-8")
-        else:
-            b = bytes(self._unbyte.get(ch, 0x3F) for ch in t)
-        self._bytes_cache[tid] = b
-        return b
+            return b""
+        if self.types[tid] == TT_USER_DEFINED:
+            return t.encode("utf-8")
+        return bytes(self._unbyte.get(ch, 0x3F) for ch in t)
 
 
 def from_gguf(g) -> Tokenizer:
