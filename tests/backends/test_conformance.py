@@ -13,7 +13,13 @@ ORACLE = os.path.join(os.path.dirname(__file__), "..", "data", "oracle")
 MODEL = os.path.join(ORACLE, "tiny.gguf")
 
 # max |batch - step| logits / logit std, and minimum per-position cosine against llama.cpp
-TOLERANCE = {"cpu": dict(batch_vs_step=0.02, cos=0.9995)}
+TOLERANCE = {
+    "cpu": dict(batch_vs_step=0.02, cos=0.9995),
+    # ort-cpu: MatMulNBits accuracy_level=4 quantizes activations to int8 per 32-block exactly as
+    # llama.cpp does for Q4_0, so it is held to cpu's bounds (measured: cosine >= 0.99990 against
+    # llama.cpp, batch-vs-step 2e-6 of the logit std: the int8 path is row-independent)
+    "ort-cpu": dict(batch_vs_step=0.02, cos=0.9995),
+}
 DEFAULT_TOL = dict(batch_vs_step=0.05, cos=0.999)
 
 
