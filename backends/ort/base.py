@@ -345,6 +345,7 @@ class OrtSession(Session):
             backend=self.backend_name,
             device=self.backend.device_name(),
             provider=self.backend.provider,
+            isa=f"ORT {ort.__version__} {self.backend.provider}",
             onnxruntime=ort.__version__,
             strict=self.strict,
             options=dict(self.opts),
