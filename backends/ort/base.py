@@ -108,11 +108,12 @@ class OrtBackendBase:
     def session_class(self):
         return OrtSession
 
-    def export_key(self, opts: Dict[str, Any], cfg) -> Dict[str, Any]:
+    def export_key(self, opts: Dict[str, Any], cfg, n_ctx: int) -> Dict[str, Any]:
         """What the exported graph depends on besides the model (goes into the cache key)."""
         raise NotImplementedError
 
-    def export(self, g, cfg, opts: Dict[str, Any], out_dir: str) -> Dict[str, Any]:
+    def export(self, g, cfg, opts: Dict[str, Any], out_dir: str, *, n_ctx: int, tokenizer) -> Dict[str, Any]:
+        """Write the graph(s) into out_dir; return the metadata kept in the cache entry."""
         raise NotImplementedError
 
     def session_options(self, ort, opts: Dict[str, Any], threads, strict: bool):
@@ -155,6 +156,14 @@ def placement_report(sess, accelerator: Optional[str]) -> Dict[str, Any]:
         rep["accelerator_fraction"] = took / total if total else 0.0
         rep["complete"] = took == total
     return rep
+
+
+def warn_partial(backend, placement: Dict[str, Any], what: str = "graph") -> None:
+    """Warn when an accelerator took only part of the graph (the rest falls back to ORT's CPU EP)."""
+    if placement.get("accelerator") and not placement.get("complete", True):
+        others = ", ".join(k for k in placement.get("nodes", {}) if k != backend.provider)
+        warnings.warn(f"xsil {backend.name}: {backend.provider} took only {placement['accelerator_fraction']:.0%} "
+                      f"of the {what}'s nodes; the rest run on {others or 'nothing'}", RuntimeWarning, stacklevel=6)
 
 
 class OrtSession(Session):
@@ -204,7 +213,8 @@ class OrtSession(Session):
 
         # export (or reuse the cached export)
         t1 = time.perf_counter()
-        key = backend.export_key(opts, cfg)
+        key = backend.export_key(opts, cfg, n_ctx)
+        export_args = dict(n_ctx=n_ctx, tokenizer=self.tokenizer)
         self._tmpdir = None
         hit = False
         if opts["cache"]:
@@ -215,7 +225,7 @@ class OrtSession(Session):
             if meta is None:
                 stage = cache.staging_dir(entry)
                 try:
-                    info = backend.export(g, cfg, opts, stage)
+                    info = backend.export(g, cfg, opts, stage, **export_args)
                     cache.write_meta(stage, dict(info, key=key, model_sha256=mh, model=os.path.abspath(path)))
                     entry = cache.publish(stage, entry)
                 except BaseException:
@@ -227,25 +237,19 @@ class OrtSession(Session):
         else:
             self._tmpdir = tempfile.mkdtemp(prefix="xsil-ort-")
             entry = self._tmpdir
-            meta = backend.export(g, cfg, opts, entry)
+            meta = backend.export(g, cfg, opts, entry, **export_args)
         self.entry = entry
         self.meta = meta
         phases["export" if not hit else "export_cached"] = time.perf_counter() - t1
 
         t2 = time.perf_counter()
-        so = backend.session_options(ort, opts, threads, strict)
         try:
-            self.sess, extra = backend.create_session(ort, os.path.join(entry, "model.onnx"), so, opts, entry)
+            extra = self._open_sessions(ort, backend, entry, threads, strict, opts)
+        except BackendError:
+            raise
         except Exception as e:
             raise BackendError(f"{backend.name}: ONNX Runtime could not create the session: {e}") from e
         phases["session_create"] = time.perf_counter() - t2
-        self.placement = placement_report(self.sess, None if backend.provider == "CPUExecutionProvider"
-                                          else backend.provider)
-        if self.placement.get("accelerator") and not self.placement.get("complete", True):
-            warnings.warn(f"xsil {backend.name}: {backend.provider} took only "
-                          f"{self.placement['accelerator_fraction']:.0%} of the graph's nodes; the rest run on "
-                          f"{', '.join(k for k in self.placement['nodes'] if k != backend.provider)}",
-                          RuntimeWarning, stacklevel=4)
 
         t3 = time.perf_counter()
         self._bind()
@@ -260,6 +264,15 @@ class OrtSession(Session):
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)   # ORT has read the files
             self._tmpdir = None
+
+    def _open_sessions(self, ort, backend: OrtBackendBase, entry: str, threads, strict: bool,
+                       opts: Dict[str, Any]) -> Dict[str, Any]:
+        so = backend.session_options(ort, opts, threads, strict)
+        self.sess, extra = backend.create_session(ort, os.path.join(entry, "model.onnx"), so, opts, entry)
+        self.placement = placement_report(self.sess, None if backend.provider == "CPUExecutionProvider"
+                                          else backend.provider)
+        warn_partial(backend, self.placement)
+        return extra
 
     # -- buffers ---------------------------------------------------------------------------------
     def _bind(self) -> None:

@@ -49,12 +49,13 @@ class OrtCpuBackend(OrtBackendBase):
 
         return f"{_cpu_name()} (ORT {self.provider})"
 
-    def export_key(self, opts: Dict[str, Any], cfg) -> Dict[str, Any]:
+    def export_key(self, opts: Dict[str, Any], cfg, n_ctx: int) -> Dict[str, Any]:
+        # the dynamic graph does not depend on n_ctx: one export serves every context length
         from .export import ExportOptions
 
         return dict(graph="dynamic-gqa", **ExportOptions(opts["accuracy_level"], opts["fuse_qkv"]).key())
 
-    def export(self, g, cfg, opts: Dict[str, Any], out_dir: str) -> Dict[str, Any]:
+    def export(self, g, cfg, opts: Dict[str, Any], out_dir: str, **_: Any) -> Dict[str, Any]:
         from .export import ExportOptions, LlamaExporter
 
         return LlamaExporter(g, cfg, ExportOptions(opts["accuracy_level"], opts["fuse_qkv"])).export(out_dir)

@@ -19,6 +19,12 @@ TOLERANCE = {
     # llama.cpp does for Q4_0, so it is held to cpu's bounds (measured: cosine >= 0.99990 against
     # llama.cpp, batch-vs-step 2e-6 of the logit std: the int8 path is row-independent)
     "ort-cpu": dict(batch_vs_step=0.02, cos=0.9995),
+    # qnn: a static QDQ graph: uint16 activations, int8 weights per output channel (requantized from
+    # the Q4_0 blocks: one scale per row instead of one per 32), decode and prefill graphs calibrated
+    # separately. Measured on the HTP simulator: cosine >= 0.9990, logit error ~1.5% of the logit std,
+    # batch-vs-step 1.7%; the top token flips at 2 of 48 positions, exactly the two where llama.cpp's
+    # own top-2 gap is smallest (2.1% and 2.3% of the logit std).
+    "qnn": dict(batch_vs_step=0.05, cos=0.998, argmax_tie=0.03),
 }
 DEFAULT_TOL = dict(batch_vs_step=0.05, cos=0.999)
 
@@ -72,7 +78,12 @@ def test_logits_match_llama_cpp(session, backend):
     want = o["logits_batch"]
     cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
     assert cos.min() >= tol(backend)["cos"]
-    assert (got.argmax(1) == want.argmax(1)).all()
+    # the top token must agree, except (for a backend with an argmax_tie tolerance) where llama.cpp's
+    # own top-2 logits are closer than that fraction of the logit std
+    top2 = np.sort(want, 1)[:, -2:]
+    gap = (top2[:, 1] - top2[:, 0]) / want.std(1)
+    flips = got.argmax(1) != want.argmax(1)
+    assert (gap[flips] < tol(backend).get("argmax_tie", 0.0)).all(), (np.nonzero(flips)[0], gap[flips])
 
 
 def test_generate_streams_events(session):
