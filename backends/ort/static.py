@@ -55,8 +55,10 @@ def neox_perm(n_heads: int, D: int) -> np.ndarray:
     return (np.arange(n_heads)[:, None] * D + within[None, :]).reshape(-1)
 
 
-def export_static(g, cfg, C: int, S: int, out_dir: str, name: str = "model") -> Dict[str, Any]:
-    """Write ``<name>.onnx`` (+ ``<name>.bin``): the float static graph for chunk length S."""
+def export_static(g, cfg, C: int, S: int, out_dir: str, name: str = "model", rmsnorm: str = "op") -> Dict[str, Any]:
+    """Write ``<name>.onnx`` (+ ``<name>.bin``): the float static graph for chunk length S.
+    rmsnorm: "op" = SimplifiedLayerNormalization (QNN maps it to RmsNorm), "decomposed" = standard
+    ops only (Mul, ReduceMean, Add, Sqrt, Div), for providers without it (Core ML)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -90,6 +92,13 @@ def export_static(g, cfg, C: int, S: int, out_dir: str, name: str = "model") -> 
         sw = b.node("Concat", [hi, lo], axis=3)
         return b.node("Add", [b.node("Mul", [x, "cos"]), b.node("Mul", [sw, "sin"])], [nm])
 
+    def norm(x: str, w: np.ndarray, nm: str, out: str) -> str:
+        if rmsnorm == "op":
+            return b.node("SimplifiedLayerNormalization", [x, c(nm, w)], [out], axis=-1, epsilon=eps, stash_type=1)
+        ms = b.node("ReduceMean", [b.node("Mul", [x, x]), c(nm + ".axes", np.array([-1], np.int64))], keepdims=1)
+        rms = b.node("Sqrt", [b.node("Add", [ms, c(nm + ".eps", np.array(eps, np.float32))])])
+        return b.node("Mul", [b.node("Div", [x, rms]), c(nm, w)], [out])
+
     try:
         x = b.node("Gather", [c("token_embd", _dense(g, "token_embd.weight")), "input_ids"], ["embd"], axis=0)
         perm_q = neox_perm(H, D) if not neox else np.arange(H * D)
@@ -97,8 +106,7 @@ def export_static(g, cfg, C: int, S: int, out_dir: str, name: str = "model") -> 
         scale = 1.0 / np.sqrt(D)
         for i in range(cfg.n_layer):
             p = f"blk.{i}."
-            h = b.node("SimplifiedLayerNormalization", [x, c(f"l{i}.attn_norm", _vec(g, p + "attn_norm.weight"))],
-                       [f"l{i}.attn_in"], axis=-1, epsilon=eps, stash_type=1)
+            h = norm(x, _vec(g, p + "attn_norm.weight"), f"l{i}.attn_norm", f"l{i}.attn_in")
             biases = {t: (_vec(g, p + f"attn_{t}.bias") if p + f"attn_{t}.bias" in g.tensors else None) for t in "qkv"}
             wq = _dense(g, p + "attn_q.weight")[perm_q] * scale
             bq = biases["q"][perm_q] * scale if biases["q"] is not None else None
@@ -123,14 +131,12 @@ def export_static(g, cfg, C: int, S: int, out_dir: str, name: str = "model") -> 
             o = b.node("Reshape", [b.node("Transpose", [o], perm=[0, 2, 1, 3]), shape(f"l{i}.o2", [1, S, H * D])])
             o = matmul(o, _dense(g, p + "attn_output.weight"), f"l{i}.attn_out")
             x = b.node("Add", [x, o], [f"l{i}.resid_a"])
-            h2 = b.node("SimplifiedLayerNormalization", [x, c(f"l{i}.ffn_norm", _vec(g, p + "ffn_norm.weight"))],
-                        [f"l{i}.ffn_in"], axis=-1, epsilon=eps, stash_type=1)
+            h2 = norm(x, _vec(g, p + "ffn_norm.weight"), f"l{i}.ffn_norm", f"l{i}.ffn_in")
             gate = matmul(h2, _dense(g, p + "ffn_gate.weight"), f"l{i}.gate")
             up = matmul(h2, _dense(g, p + "ffn_up.weight"), f"l{i}.up")
             act = b.node("Mul", [b.node("Mul", [gate, b.node("Sigmoid", [gate])]), up], [f"l{i}.act"])
             x = b.node("Add", [x, matmul(act, _dense(g, p + "ffn_down.weight"), f"l{i}.ffn_out")], [f"l{i}.resid_f"])
-        y = b.node("SimplifiedLayerNormalization", [x, c("output_norm", _vec(g, "output_norm.weight"))],
-                   ["final_norm"], axis=-1, epsilon=eps, stash_type=1)
+        y = norm(x, _vec(g, "output_norm.weight"), "output_norm", "final_norm")
         head = "output.weight" if "output.weight" in g.tensors else "token_embd.weight"
         matmul(y, _dense(g, head), "logits")
     finally:
