@@ -24,8 +24,12 @@ from . import options as O
 
 WEIGHT_TYPES = ("F32", "F16", "Q4_0", "Q8_0", "Q4_K")
 KV_DTYPES = ("f16", "f32")
-_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
-           "all": "ORT_ENABLE_ALL"}
+_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
 
 
 def ort_version() -> Optional[str]:
@@ -42,8 +46,10 @@ def import_ort():
     try:
         import onnxruntime as ort
     except Exception as e:
-        raise BackendError(f"onnxruntime is not importable ({type(e).__name__}: {e}); "
-                           f"install it with: pip install 'xsil[ort]'") from None
+        raise BackendError(
+            f"onnxruntime is not importable ({type(e).__name__}: {e}); "
+            f"install it with: pip install 'xsil[ort]'"
+        ) from None
     return ort
 
 
@@ -71,39 +77,60 @@ class OrtBackendBase:
         from xsil.model.llama import SUPPORTED_ARCHS
 
         if spec.arch not in SUPPORTED_ARCHS:
-            return Support(False, f"architecture {spec.arch} not supported (supported: {', '.join(SUPPORTED_ARCHS)})")
+            return Support(
+                False, f"architecture {spec.arch} not supported (supported: {', '.join(SUPPORTED_ARCHS)})"
+            )
         bad = sorted(set(spec.tensor_types) - set(WEIGHT_TYPES))
         if bad:
-            return Support(False, f"tensor types {', '.join(bad)} not supported (supported: {', '.join(WEIGHT_TYPES)})")
+            return Support(
+                False, f"tensor types {', '.join(bad)} not supported (supported: {', '.join(WEIGHT_TYPES)})"
+            )
         return Support(True)
 
     def options(self) -> Dict[str, str]:
         return O.describe(self.table)
 
-    def open(self, model: str, *, n_ctx: int = 4096, kv_dtype: str = "f16", threads=None, strict: bool = False,
-             **options: Any) -> Session:
+    def open(
+        self,
+        model: str,
+        *,
+        n_ctx: int = 4096,
+        kv_dtype: str = "f16",
+        threads=None,
+        strict: bool = False,
+        **options: Any,
+    ) -> Session:
         opts = O.validate(self.name, self.table, options)
         if isinstance(n_ctx, bool) or not isinstance(n_ctx, (int, np.integer)) or n_ctx < 1:
             raise ValueError(f"[{self.name}] n_ctx={n_ctx!r} must be an int >= 1")
         if kv_dtype not in KV_DTYPES:
-            raise ValueError(f"[{self.name}] kv_dtype={kv_dtype!r} is not supported; valid: {', '.join(KV_DTYPES)}")
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
-                                    or not 1 <= threads <= 1024):
+            raise ValueError(
+                f"[{self.name}] kv_dtype={kv_dtype!r} is not supported; valid: {', '.join(KV_DTYPES)}"
+            )
+        if threads is not None and (
+            isinstance(threads, bool)
+            or not isinstance(threads, (int, np.integer))
+            or not 1 <= threads <= 1024
+        ):
             raise ValueError(f"[{self.name}] threads={threads!r} must be an int in [1, 1024] or None")
         p = self.probe()
         if not p.available:
             raise BackendError(f"{self.name}: {p.reason}")
         cls = self.session_class()
         s = cls.__new__(cls)
-        s._setup(self, model, n_ctx=int(n_ctx), kv_dtype=kv_dtype, threads=threads, strict=bool(strict), opts=opts)
+        s._setup(
+            self, model, n_ctx=int(n_ctx), kv_dtype=kv_dtype, threads=threads, strict=bool(strict), opts=opts
+        )
         return s
 
     # -- provider hooks --------------------------------------------------------------------------
     def check_config(self, cfg) -> None:
         """Raise BackendError for a model shape the exported graph cannot run."""
         if cfg.head_dim % 16:
-            raise BackendError(f"{self.name}: head_dim={cfg.head_dim} is not supported: ONNX Runtime's "
-                               f"GroupQueryAttention needs a multiple of 16")
+            raise BackendError(
+                f"{self.name}: head_dim={cfg.head_dim} is not supported: ONNX Runtime's "
+                f"GroupQueryAttention needs a multiple of 16"
+            )
 
     def session_class(self):
         return OrtSession
@@ -118,7 +145,9 @@ class OrtBackendBase:
 
     def session_options(self, ort, opts: Dict[str, Any], threads, strict: bool):
         so = ort.SessionOptions()
-        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[opts["graph_optimization_level"]])
+        so.graph_optimization_level = getattr(
+            ort.GraphOptimizationLevel, _LEVELS[opts["graph_optimization_level"]]
+        )
         so.log_severity_level = int(opts["log_severity"])
         if threads:
             so.intra_op_num_threads = int(threads)
@@ -162,8 +191,12 @@ def warn_partial(backend, placement: Dict[str, Any], what: str = "graph") -> Non
     """Warn when an accelerator took only part of the graph (the rest falls back to ORT's CPU EP)."""
     if placement.get("accelerator") and not placement.get("complete", True):
         others = ", ".join(k for k in placement.get("nodes", {}) if k != backend.provider)
-        warnings.warn(f"xsil {backend.name}: {backend.provider} took only {placement['accelerator_fraction']:.0%} "
-                      f"of the {what}'s nodes; the rest run on {others or 'nothing'}", RuntimeWarning, stacklevel=6)
+        warnings.warn(
+            f"xsil {backend.name}: {backend.provider} took only {placement['accelerator_fraction']:.0%} "
+            f"of the {what}'s nodes; the rest run on {others or 'nothing'}",
+            RuntimeWarning,
+            stacklevel=6,
+        )
 
 
 class OrtSession(Session):
@@ -173,8 +206,17 @@ class OrtSession(Session):
 
     backend_name = "ort-?"
 
-    def _setup(self, backend: OrtBackendBase, path: str, *, n_ctx: int, kv_dtype: str, threads, strict: bool,
-               opts: Dict[str, Any]) -> None:
+    def _setup(
+        self,
+        backend: OrtBackendBase,
+        path: str,
+        *,
+        n_ctx: int,
+        kv_dtype: str,
+        threads,
+        strict: bool,
+        opts: Dict[str, Any],
+    ) -> None:
         from xsil.model.gguf import GGUFFile
         from xsil.model.llama import LlamaConfig, peak_rss_bytes
         from xsil.model.tokenizer import from_gguf
@@ -198,13 +240,17 @@ class OrtSession(Session):
         if self.tokenizer.vocab_size != cfg.n_vocab:
             from xsil.errors import GGUFError
 
-            raise GGUFError(f"tokenizer has {self.tokenizer.vocab_size} tokens but token_embd has {cfg.n_vocab} rows")
+            raise GGUFError(
+                f"tokenizer has {self.tokenizer.vocab_size} tokens but token_embd has {cfg.n_vocab} rows"
+            )
         bad = sorted({t.type_name for t in g.tensors.values()} - set(WEIGHT_TYPES))
         if bad:
             from xsil.errors import GGUFError
 
-            raise GGUFError(f"{os.path.basename(path)}: tensor types {', '.join(bad)} are not supported by "
-                            f"{backend.name} (supported: {', '.join(WEIGHT_TYPES)})")
+            raise GGUFError(
+                f"{os.path.basename(path)}: tensor types {', '.join(bad)} are not supported by "
+                f"{backend.name} (supported: {', '.join(WEIGHT_TYPES)})"
+            )
         backend.check_config(cfg)
         self.n_vocab = cfg.n_vocab
         self.n_ctx = n_ctx
@@ -255,22 +301,30 @@ class OrtSession(Session):
         self._bind()
         phases["bind"] = time.perf_counter() - t3
         phases["total"] = time.perf_counter() - t0
-        self.load = dict(phases_s=phases, peak_rss_bytes=peak_rss_bytes(), file_bytes=g.size,
-                         cache=dict(enabled=bool(opts["cache"]), hit=hit, dir=entry if opts["cache"] else None,
-                                    **extra),
-                         export=dict(nodes=meta.get("nodes"), op_counts=meta.get("op_counts"),
-                                     weights_bytes=meta.get("weights_bytes")))
+        self.load = dict(
+            phases_s=phases,
+            peak_rss_bytes=peak_rss_bytes(),
+            file_bytes=g.size,
+            cache=dict(enabled=bool(opts["cache"]), hit=hit, dir=entry if opts["cache"] else None, **extra),
+            export=dict(
+                nodes=meta.get("nodes"),
+                op_counts=meta.get("op_counts"),
+                weights_bytes=meta.get("weights_bytes"),
+            ),
+        )
         self.weight_bytes_per_token = int(meta.get("matmul_weight_bytes") or 0) or None
         if self._tmpdir is not None:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)   # ORT has read the files
+            shutil.rmtree(self._tmpdir, ignore_errors=True)  # ORT has read the files
             self._tmpdir = None
 
-    def _open_sessions(self, ort, backend: OrtBackendBase, entry: str, threads, strict: bool,
-                       opts: Dict[str, Any]) -> Dict[str, Any]:
+    def _open_sessions(
+        self, ort, backend: OrtBackendBase, entry: str, threads, strict: bool, opts: Dict[str, Any]
+    ) -> Dict[str, Any]:
         so = backend.session_options(ort, opts, threads, strict)
         self.sess, extra = backend.create_session(ort, os.path.join(entry, "model.onnx"), so, opts, entry)
-        self.placement = placement_report(self.sess, None if backend.provider == "CPUExecutionProvider"
-                                          else backend.provider)
+        self.placement = placement_report(
+            self.sess, None if backend.provider == "CPUExecutionProvider" else backend.provider
+        )
         warn_partial(backend, self.placement)
         return extra
 
@@ -312,8 +366,10 @@ class OrtSession(Session):
         S = int(ids.shape[0])
         P = self._past
         if P + S > self.n_ctx:
-            raise ContextOverflowError(f"[kv_cache] {S} new token(s) after {P} do not fit the KV budget "
-                                       f"n_ctx={self.n_ctx} ({self.backend_name})")
+            raise ContextOverflowError(
+                f"[kv_cache] {S} new token(s) after {P} do not fit the KV budget "
+                f"n_ctx={self.n_ctx} ({self.backend_name})"
+            )
         if self._logits.shape[0] < S:
             self._logits = np.empty((max(S, 2 * self._logits.shape[0]), self.n_vocab), np.float32)
         out = self._logits[:S].reshape(1, S, self.n_vocab)
@@ -336,7 +392,7 @@ class OrtSession(Session):
             self.load["peak_rss_bytes"] = max(self.load["peak_rss_bytes"], peak_rss_bytes())
 
     def _reset(self) -> None:
-        self._past = 0     # GroupQueryAttention reads only rows < seqlens_k + 1: no clearing needed
+        self._past = 0  # GroupQueryAttention reads only rows < seqlens_k + 1: no clearing needed
 
     def _close(self) -> None:
         self._io = None
@@ -362,12 +418,19 @@ class OrtSession(Session):
             onnxruntime=ort.__version__,
             strict=self.strict,
             options=dict(self.opts),
-            model=dict(path=self.path, arch=cfg.arch, n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_vocab=cfg.n_vocab),
+            model=dict(
+                path=self.path, arch=cfg.arch, n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_vocab=cfg.n_vocab
+            ),
             placement=self.placement,
-            memory=dict(kv_bytes=self.kv_bytes, kv_dtype="f32", kv_dtype_requested=self.kv_dtype_requested,
-                        kv_note="GroupQueryAttention with fp32 activations keeps an fp32 cache",
-                        n_ctx=self.n_ctx, weight_bytes=self.meta.get("weights_bytes"),
-                        weight_bytes_per_token=self.weight_bytes_per_token),
+            memory=dict(
+                kv_bytes=self.kv_bytes,
+                kv_dtype="f32",
+                kv_dtype_requested=self.kv_dtype_requested,
+                kv_note="GroupQueryAttention with fp32 activations keeps an fp32 cache",
+                n_ctx=self.n_ctx,
+                weight_bytes=self.meta.get("weights_bytes"),
+                weight_bytes_per_token=self.weight_bytes_per_token,
+            ),
             load=self.load,
         )
 

@@ -89,7 +89,7 @@ def staging_dir(final: str) -> str:
 def publish(staging: str, final: str) -> str:
     """Move a complete staging folder into place; if another process won the race, keep theirs."""
     if read_meta(final) is None and os.path.isdir(final):
-        shutil.rmtree(final, ignore_errors=True)      # incomplete leftover
+        shutil.rmtree(final, ignore_errors=True)  # incomplete leftover
     try:
         os.rename(staging, final)
         return final

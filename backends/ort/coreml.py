@@ -25,12 +25,21 @@ EP = "CoreMLExecutionProvider"
 
 TABLE: Dict[str, O.Opt] = dict(
     O.COMMON,
-    prefill_chunk=O.Opt("tokens per run of the fixed-shape prefill graph (default 32)", 32, kind=int,
-                        check=lambda v: 2 <= v <= 512, check_text="an int in [2, 512]"),
-    compute_units=O.Opt("Core ML compute units (default 'ALL')", "ALL",
-                        choices=("ALL", "CPUAndNeuralEngine", "CPUAndGPU", "CPUOnly")),
-    model_format=O.Opt("Core ML model format (default 'MLProgram')", "MLProgram",
-                       choices=("MLProgram", "NeuralNetwork")),
+    prefill_chunk=O.Opt(
+        "tokens per run of the fixed-shape prefill graph (default 32)",
+        32,
+        kind=int,
+        check=lambda v: 2 <= v <= 512,
+        check_text="an int in [2, 512]",
+    ),
+    compute_units=O.Opt(
+        "Core ML compute units (default 'ALL')",
+        "ALL",
+        choices=("ALL", "CPUAndNeuralEngine", "CPUAndGPU", "CPUOnly"),
+    ),
+    model_format=O.Opt(
+        "Core ML model format (default 'MLProgram')", "MLProgram", choices=("MLProgram", "NeuralNetwork")
+    ),
 )
 
 
@@ -43,17 +52,23 @@ class CoreMLBackend(OrtBackendBase):
     def _probe(self) -> Probe:
         v = ort_version()
         if sys.platform != "darwin":
-            return Probe(0, f"Core ML is Apple-only: ONNX Runtime ships its {EP} only in macOS/iOS builds; this is "
-                            f"{platform.system()} {platform.machine()}"
-                            + (f" with onnxruntime {v}" if v else " without onnxruntime"))
+            return Probe(
+                0,
+                f"Core ML is Apple-only: ONNX Runtime ships its {EP} only in macOS/iOS builds; this is "
+                f"{platform.system()} {platform.machine()}"
+                + (f" with onnxruntime {v}" if v else " without onnxruntime"),
+            )
         if v is None or not find_spec("onnxruntime") or not find_spec("onnx"):
             return Probe(0, "onnxruntime / onnx are not installed (pip install 'xsil[coreml]')")
         ort = import_ort()
         if EP not in ort.get_available_providers():
             return Probe(0, f"this onnxruntime {v} build has no {EP}")
         # below cpu until verified on Apple hardware: auto keeps cpu; ask for coreml by name
-        return Probe(5, f"onnxruntime {v}, {EP} (not yet verified by xsil on Apple hardware)",
-                     [Device(f"Apple {platform.machine()} (Core ML)", "npu", {"provider": EP})])
+        return Probe(
+            5,
+            f"onnxruntime {v}, {EP} (not yet verified by xsil on Apple hardware)",
+            [Device(f"Apple {platform.machine()} (Core ML)", "npu", {"provider": EP})],
+        )
 
     def device_name(self) -> str:
         return f"Apple {platform.machine()} (Core ML)"
@@ -81,17 +96,23 @@ class CoreMLBackend(OrtBackendBase):
         for kind, S in chunks.items():
             info = export_static(g, cfg, n_ctx, S, out_dir, kind, rmsnorm="decomposed")
             meta["nodes"][kind] = info["nodes"]
-            meta["matmul_weight_bytes"] = info["matmul_weight_bytes"] * 4      # fp32 weights
+            meta["matmul_weight_bytes"] = info["matmul_weight_bytes"] * 4  # fp32 weights
         meta["weights_bytes"] = sum(os.path.getsize(os.path.join(out_dir, f)) for f in os.listdir(out_dir))
         return meta
 
     def provider_options(self, entry: str, opts: Dict[str, Any]) -> Dict[str, str]:
         cache = os.path.join(entry, "coreml")
         os.makedirs(cache, exist_ok=True)
-        return {"ModelFormat": opts["model_format"], "MLComputeUnits": opts["compute_units"],
-                "RequireStaticInputShapes": "1", "ModelCacheDirectory": cache}
+        return {
+            "ModelFormat": opts["model_format"],
+            "MLComputeUnits": opts["compute_units"],
+            "RequireStaticInputShapes": "1",
+            "ModelCacheDirectory": cache,
+        }
 
     def create_static_session(self, ort, entry: str, kind: str, make_so, opts: Dict[str, Any]):
         so = make_so()
-        providers = [(self.provider, self.provider_options(entry, opts))] if self.provider == EP else [self.provider]
+        providers = (
+            [(self.provider, self.provider_options(entry, opts))] if self.provider == EP else [self.provider]
+        )
         return ort.InferenceSession(os.path.join(entry, f"{kind}.onnx"), so, providers=providers), {}

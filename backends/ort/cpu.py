@@ -12,12 +12,20 @@ from .base import OrtBackendBase, find_spec, ort_version
 
 TABLE: Dict[str, O.Opt] = dict(
     O.COMMON,
-    accuracy_level=O.Opt("MatMulNBits accuracy_level: 4 (default) quantizes activations to int8 per 32-block like "
-                         "llama.cpp; 0 or 1 keeps them fp32", 4, choices=(0, 1, 2, 3, 4)),
-    fuse_qkv=O.Opt("one MatMulNBits for Q, K and V (packed QKV into GroupQueryAttention; default True)", True,
-                   kind=bool),
-    allow_spinning=O.Opt("let ORT's intra-op threads spin between ops (lower latency, busier cores; default True)",
-                         True, kind=bool),
+    accuracy_level=O.Opt(
+        "MatMulNBits accuracy_level: 4 (default) quantizes activations to int8 per 32-block like "
+        "llama.cpp; 0 or 1 keeps them fp32",
+        4,
+        choices=(0, 1, 2, 3, 4),
+    ),
+    fuse_qkv=O.Opt(
+        "one MatMulNBits for Q, K and V (packed QKV into GroupQueryAttention; default True)", True, kind=bool
+    ),
+    allow_spinning=O.Opt(
+        "let ORT's intra-op threads spin between ops (lower latency, busier cores; default True)",
+        True,
+        kind=bool,
+    ),
 )
 
 
@@ -32,7 +40,9 @@ class OrtCpuBackend(OrtBackendBase):
         if v is None or not find_spec("onnxruntime"):
             return Probe(0, "onnxruntime is not installed (pip install 'xsil[ort]')")
         if not find_spec("onnx"):
-            return Probe(0, "onnx is not installed (needed to write the exported graph; pip install 'xsil[ort]')")
+            return Probe(
+                0, "onnx is not installed (needed to write the exported graph; pip install 'xsil[ort]')"
+            )
         from .base import import_ort
 
         ort = import_ort()
@@ -41,8 +51,11 @@ class OrtCpuBackend(OrtBackendBase):
         from xsil.backends.cpu import _cpu_name
 
         # below `cpu` (10): xsil's own kernels are the default on a CPU; ort-cpu is chosen by name
-        return Probe(5, f"onnxruntime {v}, {self.provider}",
-                     [Device(_cpu_name(), "cpu", {"provider": self.provider, "onnxruntime": v})])
+        return Probe(
+            5,
+            f"onnxruntime {v}, {self.provider}",
+            [Device(_cpu_name(), "cpu", {"provider": self.provider, "onnxruntime": v})],
+        )
 
     def device_name(self) -> str:
         from xsil.backends.cpu import _cpu_name

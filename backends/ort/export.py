@@ -31,12 +31,12 @@ from . import weights as W
 
 EXPORT_VERSION = 1
 OPSET = 21
-ROW_CHUNK = 4096     # output rows converted per slice
+ROW_CHUNK = 4096  # output rows converted per slice
 
 
 @dataclass
 class ExportOptions:
-    accuracy_level: int = 4          # MatMulNBits accuracy_level (4 = int8 activations)
+    accuracy_level: int = 4  # MatMulNBits accuracy_level (4 = int8 activations)
     fuse_qkv: bool = True
 
     def key(self) -> Dict[str, object]:
@@ -75,7 +75,11 @@ class ExternalData:
         t.dims.extend(int(d) for d in dims)
         t.data_location = TensorProto.EXTERNAL
         length = self.nbytes - offset
-        for k, v in (("location", os.path.basename(self.path)), ("offset", str(offset)), ("length", str(length))):
+        for k, v in (
+            ("location", os.path.basename(self.path)),
+            ("offset", str(offset)),
+            ("length", str(length)),
+        ):
             e = t.external_data.add()
             e.key, e.value = k, v
         return t
@@ -98,7 +102,7 @@ class GraphBuilder:
         self.nodes: List = []
         self.inits: List = []
         self._n = 0
-        self.matmul_bytes = 0      # bytes a decode step reads for its weight matrices
+        self.matmul_bytes = 0  # bytes a decode step reads for its weight matrices
 
     def uid(self, base: str) -> str:
         self._n += 1
@@ -111,8 +115,11 @@ class GraphBuilder:
             outputs = [self.uid(op.lower())]
         elif isinstance(outputs, int):
             outputs = [self.uid(op.lower()) for _ in range(outputs)]
-        self.nodes.append(helper.make_node(op, list(inputs), list(outputs), name=name or self.uid(op), domain=domain,
-                                           **attrs))
+        self.nodes.append(
+            helper.make_node(
+                op, list(inputs), list(outputs), name=name or self.uid(op), domain=domain, **attrs
+            )
+        )
         return outputs[0] if len(outputs) == 1 else outputs
 
     def const(self, name: str, a: np.ndarray) -> str:
@@ -128,7 +135,7 @@ class GraphBuilder:
 
 def _rows_chunks(rows: np.ndarray):
     for i in range(0, rows.shape[0], ROW_CHUNK):
-        yield rows[i:i + ROW_CHUNK]
+        yield rows[i : i + ROW_CHUNK]
 
 
 def _stream_nbits(ext: ExternalData, name: str, parts, K: int, fmt: str):
@@ -138,8 +145,11 @@ def _stream_nbits(ext: ExternalData, name: str, parts, K: int, fmt: str):
     nb = K // W.QK
     blob = W.QK * W.NBITS[fmt] // 8
     protos = {}
-    for key, dtype, shape in (("B", np.uint8, (N, nb, blob)), ("scales", np.float32, (N, nb)),
-                              ("zero_points", np.float32, (N, nb))):
+    for key, dtype, shape in (
+        ("B", np.uint8, (N, nb, blob)),
+        ("scales", np.float32, (N, nb)),
+        ("zero_points", np.float32, (N, nb)),
+    ):
         if key == "zero_points" and fmt != "Q4_K":
             continue
         off = ext.begin(True)
@@ -152,7 +162,7 @@ def _stream_nbits(ext: ExternalData, name: str, parts, K: int, fmt: str):
 
 def _stream_dense_t(ext: ExternalData, name: str, parts, fmts, K: int):
     """fp32 MatMul weight [K, N] (transposed) of the row-concatenation of `parts`."""
-    full = np.concatenate([W.dequant_rows(p, f, K) for p, f in zip(parts, fmts)], axis=0)
+    full = np.concatenate([W.dequant_rows(p, f, K) for p, f in zip(parts, fmts, strict=True)], axis=0)
     return ext.add(name, np.ascontiguousarray(full.T)), full.shape[0]
 
 
@@ -169,9 +179,13 @@ class LlamaExporter:
 
     def _vec(self, name: str) -> np.ndarray:
         a, fmt, K = self._rows(name)
-        return W.dequant_rows(np.asarray(a).reshape(1, -1) if fmt in ("F32", "F16") else a, fmt, K).reshape(-1)
+        return W.dequant_rows(np.asarray(a).reshape(1, -1) if fmt in ("F32", "F16") else a, fmt, K).reshape(
+            -1
+        )
 
-    def linear(self, b: GraphBuilder, x: str, names: List[str], out_name: str, bias: Optional[np.ndarray] = None) -> str:
+    def linear(
+        self, b: GraphBuilder, x: str, names: List[str], out_name: str, bias: Optional[np.ndarray] = None
+    ) -> str:
         """y = x @ concat(W_names).T (+ bias): one MatMulNBits when every part is the same block
         format, else an fp32 MatMul on dequantized weights."""
         parts = [self._rows(n) for n in names]
@@ -187,8 +201,17 @@ class LlamaExporter:
                 ins += ["", b.const(out_name + ".bias", bias.astype(np.float32))]
             while ins and ins[-1] == "":
                 ins.pop()
-            return b.node("MatMulNBits", ins, [out_name], domain="com.microsoft", K=K, N=N, bits=W.NBITS[fmt],
-                          block_size=W.QK, accuracy_level=self.opts.accuracy_level)
+            return b.node(
+                "MatMulNBits",
+                ins,
+                [out_name],
+                domain="com.microsoft",
+                K=K,
+                N=N,
+                bits=W.NBITS[fmt],
+                block_size=W.QK,
+                accuracy_level=self.opts.accuracy_level,
+            )
         Wt, N = _stream_dense_t(b.ext, out_name + ".weight", [p[0] for p in parts], [p[1] for p in parts], K)
         b.inits.append(Wt)
         b.matmul_bytes += K * N * 4
@@ -209,8 +232,16 @@ class LlamaExporter:
                 b.ext.write(W.nbits_rows(ch, fmt, K)["scales"])
             scales = b.ext.tensor("token_embd.scales", np.float32, (a.shape[0], K // W.QK), off)
             b.inits += [data, scales]
-            return b.node("GatherBlockQuantized", [data.name, ids, scales.name], ["embd"], domain="com.microsoft",
-                          bits=W.NBITS[fmt], block_size=W.QK, gather_axis=0, quantize_axis=1)
+            return b.node(
+                "GatherBlockQuantized",
+                [data.name, ids, scales.name],
+                ["embd"],
+                domain="com.microsoft",
+                bits=W.NBITS[fmt],
+                block_size=W.QK,
+                gather_axis=0,
+                quantize_axis=1,
+            )
         # other formats: fp32 table (F32 exact; F16/Q4_K exact dequantization, 4 bytes/weight)
         off = b.ext.begin(True)
         rows = a if fmt not in ("F32", "F16") else np.asarray(a).reshape(-1, K)
@@ -229,7 +260,7 @@ class LlamaExporter:
         os.makedirs(out_dir, exist_ok=True)
         ext = ExternalData(os.path.join(out_dir, "weights.bin"))
         b = GraphBuilder(ext)
-        H, Hk, D, E = cfg.n_head, cfg.n_head_kv, cfg.head_dim, cfg.n_embd
+        H, Hk, D = cfg.n_head, cfg.n_head_kv, cfg.head_dim
         eps = float(cfg.rms_eps)
         try:
             x = self.embedding(b, "input_ids")
@@ -238,12 +269,22 @@ class LlamaExporter:
                 p = f"blk.{i}."
                 attn_norm = b.const(p + "attn_norm", self._vec(p + "attn_norm.weight").astype(np.float32))
                 if ffn_out is None:
-                    h = b.node("SimplifiedLayerNormalization", [x, attn_norm], [f"l{i}.attn_in"], axis=-1,
-                               epsilon=eps, stash_type=1)
+                    h = b.node(
+                        "SimplifiedLayerNormalization",
+                        [x, attn_norm],
+                        [f"l{i}.attn_in"],
+                        axis=-1,
+                        epsilon=eps,
+                        stash_type=1,
+                    )
                 else:
-                    h, _, _, x = b.node("SkipSimplifiedLayerNormalization", [ffn_out, x, attn_norm],
-                                        [f"l{i}.attn_in", "", "", f"l{i}.resid_a"], domain="com.microsoft",
-                                        epsilon=eps)
+                    h, _, _, x = b.node(
+                        "SkipSimplifiedLayerNormalization",
+                        [ffn_out, x, attn_norm],
+                        [f"l{i}.attn_in", "", "", f"l{i}.resid_a"],
+                        domain="com.microsoft",
+                        epsilon=eps,
+                    )
                 bias = None
                 if p + "attn_q.bias" in g.tensors:
                     bias = np.concatenate([self._vec(p + f"attn_{t}.bias") for t in "qkv"])
@@ -259,48 +300,84 @@ class LlamaExporter:
                     q = self.linear(b, h, [qkv_names[0]], f"l{i}.q", bq)
                     k = self.linear(b, h, [qkv_names[1]], f"l{i}.k", bk)
                     v = self.linear(b, h, [qkv_names[2]], f"l{i}.v", bv)
-                attn = b.node("GroupQueryAttention",
-                              [q, k, v, f"past_key_{i}", f"past_value_{i}", "seqlens_k", "total_sequence_length",
-                               "cos_cache", "sin_cache"],
-                              [f"l{i}.attn", f"present_key_{i}", f"present_value_{i}"], domain="com.microsoft",
-                              num_heads=H, kv_num_heads=Hk, do_rotary=1,
-                              rotary_interleaved=1 if cfg.rope_mode == "normal" else 0,
-                              scale=float(1.0 / np.sqrt(D)))[0]
+                attn = b.node(
+                    "GroupQueryAttention",
+                    [
+                        q,
+                        k,
+                        v,
+                        f"past_key_{i}",
+                        f"past_value_{i}",
+                        "seqlens_k",
+                        "total_sequence_length",
+                        "cos_cache",
+                        "sin_cache",
+                    ],
+                    [f"l{i}.attn", f"present_key_{i}", f"present_value_{i}"],
+                    domain="com.microsoft",
+                    num_heads=H,
+                    kv_num_heads=Hk,
+                    do_rotary=1,
+                    rotary_interleaved=1 if cfg.rope_mode == "normal" else 0,
+                    scale=float(1.0 / np.sqrt(D)),
+                )[0]
                 o = self.linear(b, attn, [p + "attn_output.weight"], f"l{i}.attn_out")
                 ffn_norm = b.const(p + "ffn_norm", self._vec(p + "ffn_norm.weight").astype(np.float32))
-                h2, _, _, x = b.node("SkipSimplifiedLayerNormalization", [o, x, ffn_norm],
-                                     [f"l{i}.ffn_in", "", "", f"l{i}.resid_f"], domain="com.microsoft", epsilon=eps)
+                h2, _, _, x = b.node(
+                    "SkipSimplifiedLayerNormalization",
+                    [o, x, ffn_norm],
+                    [f"l{i}.ffn_in", "", "", f"l{i}.resid_f"],
+                    domain="com.microsoft",
+                    epsilon=eps,
+                )
                 gate = self.linear(b, h2, [p + "ffn_gate.weight"], f"l{i}.gate")
                 up = self.linear(b, h2, [p + "ffn_up.weight"], f"l{i}.up")
                 act = b.node("Mul", [b.node("Mul", [gate, b.node("Sigmoid", [gate])]), up])
                 ffn_out = self.linear(b, act, [p + "ffn_down.weight"], f"l{i}.ffn_out")
             out_norm = b.const("output_norm", self._vec("output_norm.weight").astype(np.float32))
-            y, _, _, _ = b.node("SkipSimplifiedLayerNormalization", [ffn_out, x, out_norm],
-                                ["final_norm", "", "", ""], domain="com.microsoft", epsilon=eps)
+            y, _, _, _ = b.node(
+                "SkipSimplifiedLayerNormalization",
+                [ffn_out, x, out_norm],
+                ["final_norm", "", "", ""],
+                domain="com.microsoft",
+                epsilon=eps,
+            )
             head = "output.weight" if "output.weight" in g.tensors else "token_embd.weight"
             self.linear(b, y, [head], "logits")
         finally:
             ext.close()
 
         kv_shape = [1, Hk, "max_seq", D]
-        inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "S"]),
-                  helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, [1]),
-                  helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
-                  helper.make_tensor_value_info("cos_cache", TensorProto.FLOAT, ["max_seq", D // 2]),
-                  helper.make_tensor_value_info("sin_cache", TensorProto.FLOAT, ["max_seq", D // 2])]
+        inputs = [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "S"]),
+            helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, [1]),
+            helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
+            helper.make_tensor_value_info("cos_cache", TensorProto.FLOAT, ["max_seq", D // 2]),
+            helper.make_tensor_value_info("sin_cache", TensorProto.FLOAT, ["max_seq", D // 2]),
+        ]
         outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "S", cfg.n_vocab])]
         for i in range(cfg.n_layer):
             for kind in ("key", "value"):
                 inputs.append(helper.make_tensor_value_info(f"past_{kind}_{i}", TensorProto.FLOAT, kv_shape))
-                outputs.append(helper.make_tensor_value_info(f"present_{kind}_{i}", TensorProto.FLOAT, kv_shape))
+                outputs.append(
+                    helper.make_tensor_value_info(f"present_{kind}_{i}", TensorProto.FLOAT, kv_shape)
+                )
         graph = helper.make_graph(b.nodes, "xsil_llama", inputs, outputs, b.inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
-                                                        helper.make_opsetid("com.microsoft", 1)],
-                                  producer_name="xsil", producer_version=str(EXPORT_VERSION))
+        model = helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)],
+            producer_name="xsil",
+            producer_version=str(EXPORT_VERSION),
+        )
         model.ir_version = 10
         onnx.save(model, os.path.join(out_dir, "model.onnx"))
         counts: Dict[str, int] = {}
         for n in b.nodes:
             counts[n.op_type] = counts.get(n.op_type, 0) + 1
-        return dict(nodes=len(b.nodes), op_counts=counts, weights_bytes=ext.nbytes, matmul_weight_bytes=b.matmul_bytes,
-                    export_version=EXPORT_VERSION)
+        return dict(
+            nodes=len(b.nodes),
+            op_counts=counts,
+            weights_bytes=ext.nbytes,
+            matmul_weight_bytes=b.matmul_bytes,
+            export_version=EXPORT_VERSION,
+        )

@@ -11,10 +11,10 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 class Opt:
     description: str
     default: Any
-    choices: Optional[Sequence[Any]] = None              # allowed values (exact)
-    kind: Optional[type] = None                            # required Python type (bool/int/str)
-    check: Optional[Callable[[Any], bool]] = None          # extra predicate
-    check_text: str = ""                                   # what `check` requires, in words
+    choices: Optional[Sequence[Any]] = None  # allowed values (exact)
+    kind: Optional[type] = None  # required Python type (bool/int/str)
+    check: Optional[Callable[[Any], bool]] = None  # extra predicate
+    check_text: str = ""  # what `check` requires, in words
 
     def validate(self, backend: str, name: str, value: Any) -> Any:
         ok = True
@@ -41,9 +41,14 @@ class Opt:
 
 # options every ORT-based backend takes
 COMMON: Dict[str, Opt] = {
-    "cache": Opt("keep exported graphs / compiled artefacts in the xsil cache dir (default True)", True, kind=bool),
-    "graph_optimization_level": Opt("ORT graph optimizations: 'disable', 'basic', 'extended' or 'all' (default)",
-                                    "all", choices=("disable", "basic", "extended", "all")),
+    "cache": Opt(
+        "keep exported graphs / compiled artefacts in the xsil cache dir (default True)", True, kind=bool
+    ),
+    "graph_optimization_level": Opt(
+        "ORT graph optimizations: 'disable', 'basic', 'extended' or 'all' (default)",
+        "all",
+        choices=("disable", "basic", "extended", "all"),
+    ),
     "log_severity": Opt("ORT log level: 0 verbose .. 4 fatal (default 3)", 3, choices=(0, 1, 2, 3, 4)),
 }
 
@@ -52,7 +57,9 @@ def validate(backend: str, table: Mapping[str, Opt], options: Mapping[str, Any])
     """Defaults filled in; raises ValueError for unknown keys or bad values."""
     unknown = sorted(set(options) - set(table))
     if unknown:
-        raise ValueError(f"[{backend}] unknown option(s) {', '.join(unknown)}; valid options: {', '.join(table)}")
+        raise ValueError(
+            f"[{backend}] unknown option(s) {', '.join(unknown)}; valid options: {', '.join(table)}"
+        )
     out = {}
     for k, o in table.items():
         out[k] = o.validate(backend, k, options[k]) if k in options else o.default

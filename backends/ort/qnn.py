@@ -23,20 +23,47 @@ from . import options as O
 from .base import OrtBackendBase, find_spec, import_ort, ort_version
 
 EP = "QNNExecutionProvider"
-HTP_PERF = ("burst", "balanced", "default", "high_performance", "high_power_saver", "low_balanced",
-            "low_power_saver", "power_saver", "sustained_high_performance")
+HTP_PERF = (
+    "burst",
+    "balanced",
+    "default",
+    "high_performance",
+    "high_power_saver",
+    "low_balanced",
+    "low_power_saver",
+    "power_saver",
+    "sustained_high_performance",
+)
 
 TABLE: Dict[str, O.Opt] = dict(
     O.COMMON,
-    prefill_chunk=O.Opt("tokens per run of the fixed-shape prefill graph (default 16)", 16, kind=int,
-                        check=lambda v: 2 <= v <= 512, check_text="an int in [2, 512]"),
+    prefill_chunk=O.Opt(
+        "tokens per run of the fixed-shape prefill graph (default 16)",
+        16,
+        kind=int,
+        check=lambda v: 2 <= v <= 512,
+        check_text="an int in [2, 512]",
+    ),
     activation_type=O.Opt("QDQ activation type (default 'uint16')", "uint16", choices=("uint16", "uint8")),
-    weight_type=O.Opt("QDQ weight type, symmetric per output channel (default 'int8')", "int8",
-                      choices=("int8", "int4", "int16")),
-    calibration_sequences=O.Opt("sequences the activation ranges are calibrated on (default 3)", 3, kind=int,
-                                check=lambda v: 1 <= v <= 64, check_text="an int in [1, 64]"),
-    calibration_length=O.Opt("tokens per calibration sequence (default 40, at most n_ctx)", 40, kind=int,
-                             check=lambda v: 2 <= v <= 4096, check_text="an int in [2, 4096]"),
+    weight_type=O.Opt(
+        "QDQ weight type, symmetric per output channel (default 'int8')",
+        "int8",
+        choices=("int8", "int4", "int16"),
+    ),
+    calibration_sequences=O.Opt(
+        "sequences the activation ranges are calibrated on (default 3)",
+        3,
+        kind=int,
+        check=lambda v: 1 <= v <= 64,
+        check_text="an int in [1, 64]",
+    ),
+    calibration_length=O.Opt(
+        "tokens per calibration sequence (default 40, at most n_ctx)",
+        40,
+        kind=int,
+        check=lambda v: 2 <= v <= 4096,
+        check_text="an int in [2, 4096]",
+    ),
     htp_performance_mode=O.Opt("QNN HTP performance mode (default 'burst')", "burst", choices=HTP_PERF),
 )
 
@@ -57,7 +84,7 @@ def qnn_devices(ort) -> List[Any]:
             lib = _qnn_module().get_library_path()
             try:
                 ort.register_execution_provider_library(EP, lib)
-            except Exception as e:      # already registered (by us or by the application) is fine
+            except Exception as e:  # already registered (by us or by the application) is fine
                 if not any(d.ep_name == EP for d in ort.get_ep_devices()):
                     raise BackendError(f"qnn: registering {lib} failed: {e}") from e
             _registered["lib"] = lib
@@ -79,10 +106,15 @@ class QnnBackend(OrtBackendBase):
         if v is None or not find_spec("onnxruntime"):
             return Probe(0, "onnxruntime is not installed (pip install 'xsil[qnn]')")
         if not find_spec("onnxruntime_qnn"):
-            return Probe(0, "onnxruntime-qnn is not installed (pip install 'xsil[qnn]'; PyPI wheels exist for "
-                            "Linux x86_64, where HTP runs as a simulator, and Windows on Arm)")
+            return Probe(
+                0,
+                "onnxruntime-qnn is not installed (pip install 'xsil[qnn]'; PyPI wheels exist for "
+                "Linux x86_64, where HTP runs as a simulator, and Windows on Arm)",
+            )
         if not find_spec("onnx"):
-            return Probe(0, "onnx is not installed (needed to write the exported graphs; pip install 'xsil[qnn]')")
+            return Probe(
+                0, "onnx is not installed (needed to write the exported graphs; pip install 'xsil[qnn]')"
+            )
         oq = _qnn_module()
         htp = oq.get_qnn_htp_path()
         if not os.path.exists(htp):
@@ -92,10 +124,17 @@ class QnnBackend(OrtBackendBase):
             return Probe(0, f"onnxruntime-qnn registered but {EP} reports no device")
         qv = getattr(oq, "__version__", "?")
         if is_simulator():
-            dev = Device("HTP (x86_64 simulator)", "npu", {"backend_path": htp, "onnxruntime_qnn": qv,
-                                                           "simulated": True})
-            return Probe(1, f"onnxruntime-qnn {qv} (onnxruntime {v}): Qualcomm HTP backend running as an x86_64 "
-                            f"SIMULATOR: correct but slow, for testing; auto never prefers it over cpu", [dev])
+            dev = Device(
+                "HTP (x86_64 simulator)",
+                "npu",
+                {"backend_path": htp, "onnxruntime_qnn": qv, "simulated": True},
+            )
+            return Probe(
+                1,
+                f"onnxruntime-qnn {qv} (onnxruntime {v}): Qualcomm HTP backend running as an x86_64 "
+                f"SIMULATOR: correct but slow, for testing; auto never prefers it over cpu",
+                [dev],
+            )
         dev = Device("Qualcomm HTP", "npu", {"backend_path": htp, "onnxruntime_qnn": qv})
         return Probe(20, f"onnxruntime-qnn {qv} (onnxruntime {v}): Qualcomm HTP", [dev])
 
@@ -108,14 +147,20 @@ class QnnBackend(OrtBackendBase):
         return StaticSession
 
     def check_config(self, cfg) -> None:
-        pass    # standard ops only: any head_dim
+        pass  # standard ops only: any head_dim
 
     def export_key(self, opts: Dict[str, Any], cfg, n_ctx: int) -> Dict[str, Any]:
         from .static import STATIC_VERSION
 
-        return dict(graph="static-qdq", v=STATIC_VERSION, n_ctx=n_ctx, prefill_chunk=opts["prefill_chunk"],
-                    activation_type=opts["activation_type"], weight_type=opts["weight_type"],
-                    calibration=(opts["calibration_sequences"], opts["calibration_length"]))
+        return dict(
+            graph="static-qdq",
+            v=STATIC_VERSION,
+            n_ctx=n_ctx,
+            prefill_chunk=opts["prefill_chunk"],
+            activation_type=opts["activation_type"],
+            weight_type=opts["weight_type"],
+            calibration=(opts["calibration_sequences"], opts["calibration_length"]),
+        )
 
     def export(self, g, cfg, opts: Dict[str, Any], out_dir: str, *, n_ctx: int, tokenizer) -> Dict[str, Any]:
         from .static import calibrate_and_quantize, export_static
@@ -126,10 +171,18 @@ class QnnBackend(OrtBackendBase):
         meta: Dict[str, Any] = dict(chunks=chunks, n_ctx=n_ctx, nodes={}, quantization={})
         for kind, S in chunks.items():
             info = export_static(g, cfg, n_ctx, S, out_dir, f"{kind}.float")
-            q = calibrate_and_quantize(os.path.join(out_dir, f"{kind}.float.onnx"),
-                                       os.path.join(out_dir, f"{kind}.qdq.onnx"), cfg, n_ctx, S, tokenizer,
-                                       n_seq=opts["calibration_sequences"], length=opts["calibration_length"],
-                                       activation_type=opts["activation_type"], weight_type=opts["weight_type"])
+            q = calibrate_and_quantize(
+                os.path.join(out_dir, f"{kind}.float.onnx"),
+                os.path.join(out_dir, f"{kind}.qdq.onnx"),
+                cfg,
+                n_ctx,
+                S,
+                tokenizer,
+                n_seq=opts["calibration_sequences"],
+                length=opts["calibration_length"],
+                activation_type=opts["activation_type"],
+                weight_type=opts["weight_type"],
+            )
             for f in (f"{kind}.float.onnx", f"{kind}.float.bin"):
                 os.remove(os.path.join(out_dir, f))
             meta["nodes"][kind] = info["nodes"]
@@ -142,8 +195,10 @@ class QnnBackend(OrtBackendBase):
         """QNN EP session for one chunk graph; the compiled EP context is cached in the entry
         (``<kind>_ctx.onnx`` + its ``_qnn.bin``; ``<kind>_ctx.ok`` is written once both are complete)."""
         devs = qnn_devices(ort)
-        popts = {"backend_path": _qnn_module().get_qnn_htp_path(),
-                 "htp_performance_mode": opts["htp_performance_mode"]}
+        popts = {
+            "backend_path": _qnn_module().get_qnn_htp_path(),
+            "htp_performance_mode": opts["htp_performance_mode"],
+        }
         ctx = os.path.join(entry, f"{kind}_ctx.onnx")
         ok = os.path.join(entry, f"{kind}_ctx.ok")
         if os.path.exists(ok) and os.path.exists(ctx):
@@ -152,7 +207,7 @@ class QnnBackend(OrtBackendBase):
             try:
                 return ort.InferenceSession(ctx, so), {"ep_context_hit": True}
             except Exception:
-                os.remove(ok)       # a stale or broken context: compile again
+                os.remove(ok)  # a stale or broken context: compile again
         for f in (ctx, ctx[:-5] + "_qnn.bin"):
             if os.path.exists(f):
                 os.remove(f)

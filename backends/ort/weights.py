@@ -25,7 +25,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-QK = 32          # GGUF Q4_0 / Q8_0 block, and the MatMulNBits block we emit
+QK = 32  # GGUF Q4_0 / Q8_0 block, and the MatMulNBits block we emit
 BLOCK_BYTES = {"Q4_0": 18, "Q8_0": 34, "Q4_K": 144}
 ELEMS = {"Q4_0": 32, "Q8_0": 32, "Q4_K": 256}
 
@@ -41,7 +41,7 @@ def q4_0_to_nbits(rows: np.ndarray, K: int) -> Tuple[np.ndarray, np.ndarray]:
     d = _f16(b[:, :, 0:2]).reshape(n, K // QK)
     qs = b[:, :, 2:]
     # GGUF: byte j = element j (low) | element j+16 (high); MatMulNBits: byte m = 2m (low) | 2m+1 (high)
-    q = np.concatenate([qs & 0x0F, qs >> 4], axis=2)            # [n, nb, 32] elements in order
+    q = np.concatenate([qs & 0x0F, qs >> 4], axis=2)  # [n, nb, 32] elements in order
     packed = (q[:, :, 0::2] | (q[:, :, 1::2] << 4)).astype(np.uint8)
     return packed, d
 
@@ -70,12 +70,12 @@ def q4_k_to_nbits(rows: np.ndarray, K: int) -> Tuple[np.ndarray, np.ndarray, np.
     n = rows.shape[0]
     nsb = K // 256
     b = np.ascontiguousarray(rows).reshape(n, nsb, 144)
-    d = _f16(b[:, :, 0:2])                                     # [n, nsb, 1]
+    d = _f16(b[:, :, 0:2])  # [n, nsb, 1]
     dmin = _f16(b[:, :, 2:4])
-    sc, mn = _q4_k_scales(b[:, :, 4:16])                        # [n, nsb, 8]
+    sc, mn = _q4_k_scales(b[:, :, 4:16])  # [n, nsb, 8]
     qs = b[:, :, 16:].reshape(n, nsb, 4, 32)
     # sub-block 2g = low nibbles of group g, 2g+1 = high nibbles
-    q = np.stack([qs & 0x0F, qs >> 4], axis=3).reshape(n, nsb * 8, 32)   # [n, nsb, 4, 2, 32] -> sub-blocks
+    q = np.stack([qs & 0x0F, qs >> 4], axis=3).reshape(n, nsb * 8, 32)  # [n, nsb, 4, 2, 32] -> sub-blocks
     scale = (d * sc.astype(np.float32)).reshape(n, nsb * 8)
     offs = (dmin * mn.astype(np.float32)).reshape(n, nsb * 8)  # value = scale*q - offs
     zero = scale == 0

@@ -20,8 +20,9 @@ from gguf_cases import write_model  # noqa: E402
 
 ORACLE = os.path.join(os.path.dirname(__file__), "..", "data", "oracle", "tiny.gguf")
 
-needs_ort = pytest.mark.skipif(not registry.probe("ort-cpu").available,
-                               reason=f"ort-cpu: {registry.probe('ort-cpu').reason}")
+needs_ort = pytest.mark.skipif(
+    not registry.probe("ort-cpu").available, reason=f"ort-cpu: {registry.probe('ort-cpu').reason}"
+)
 
 
 # -- weight conversion ---------------------------------------------------------------------------
@@ -37,7 +38,7 @@ def test_weight_conversion_is_exact(fmt):
         sc[0, 0] &= 0xC0
     want = ref.dequantize(rows, fmt, 512)
     got = W.dequant_rows(rows, fmt, 512)
-    tol = 0 if fmt != "Q4_K" else 1e-6 * np.abs(want).max()   # Q4_K: fp32 rounding of the zero point
+    tol = 0 if fmt != "Q4_K" else 1e-6 * np.abs(want).max()  # Q4_K: fp32 rounding of the zero point
     assert np.abs(got - want).max() <= tol
 
 
@@ -58,11 +59,27 @@ def test_matmulnbits_matches_dequantized_matmul(fmt):
     if "zero_points" in d:
         inits.append(numpy_helper.from_array(d["zero_points"], "Z"))
         ins.append("Z")
-    node = helper.make_node("MatMulNBits", ins, ["Y"], domain="com.microsoft", K=K, N=N, bits=W.NBITS[fmt],
-                            block_size=32, accuracy_level=0)
-    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("A", TensorProto.FLOAT, [None, K])],
-                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, N])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
+    node = helper.make_node(
+        "MatMulNBits",
+        ins,
+        ["Y"],
+        domain="com.microsoft",
+        K=K,
+        N=N,
+        bits=W.NBITS[fmt],
+        block_size=32,
+        accuracy_level=0,
+    )
+    g = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("A", TensorProto.FLOAT, [None, K])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, N])],
+        inits,
+    )
+    m = helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+    )
     s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
     x = rng.standard_normal((5, K)).astype(np.float32)
     y = s.run(None, {"A": x})[0]
@@ -106,7 +123,7 @@ def test_fp32_activations_match_reference_tightly(case):
         cos, rel = _cmp(got, want)
         assert cos >= 0.99999 and rel <= 2e-3, (cos, rel)
         s.reset()
-        step = np.concatenate([s.forward(toks[i:i + 1]) for i in range(len(toks))])
+        step = np.concatenate([s.forward(toks[i : i + 1]) for i in range(len(toks))])
         assert _cmp(step, want)[1] <= 2e-3
         s.reset()
         chunked = np.concatenate([s.forward(toks[:7]), s.forward(toks[7:])])
@@ -139,12 +156,15 @@ def test_unsupported_head_dim_is_a_backend_error(tmp_path):
 
 # -- options, cache, placement -------------------------------------------------------------------
 @needs_ort
-@pytest.mark.parametrize("opt,val,match", [
-    ("accuracy_level", 7, r"accuracy_level=7 is invalid; valid values: one of 0, 1, 2, 3, 4"),
-    ("accuracy_level", "4", r"valid values"),
-    ("cache", "yes", r"cache='yes' is invalid"),
-    ("graph_optimization_level", "max", r"one of 'disable', 'basic', 'extended', 'all'"),
-])
+@pytest.mark.parametrize(
+    "opt,val,match",
+    [
+        ("accuracy_level", 7, r"accuracy_level=7 is invalid; valid values: one of 0, 1, 2, 3, 4"),
+        ("accuracy_level", "4", r"valid values"),
+        ("cache", "yes", r"cache='yes' is invalid"),
+        ("graph_optimization_level", "max", r"one of 'disable', 'basic', 'extended', 'all'"),
+    ],
+)
 def test_bad_option_values_rejected(opt, val, match):
     with pytest.raises(ValueError, match=match):
         xsil.Session(ORACLE, backend="ort-cpu", strict=True, n_ctx=32, **{opt: val})
@@ -187,7 +207,7 @@ def test_placement_and_memory_report():
     pl = d["placement"]
     assert pl["total_nodes"] > 0 and set(pl["nodes"]) == {"CPUExecutionProvider"}
     assert pl["ops"]["CPUExecutionProvider"]["GroupQueryAttention"] == 4
-    assert d["memory"]["kv_bytes"] == 2 * 4 * 2 * 32 * 32 * 4      # 2 x layers x kv heads x n_ctx x hd x fp32
+    assert d["memory"]["kv_bytes"] == 2 * 4 * 2 * 32 * 32 * 4  # 2 x layers x kv heads x n_ctx x hd x fp32
     assert d["memory"]["weight_bytes_per_token"] > 0
 
 

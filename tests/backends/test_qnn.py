@@ -16,7 +16,9 @@ from xsil.select import choose
 ORACLE = os.path.join(os.path.dirname(__file__), "..", "data", "oracle")
 MODEL = os.path.join(ORACLE, "tiny.gguf")
 
-pytestmark = pytest.mark.skipif(not registry.probe("qnn").available, reason=f"qnn: {registry.probe('qnn').reason}")
+pytestmark = pytest.mark.skipif(
+    not registry.probe("qnn").available, reason=f"qnn: {registry.probe('qnn').reason}"
+)
 
 
 def test_probe_reports_the_simulator_and_auto_never_prefers_it(monkeypatch):
@@ -34,7 +36,9 @@ def test_strict_puts_every_node_on_qnn_and_greedy_agrees_with_cpu():
         pl = s.describe()["placement"]
         assert pl["complete"]
         for kind in ("decode", "prefill"):
-            assert set(pl[kind]["nodes"]) == {"QNNExecutionProvider"} and pl[kind]["accelerator_fraction"] == 1.0
+            assert (
+                set(pl[kind]["nodes"]) == {"QNNExecutionProvider"} and pl[kind]["accelerator_fraction"] == 1.0
+            )
         with xsil.Session(MODEL, backend="cpu", n_ctx=64) as c:
             for prompt in (list(o["tokens"][:8]), [1, 40, 50]):
                 s.reset()
@@ -48,7 +52,7 @@ def test_chunked_prefill_matches_one_call():
     o = np.load(os.path.join(ORACLE, "tiny.npz"))
     toks = o["tokens"][:20]
     with xsil.Session(MODEL, backend="qnn", strict=True, n_ctx=64) as s:
-        whole = s.forward(toks)       # one full prefill chunk (16) + a padded one (4)
+        whole = s.forward(toks)  # one full prefill chunk (16) + a padded one (4)
         s.reset()
         parts = np.concatenate([s.forward(toks[:7]), s.forward(toks[7:8]), s.forward(toks[8:])])
     assert np.abs(whole - parts).max() / whole.std() <= 0.05
@@ -61,12 +65,16 @@ def test_ep_context_cache_hit_on_second_open(tmp_path, monkeypatch):
         first = s.describe()["load"]
     assert first["cache"]["hit"] is False and first["cache"]["decode_ep_context_hit"] is False
     entry = first["cache"]["dir"]
-    assert os.path.exists(os.path.join(entry, "decode_ctx.onnx")) and os.path.exists(os.path.join(entry, "prefill_ctx.ok"))
+    assert os.path.exists(os.path.join(entry, "decode_ctx.onnx")) and os.path.exists(
+        os.path.join(entry, "prefill_ctx.ok")
+    )
     with xsil.Session(MODEL, backend="qnn", strict=True, n_ctx=32) as s:
         b = s.forward([1, 5, 9])
         second = s.describe()["load"]
     assert second["cache"]["hit"] is True
-    assert second["cache"]["decode_ep_context_hit"] is True and second["cache"]["prefill_ep_context_hit"] is True
+    assert (
+        second["cache"]["decode_ep_context_hit"] is True and second["cache"]["prefill_ep_context_hit"] is True
+    )
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * float(np.abs(a).max()))
     # a different context length is a different static graph -> a different entry
     with xsil.Session(MODEL, backend="qnn", strict=True, n_ctx=48) as s:
@@ -86,12 +94,15 @@ def test_partial_placement_warns_and_strict_refuses(tmp_path, monkeypatch):
     s.close()
 
 
-@pytest.mark.parametrize("opt,val,match", [
-    ("prefill_chunk", 1, r"prefill_chunk=1 is invalid; valid values: an int in \[2, 512\]"),
-    ("weight_type", "int3", r"one of 'int8', 'int4', 'int16'"),
-    ("htp_performance_mode", "turbo", r"'burst'"),
-    ("accuracy_level", 4, r"unknown option\(s\) accuracy_level; valid options: .*prefill_chunk"),
-])
+@pytest.mark.parametrize(
+    "opt,val,match",
+    [
+        ("prefill_chunk", 1, r"prefill_chunk=1 is invalid; valid values: an int in \[2, 512\]"),
+        ("weight_type", "int3", r"one of 'int8', 'int4', 'int16'"),
+        ("htp_performance_mode", "turbo", r"'burst'"),
+        ("accuracy_level", 4, r"unknown option\(s\) accuracy_level; valid options: .*prefill_chunk"),
+    ],
+)
 def test_option_table(opt, val, match):
     with pytest.raises(ValueError, match=match):
         xsil.Session(MODEL, backend="qnn", strict=True, n_ctx=16, **{opt: val})
