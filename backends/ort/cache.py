@@ -62,8 +62,37 @@ def options_key(d: Dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+_CODE_HASH: Dict[str, str] = {}
+
+
+def code_hash() -> str:
+    """Hash of the exporter's own source (and the onnx / onnxruntime versions): a changed exporter
+    or toolchain never reuses an entry written by another one, even without a version bump."""
+    if "h" not in _CODE_HASH:
+        d = hashlib.sha256()
+        here = os.path.dirname(os.path.abspath(__file__))
+        for f in ("export.py", "weights.py", "static.py"):
+            try:
+                with open(os.path.join(here, f), "rb") as fh:
+                    d.update(fh.read())
+            except OSError:
+                d.update(f.encode())
+        try:
+            from importlib.metadata import version
+
+            for pkg in ("onnx", "onnxruntime", "onnxruntime-qnn"):
+                try:
+                    d.update(f"{pkg}={version(pkg)}".encode())
+                except Exception:
+                    d.update(f"{pkg}=none".encode())
+        except Exception:
+            pass
+        _CODE_HASH["h"] = d.hexdigest()[:16]
+    return _CODE_HASH["h"]
+
+
 def entry_dir(model_hash: str, provider: str, key: Dict[str, Any]) -> str:
-    return os.path.join(root(), f"{model_hash[:20]}-{provider}-{options_key(key)}")
+    return os.path.join(root(), f"{model_hash[:20]}-{provider}-{options_key(dict(key, code=code_hash()))}")
 
 
 def read_meta(d: str) -> Optional[Dict[str, Any]]:
