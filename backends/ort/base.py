@@ -152,6 +152,8 @@ class OrtBackendBase:
         if threads:
             so.intra_op_num_threads = int(threads)
         so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+        # strict: no node may silently run on ORT's CPU EP. (For ort-cpu the CPU EP *is* the device:
+        # ORT rejects the flag together with an explicit CPU EP, and there is nothing to fall back from.)
         if strict and self.provider != "CPUExecutionProvider":
             so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
         return so
