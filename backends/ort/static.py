@@ -306,19 +306,23 @@ def calibrate_and_quantize(
 
     fs = ort.InferenceSession(float_path, providers=["CPUExecutionProvider"])
     names = [o.name for o in fs.get_outputs()]
-    feeds: List[Dict[str, np.ndarray]] = []
-    for seq in calibration_sequences(tokenizer, cfg.n_vocab, C, n_seq, length):
-        st = StaticFeeds(cfg, C)
-        for i in range(0, len(seq), S):
-            ch = seq[i : i + S]
-            f = st.feeds(ch, S)
-            feeds.append({k: v.copy() for k, v in f.items()})
-            st.commit(dict(zip(names, fs.run(None, f), strict=True)), len(ch))
-    del fs
+    count = [0]
+
+    def chunks():
+        # one feed at a time, computed when the calibrator asks for it (a feed holds the whole KV
+        # cache: materialising them all would take n_chunks x the cache)
+        for seq in calibration_sequences(tokenizer, cfg.n_vocab, C, n_seq, length):
+            st = StaticFeeds(cfg, C)
+            for i in range(0, len(seq), S):
+                ch = seq[i : i + S]
+                f = st.feeds(ch, S)
+                count[0] += 1
+                yield f
+                st.commit(dict(zip(names, fs.run(None, f), strict=True)), len(ch))   # advance the cache
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.it = iter(feeds)
+            self.it = chunks()
 
         def get_next(self):
             return next(self.it, None)
@@ -335,7 +339,7 @@ def calibrate_and_quantize(
         quantize(float_path, out_path, qc)
     finally:
         root.setLevel(level)
-    return dict(calibration_chunks=len(feeds), activation_type=activation_type, weight_type=weight_type)
+    return dict(calibration_chunks=count[0], activation_type=activation_type, weight_type=weight_type)
 
 
 # -- the session ------------------------------------------------------------------------------------
