@@ -364,6 +364,13 @@ class OrtSession(Session):
         return self._past
 
     def _forward(self, ids: np.ndarray) -> np.ndarray:
+        return self._run(ids, last_only=False)
+
+    def _forward_last(self, ids: np.ndarray) -> np.ndarray:
+        """Logits of the last position only ([vocab]): the LM head runs on one row."""
+        return self._run(np.asarray(ids, np.int32), last_only=True)[0]
+
+    def _run(self, ids: np.ndarray, last_only: bool) -> np.ndarray:
         ort = import_ort()
         S = int(ids.shape[0])
         P = self._past
@@ -372,11 +379,13 @@ class OrtSession(Session):
                 f"[kv_cache] {S} new token(s) after {P} do not fit the KV budget "
                 f"n_ctx={self.n_ctx} ({self.backend_name})"
             )
-        if self._logits.shape[0] < S:
-            self._logits = np.empty((max(S, 2 * self._logits.shape[0]), self.n_vocab), np.float32)
-        out = self._logits[:S].reshape(1, S, self.n_vocab)
+        R = 1 if last_only else S
+        if self._logits.shape[0] < R:
+            self._logits = np.empty((max(R, 2 * self._logits.shape[0]), self.n_vocab), np.float32)
+        out = self._logits[:R].reshape(1, R, self.n_vocab)
         io = self._io
         io.bind_cpu_input("input_ids", ids.astype(np.int64).reshape(1, S))
+        io.bind_cpu_input("logit_rows", np.array([S - 1], np.int64) if last_only else np.arange(S, dtype=np.int64))
         io.bind_cpu_input("seqlens_k", np.array([P + S - 1], np.int32))
         io.bind_cpu_input("total_sequence_length", np.array(P + S, np.int32))
         io.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(out))

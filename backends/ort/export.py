@@ -29,7 +29,7 @@ import numpy as np
 
 from . import weights as W
 
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2
 OPSET = 21
 ROW_CHUNK = 4096  # output rows converted per slice
 
@@ -343,6 +343,8 @@ class LlamaExporter:
                 epsilon=eps,
             )
             head = "output.weight" if "output.weight" in g.tensors else "token_embd.weight"
+            # logits only for the rows asked for (all of them for forward(); the last for sampling)
+            y = b.node("Gather", [y, "logit_rows"], ["final_rows"], axis=1)
             self.linear(b, y, [head], "logits")
         finally:
             ext.close()
@@ -350,12 +352,13 @@ class LlamaExporter:
         kv_shape = [1, Hk, "max_seq", D]
         inputs = [
             helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "S"]),
+            helper.make_tensor_value_info("logit_rows", TensorProto.INT64, ["R"]),
             helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, [1]),
             helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
             helper.make_tensor_value_info("cos_cache", TensorProto.FLOAT, ["max_seq", D // 2]),
             helper.make_tensor_value_info("sin_cache", TensorProto.FLOAT, ["max_seq", D // 2]),
         ]
-        outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "S", cfg.n_vocab])]
+        outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "R", cfg.n_vocab])]
         for i in range(cfg.n_layer):
             for kind in ("key", "value"):
                 inputs.append(helper.make_tensor_value_info(f"past_{kind}_{i}", TensorProto.FLOAT, kv_shape))

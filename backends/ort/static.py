@@ -426,6 +426,9 @@ class StaticSession(OrtSession):
         self._mark_first()
         return out
 
+    def _forward_last(self, ids: np.ndarray) -> np.ndarray:
+        return self._forward(np.asarray(ids, np.int32))[-1]    # fixed-shape graphs: every row is computed
+
     def _reset(self) -> None:
         self.state.past = 0  # masked rows are never read: no clearing needed
 

@@ -88,3 +88,22 @@ def test_static_graph_matches_reference(case, tmp_path, monkeypatch):
     got = s.forward(toks)
     s.close()
     assert np.abs(got - want).max() / want.std() <= 2e-3
+
+
+@pytest.mark.skipif(not registry.probe("ort-cpu").available, reason="needs onnxruntime")
+def test_static_forward_last(tmp_path, monkeypatch):
+    from xsil.backend import Probe
+    from xsil.backends.ort.coreml import CoreMLBackend
+
+    class OnCpu(CoreMLBackend):
+        name = "coreml-on-cpu"
+        provider = "CPUExecutionProvider"
+
+        def _probe(self):
+            return Probe(1, "test")
+
+    monkeypatch.setenv("XSIL_CACHE_DIR", str(tmp_path))
+    with OnCpu().open(MODEL, n_ctx=32, prefill_chunk=4) as s:
+        full = s.forward([1, 5, 9, 40, 50])
+        s.reset()
+        np.testing.assert_array_equal(s._forward_last(np.array([1, 5, 9, 40, 50], np.int32)), full[-1])

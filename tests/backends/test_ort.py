@@ -220,3 +220,14 @@ def test_kv_cache_is_updated_in_place():
         s.forward([4])
         assert [a.__array_interface__["data"][0] for a in s._kv] == bufs
         assert np.abs(s._kv[0][0, :, :4]).sum() > 0 and np.abs(s._kv[0][0, :, 4:]).sum() == 0
+
+
+@needs_ort
+def test_forward_last_equals_forward():
+    toks = [1, 5, 9, 40, 50, 7]
+    with xsil.Session(ORACLE, backend="ort-cpu", strict=True, n_ctx=32) as s:
+        full = s.forward(toks)
+        s.reset()
+        last = s._forward_last(np.asarray(toks, np.int32))
+        assert last.shape == (s.n_vocab,) and s.n_past == len(toks)
+        np.testing.assert_allclose(last, full[-1], rtol=0, atol=1e-5 * float(np.abs(full).max()))
