@@ -385,7 +385,9 @@ class OrtSession(Session):
         out = self._logits[:R].reshape(1, R, self.n_vocab)
         io = self._io
         io.bind_cpu_input("input_ids", ids.astype(np.int64).reshape(1, S))
-        io.bind_cpu_input("logit_rows", np.array([S - 1], np.int64) if last_only else np.arange(S, dtype=np.int64))
+        io.bind_cpu_input(
+            "logit_rows", np.array([S - 1], np.int64) if last_only else np.arange(S, dtype=np.int64)
+        )
         io.bind_cpu_input("seqlens_k", np.array([P + S - 1], np.int32))
         io.bind_cpu_input("total_sequence_length", np.array(P + S, np.int32))
         io.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(out))

@@ -318,7 +318,7 @@ def calibrate_and_quantize(
                 f = st.feeds(ch, S)
                 count[0] += 1
                 yield f
-                st.commit(dict(zip(names, fs.run(None, f), strict=True)), len(ch))   # advance the cache
+                st.commit(dict(zip(names, fs.run(None, f), strict=True)), len(ch))  # advance the cache
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -427,7 +427,7 @@ class StaticSession(OrtSession):
         return out
 
     def _forward_last(self, ids: np.ndarray) -> np.ndarray:
-        return self._forward(np.asarray(ids, np.int32))[-1]    # fixed-shape graphs: every row is computed
+        return self._forward(np.asarray(ids, np.int32))[-1]  # fixed-shape graphs: every row is computed
 
     def _reset(self) -> None:
         self.state.past = 0  # masked rows are never read: no clearing needed

@@ -231,3 +231,14 @@ def test_forward_last_equals_forward():
         last = s._forward_last(np.asarray(toks, np.int32))
         assert last.shape == (s.n_vocab,) and s.n_past == len(toks)
         np.testing.assert_allclose(last, full[-1], rtol=0, atol=1e-5 * float(np.abs(full).max()))
+
+
+def test_importing_the_ort_backends_does_not_import_onnxruntime():
+    import subprocess
+
+    code = (
+        "import sys, xsil, xsil.backends.ort; from xsil import registry; registry.probe('coreml'); "
+        "print(sorted(m for m in sys.modules if m.startswith(('onnxruntime', 'onnx'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
