@@ -259,7 +259,9 @@ class OrtSession(Session):
         self.kv_dtype_requested = kv_dtype
         phases["open_validate"] = time.perf_counter() - t0
 
-        # export (or reuse the cached export)
+        # export (or reuse the cached export); the KV dtype the graph is built for is an export option
+        opts = dict(opts, kv_dtype=kv_dtype)
+        self.opts = opts
         t1 = time.perf_counter()
         key = backend.export_key(opts, cfg, n_ctx)
         export_args = dict(n_ctx=n_ctx, tokenizer=self.tokenizer)
@@ -338,11 +340,13 @@ class OrtSession(Session):
         self._past = 0
         inv = cfg.rope_freq_base ** (-np.arange(D // 2, dtype=np.float64) * 2.0 / D)
         th = np.arange(self.n_ctx, dtype=np.float64)[:, None] * cfg.rope_freq_scale * inv[None, :]
-        self._cos = np.ascontiguousarray(np.cos(th), np.float32)
-        self._sin = np.ascontiguousarray(np.sin(th), np.float32)
-        # the KV budget: 2 x n_layer x [1, n_head_kv, n_ctx, head_dim] fp32, allocated once
+        self.kv_dtype = self.meta.get("kv_dtype", "f32")
+        kvt = np.float16 if self.kv_dtype == "f16" else np.float32
+        self._cos = np.ascontiguousarray(np.cos(th), kvt)
+        self._sin = np.ascontiguousarray(np.sin(th), kvt)
+        # the KV budget: 2 x n_layer x [1, n_head_kv, n_ctx, head_dim], allocated once
         shape = (1, cfg.n_head_kv, self.n_ctx, D)
-        self._kv = [np.zeros(shape, np.float32) for _ in range(2 * cfg.n_layer)]
+        self._kv = [np.zeros(shape, kvt) for _ in range(2 * cfg.n_layer)]
         self._kv_ov = [ort.OrtValue.ortvalue_from_numpy(a) for a in self._kv]
         self._logits = np.empty((0, cfg.n_vocab), np.float32)
         io = self.sess.io_binding()
@@ -437,9 +441,9 @@ class OrtSession(Session):
             placement=self.placement,
             memory=dict(
                 kv_bytes=self.kv_bytes,
-                kv_dtype="f32",
+                kv_dtype=self.kv_dtype,
                 kv_dtype_requested=self.kv_dtype_requested,
-                kv_note="GroupQueryAttention with fp32 activations keeps an fp32 cache",
+                kv_note="f16: attention runs in fp16 (GroupQueryAttention keeps its cache in its input type)",
                 n_ctx=self.n_ctx,
                 weight_bytes=self.meta.get("weights_bytes"),
                 weight_bytes_per_token=self.weight_bytes_per_token,

@@ -66,12 +66,15 @@ class OrtCpuBackend(OrtBackendBase):
         # the dynamic graph does not depend on n_ctx: one export serves every context length
         from .export import ExportOptions
 
-        return dict(graph="dynamic-gqa", **ExportOptions(opts["accuracy_level"], opts["fuse_qkv"]).key())
+        eo = ExportOptions(opts["accuracy_level"], opts["fuse_qkv"], opts["kv_dtype"])
+        return dict(graph="dynamic-gqa", **eo.key())
 
     def export(self, g, cfg, opts: Dict[str, Any], out_dir: str, **_: Any) -> Dict[str, Any]:
         from .export import ExportOptions, LlamaExporter
 
-        return LlamaExporter(g, cfg, ExportOptions(opts["accuracy_level"], opts["fuse_qkv"])).export(out_dir)
+        return LlamaExporter(
+            g, cfg, ExportOptions(opts["accuracy_level"], opts["fuse_qkv"], opts["kv_dtype"])
+        ).export(out_dir)
 
     def session_options(self, ort, opts, threads, strict):
         so = super().session_options(ort, opts, threads, strict)

@@ -38,9 +38,11 @@ ROW_CHUNK = 4096  # output rows converted per slice
 class ExportOptions:
     accuracy_level: int = 4  # MatMulNBits accuracy_level (4 = int8 activations)
     fuse_qkv: bool = True
+    kv_dtype: str = "f32"  # "f16": attention (GroupQueryAttention and its cache) in fp16
 
     def key(self) -> Dict[str, object]:
-        return dict(accuracy_level=self.accuracy_level, fuse_qkv=self.fuse_qkv, v=EXPORT_VERSION)
+        return dict(accuracy_level=self.accuracy_level, fuse_qkv=self.fuse_qkv, kv_dtype=self.kv_dtype,
+                    v=EXPORT_VERSION)
 
 
 class ExternalData:
@@ -256,6 +258,7 @@ class LlamaExporter:
         import onnx
         from onnx import TensorProto, helper
 
+        kvt = TensorProto.FLOAT16 if self.opts.kv_dtype == "f16" else TensorProto.FLOAT
         cfg, g = self.cfg, self.g
         os.makedirs(out_dir, exist_ok=True)
         ext = ExternalData(os.path.join(out_dir, "weights.bin"))
@@ -300,6 +303,9 @@ class LlamaExporter:
                     q = self.linear(b, h, [qkv_names[0]], f"l{i}.q", bq)
                     k = self.linear(b, h, [qkv_names[1]], f"l{i}.k", bk)
                     v = self.linear(b, h, [qkv_names[2]], f"l{i}.v", bv)
+                f16 = self.opts.kv_dtype == "f16"
+                if f16:  # GQA keeps its cache in the activation type: run attention in fp16
+                    q, k, v = (b.node("Cast", [t], to=TensorProto.FLOAT16) if t else "" for t in (q, k, v))
                 attn = b.node(
                     "GroupQueryAttention",
                     [
@@ -321,6 +327,8 @@ class LlamaExporter:
                     rotary_interleaved=1 if cfg.rope_mode == "normal" else 0,
                     scale=float(1.0 / np.sqrt(D)),
                 )[0]
+                if f16:
+                    attn = b.node("Cast", [attn], to=TensorProto.FLOAT)
                 o = self.linear(b, attn, [p + "attn_output.weight"], f"l{i}.attn_out")
                 ffn_norm = b.const(p + "ffn_norm", self._vec(p + "ffn_norm.weight").astype(np.float32))
                 h2, _, _, x = b.node(
@@ -355,16 +363,14 @@ class LlamaExporter:
             helper.make_tensor_value_info("logit_rows", TensorProto.INT64, ["R"]),
             helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, [1]),
             helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
-            helper.make_tensor_value_info("cos_cache", TensorProto.FLOAT, ["max_seq", D // 2]),
-            helper.make_tensor_value_info("sin_cache", TensorProto.FLOAT, ["max_seq", D // 2]),
+            helper.make_tensor_value_info("cos_cache", kvt, ["max_seq", D // 2]),
+            helper.make_tensor_value_info("sin_cache", kvt, ["max_seq", D // 2]),
         ]
         outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "R", cfg.n_vocab])]
         for i in range(cfg.n_layer):
             for kind in ("key", "value"):
-                inputs.append(helper.make_tensor_value_info(f"past_{kind}_{i}", TensorProto.FLOAT, kv_shape))
-                outputs.append(
-                    helper.make_tensor_value_info(f"present_{kind}_{i}", TensorProto.FLOAT, kv_shape)
-                )
+                inputs.append(helper.make_tensor_value_info(f"past_{kind}_{i}", kvt, kv_shape))
+                outputs.append(helper.make_tensor_value_info(f"present_{kind}_{i}", kvt, kv_shape))
         graph = helper.make_graph(b.nodes, "xsil_llama", inputs, outputs, b.inits)
         model = helper.make_model(
             graph,
@@ -383,4 +389,5 @@ class LlamaExporter:
             weights_bytes=ext.nbytes,
             matmul_weight_bytes=b.matmul_bytes,
             export_version=EXPORT_VERSION,
+            kv_dtype=self.opts.kv_dtype,
         )

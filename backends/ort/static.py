@@ -377,6 +377,7 @@ class StaticSession(OrtSession):
         ort = import_ort()
         cfg = self.config
         self.C = int(self.meta["n_ctx"])
+        self.kv_dtype = "f32"
         self.state = StaticFeeds(cfg, self.C)
         self._kv = self.state.kv
         self._bound = {}

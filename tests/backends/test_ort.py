@@ -115,10 +115,12 @@ def _cmp(got, want):
 
 @needs_ort
 def test_fp32_activations_match_reference_tightly(case):
-    # accuracy_level=0: weights are converted exactly and every op runs in fp32, so the graph must
-    # agree with the float64 reference to fp32 rounding
+    # accuracy_level=0 and an fp32 cache: weights are converted exactly and every op runs in fp32,
+    # so the graph must agree with the float64 reference to fp32 rounding
     path, toks, want = case
-    with xsil.Session(path, backend="ort-cpu", strict=True, n_ctx=64, accuracy_level=0, cache=False) as s:
+    with xsil.Session(
+        path, backend="ort-cpu", strict=True, n_ctx=64, accuracy_level=0, kv_dtype="f32", cache=False
+    ) as s:
         got = s.forward(toks)
         cos, rel = _cmp(got, want)
         assert cos >= 0.99999 and rel <= 2e-3, (cos, rel)
@@ -171,6 +173,20 @@ def test_bad_option_values_rejected(opt, val, match):
 
 
 @needs_ort
+def test_kv_dtype_f16_and_f32():
+    # f16 (the default): attention and its cache in fp16, half the memory; f32: fp32 throughout
+    o = np.load(os.path.join(os.path.dirname(ORACLE), "tiny.npz"))
+    out = {}
+    for kv in ("f16", "f32"):
+        with xsil.Session(ORACLE, backend="ort-cpu", strict=True, n_ctx=64, kv_dtype=kv) as s:
+            out[kv] = s.forward(o["tokens"][:40])
+            m = s.describe()["memory"]
+            assert m["kv_dtype"] == kv and s._kv[0].dtype == (np.float16 if kv == "f16" else np.float32)
+            assert m["kv_bytes"] == 2 * 4 * 2 * 64 * 32 * (2 if kv == "f16" else 4)
+    assert _cmp(out["f16"], out["f32"])[0] >= 0.9995  # fp16 attention: measured 0.99988
+
+
+@needs_ort
 def test_bad_kv_dtype_rejected():
     with pytest.raises(ValueError, match=r"kv_dtype='q4_0' is not supported; valid: f16, f32"):
         xsil.Session(ORACLE, backend="ort-cpu", strict=True, n_ctx=32, kv_dtype="q4_0")
@@ -207,7 +223,8 @@ def test_placement_and_memory_report():
     pl = d["placement"]
     assert pl["total_nodes"] > 0 and set(pl["nodes"]) == {"CPUExecutionProvider"}
     assert pl["ops"]["CPUExecutionProvider"]["GroupQueryAttention"] == 4
-    assert d["memory"]["kv_bytes"] == 2 * 4 * 2 * 32 * 32 * 4  # 2 x layers x kv heads x n_ctx x hd x fp32
+    assert d["memory"]["kv_bytes"] == 2 * 4 * 2 * 32 * 32 * 2  # 2 x layers x kv heads x n_ctx x hd x fp16
+    assert d["memory"]["kv_dtype"] == "f16"
     assert d["memory"]["weight_bytes_per_token"] > 0
 
 
