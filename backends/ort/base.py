@@ -267,24 +267,33 @@ class OrtSession(Session):
         export_args = dict(n_ctx=n_ctx, tokenizer=self.tokenizer)
         self._tmpdir = None
         hit = False
+        cache_error = None
+        entry = None
+        meta = None
         if opts["cache"]:
-            mh = cache.model_sha256(path)
-            phases["hash"] = time.perf_counter() - t1
-            entry = cache.entry_dir(mh, backend.name, key)
-            meta = cache.read_meta(entry)
-            if meta is None:
-                stage = cache.staging_dir(entry)
-                try:
-                    info = backend.export(g, cfg, opts, stage, **export_args)
-                    cache.write_meta(stage, dict(info, key=key, model_sha256=mh, model=os.path.abspath(path)))
-                    entry = cache.publish(stage, entry)
-                except BaseException:
-                    shutil.rmtree(stage, ignore_errors=True)
-                    raise
-                meta = cache.read_meta(entry) or {}
-            else:
-                hit = True
-        else:
+            try:
+                mh = cache.model_sha256(path)
+                phases["hash"] = time.perf_counter() - t1
+                entry = cache.entry_dir(mh, backend.name, key)
+                meta = cache.read_meta(entry)
+                if meta is None:
+                    stage = cache.staging_dir(entry)
+                    try:
+                        info = backend.export(g, cfg, opts, stage, **export_args)
+                        cache.write_meta(
+                            stage, dict(info, key=key, model_sha256=mh, model=os.path.abspath(path))
+                        )
+                        entry = cache.publish(stage, entry)
+                    except BaseException:
+                        shutil.rmtree(stage, ignore_errors=True)
+                        raise
+                    meta = cache.read_meta(entry) or {}
+                else:
+                    hit = True
+            except OSError as e:  # an unwritable / full cache dir: export uncached, say so
+                cache_error = f"{type(e).__name__}: {e}"
+                entry = meta = None
+        if meta is None:
             self._tmpdir = tempfile.mkdtemp(prefix="xsil-ort-")
             entry = self._tmpdir
             meta = backend.export(g, cfg, opts, entry, **export_args)
@@ -309,7 +318,13 @@ class OrtSession(Session):
             phases_s=phases,
             peak_rss_bytes=peak_rss_bytes(),
             file_bytes=g.size,
-            cache=dict(enabled=bool(opts["cache"]), hit=hit, dir=entry if opts["cache"] else None, **extra),
+            cache=dict(
+                enabled=bool(opts["cache"]) and cache_error is None,
+                hit=hit,
+                dir=entry if self._tmpdir is None else None,
+                error=cache_error,
+                **extra,
+            ),
             export=dict(
                 nodes=meta.get("nodes"),
                 op_counts=meta.get("op_counts"),

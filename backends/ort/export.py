@@ -41,8 +41,12 @@ class ExportOptions:
     kv_dtype: str = "f32"  # "f16": attention (GroupQueryAttention and its cache) in fp16
 
     def key(self) -> Dict[str, object]:
-        return dict(accuracy_level=self.accuracy_level, fuse_qkv=self.fuse_qkv, kv_dtype=self.kv_dtype,
-                    v=EXPORT_VERSION)
+        return dict(
+            accuracy_level=self.accuracy_level,
+            fuse_qkv=self.fuse_qkv,
+            kv_dtype=self.kv_dtype,
+            v=EXPORT_VERSION,
+        )
 
 
 class ExternalData:

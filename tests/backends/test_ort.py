@@ -259,3 +259,17 @@ def test_importing_the_ort_backends_does_not_import_onnxruntime():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@needs_ort
+def test_unwritable_cache_dir_exports_uncached(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")  # the cache root cannot be created under a file
+    monkeypatch.setenv("XSIL_CACHE_DIR", str(tmp_path / "c"))
+    from xsil.backends.ort import cache
+
+    monkeypatch.setattr(cache, "root", lambda: str(blocker / "ort"))
+    with xsil.Session(ORACLE, backend="ort-cpu", strict=True, n_ctx=32) as s:
+        s.forward([1, 5, 9])
+        c = s.describe()["load"]["cache"]
+    assert c["enabled"] is False and c["hit"] is False and c["dir"] is None and c["error"]
