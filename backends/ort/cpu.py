@@ -60,7 +60,7 @@ class OrtCpuBackend(OrtBackendBase):
     def device_name(self) -> str:
         from xsil.backends.cpu import _cpu_name
 
-        return f"{_cpu_name()} (ORT {self.provider})"
+        return _cpu_name()   # describe()["isa"] names the ORT version and provider
 
     def export_key(self, opts: Dict[str, Any], cfg, n_ctx: int) -> Dict[str, Any]:
         # the dynamic graph does not depend on n_ctx: one export serves every context length
