@@ -57,7 +57,9 @@ class CpuBackend:
     def options(self) -> Dict[str, str]:
         return dict(_OPTIONS)
 
-    def open(self, model: str, *, n_ctx: int = 4096, kv_dtype: str = "f16", threads=None, **options: Any) -> "CpuSession":
+    def open(self, model: str, *, n_ctx: int = 4096, kv_dtype: str = "f16", threads=None, strict: bool = False,
+             **options: Any) -> "CpuSession":
+        # strict: nothing to fall back from inside this backend (every op runs on xsil's kernels)
         unknown = sorted(set(options) - set(_OPTIONS))
         if unknown:
             raise ValueError(f"[cpu] unknown option(s) {', '.join(unknown)}; valid options: {', '.join(_OPTIONS)}")

@@ -12,7 +12,11 @@ from typing import Any, Dict, Iterator, List, Optional, Protocol, Sequence, Unio
 
 import numpy as np
 
-API_VERSION = 1
+# 1: open(model, *, n_ctx, kv_dtype, threads, **options)
+# 2: open() also takes ``strict`` (keyword): True means the caller wants every op on the backend's
+#    own device, no silent fallback inside it (e.g. ONNX Runtime's CPU-EP fallback is disabled).
+#    Backends declaring api_version 1 are still opened, without the keyword.
+API_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,8 @@ class Backend(Protocol):
         ...
 
     def open(self, model: str, **options: Any) -> "Session":
+        """``open(model, *, n_ctx, kv_dtype, threads, strict, **backend_options)`` (``strict``
+        from api_version 2 on)."""
         ...
 
 

@@ -89,7 +89,11 @@ def worker_xsil(cfg: Dict[str, Any]) -> Dict[str, Any]:
             tok = int(np.argmax(fwd_last(np.array([tok], np.int32))))
         ts.append(time.perf_counter() - t)
     res[f"tg{tg}_tok_s"] = tg / _median(ts)
-    res["weight_bytes_per_token"] = int(s.model.native.weight_bytes_per_token) if hasattr(s, "model") else None
+    if hasattr(s, "model"):
+        res["weight_bytes_per_token"] = int(s.model.native.weight_bytes_per_token)
+    else:  # other backends may report it themselves (ort-*: bytes of the exported weight matrices)
+        wb = getattr(s, "weight_bytes_per_token", None)
+        res["weight_bytes_per_token"] = int(wb) if wb else None
     res["peak_rss_bytes"] = peak_rss_bytes()
     s.close()
     return res

@@ -18,7 +18,8 @@ class Choice:
 
 def choose(backend: Union[str, Sequence[str], None] = "auto") -> Choice:
     """Order the backends to try. ``"auto"`` (or None): XSIL_BACKEND if set, else every available
-    backend by descending score, `cpu` last as the floor."""
+    backend that scores above `cpu`, by descending score, then `cpu` as the floor (a backend scoring
+    below cpu, such as ort-cpu or an NPU simulator, is only used when asked for by name)."""
     if backend is None:
         backend = "auto"
     if isinstance(backend, str) and backend != "auto":
@@ -46,9 +47,10 @@ def choose(backend: Union[str, Sequence[str], None] = "auto") -> Choice:
     # auto: rank by probe score
     rows = registry.table()
     avail = sorted((r for r in rows if r.available), key=lambda r: -r.score)
-    order = [r.name for r in avail]
-    if "cpu" in order:
-        order.remove("cpu")
+    # `cpu` is the floor: a backend scoring below it (e.g. ort-cpu, or an NPU simulator) is never
+    # preferred over it by auto, and since cpu opens whatever it supports, nothing after it is tried
+    cpu_score = next((r.score for r in avail if r.name == "cpu"), 0)
+    order = [r.name for r in avail if r.name != "cpu" and r.score > cpu_score]
     order.append("cpu")
     chosen = order[0]
     skipped = [f"{r.name}: {r.reason}" for r in rows if r.name != chosen and not r.available]

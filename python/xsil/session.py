@@ -59,6 +59,8 @@ def open_session(
             known = set(b.options())
             opts = {k: v for k, v in opts.items() if k in known}
         try:
+            if getattr(b, "api_version", 1) >= 2:
+                opts["strict"] = strict   # contract v2: strict reaches the backend (no fallback inside it)
             s = b.open(model, n_ctx=n_ctx, kv_dtype=kv_dtype, threads=threads, **opts)
         except (ValueError, GGUFError, FileNotFoundError):
             raise  # bad arguments or a bad file fail the same way on every backend

@@ -13,7 +13,19 @@ ORACLE = os.path.join(os.path.dirname(__file__), "..", "data", "oracle")
 MODEL = os.path.join(ORACLE, "tiny.gguf")
 
 # max |batch - step| logits / logit std, and minimum per-position cosine against llama.cpp
-TOLERANCE = {"cpu": dict(batch_vs_step=0.02, cos=0.9995)}
+TOLERANCE = {
+    "cpu": dict(batch_vs_step=0.02, cos=0.9995),
+    # ort-cpu: MatMulNBits accuracy_level=4 quantizes activations to int8 per 32-block exactly as
+    # llama.cpp does for Q4_0, so it is held to cpu's bounds (measured with the default f16 cache /
+    # fp16 attention: cosine >= 0.99989 against llama.cpp, batch-vs-step 0 to 2e-6 of the logit std)
+    "ort-cpu": dict(batch_vs_step=0.02, cos=0.9995),
+    # qnn: a static QDQ graph: uint16 activations, int8 weights per output channel (requantized from
+    # the Q4_0 blocks: one scale per row instead of one per 32), decode and prefill graphs calibrated
+    # separately. Measured on the HTP simulator: cosine >= 0.9990, logit error ~1.5% of the logit std,
+    # batch-vs-step 1.7%; the top token flips at 2 of 48 positions, exactly the two where llama.cpp's
+    # own top-2 gap is smallest (2.1% and 2.3% of the logit std).
+    "qnn": dict(batch_vs_step=0.05, cos=0.998, argmax_tie=0.03),
+}
 DEFAULT_TOL = dict(batch_vs_step=0.05, cos=0.999)
 
 
@@ -66,7 +78,12 @@ def test_logits_match_llama_cpp(session, backend):
     want = o["logits_batch"]
     cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
     assert cos.min() >= tol(backend)["cos"]
-    assert (got.argmax(1) == want.argmax(1)).all()
+    # the top token must agree, except (for a backend with an argmax_tie tolerance) where llama.cpp's
+    # own top-2 logits are closer than that fraction of the logit std
+    top2 = np.sort(want, 1)[:, -2:]
+    gap = (top2[:, 1] - top2[:, 0]) / want.std(1)
+    flips = got.argmax(1) != want.argmax(1)
+    assert (gap[flips] < tol(backend).get("argmax_tie", 0.0)).all(), (np.nonzero(flips)[0], gap[flips])
 
 
 def test_generate_streams_events(session):

@@ -1,10 +1,10 @@
 import os
-import warnings
 
 import pytest
 
 import xsil
 from xsil import registry
+from xsil.backend import Probe, Support
 from xsil.select import choose
 
 MODEL = os.path.join(os.path.dirname(__file__), "..", "data", "oracle", "tiny.gguf")
@@ -76,3 +76,65 @@ def test_bad_session_arguments():
         xsil.Session(MODEL, backend="cpu", n_ctx=32, kv_dtype="int3")
     with pytest.raises(ValueError, match=r"threads"):
         xsil.Session(MODEL, backend="cpu", n_ctx=32, threads=0)
+
+
+class _Fake:
+    """A minimal registered backend that records what open() received."""
+
+    kind = "cpu"
+
+    def __init__(self, name, score, api_version):
+        self.name, self.score, self.api_version = name, score, api_version
+        self.opened_with = None
+
+    def probe(self):
+        return Probe(self.score, f"fake score {self.score}")
+
+    def supports(self, spec):
+        return Support(True)
+
+    def options(self):
+        return {}
+
+    def open(self, model, **kw):
+        self.opened_with = kw
+        raise RuntimeError("fake backend opens nothing")
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    made = []
+
+    def make(name, score, api_version=2):
+        b = _Fake(name, score, api_version)
+        monkeypatch.setitem(registry.BUILTINS, name, "tests_fake:Backend")
+        monkeypatch.setitem(registry._instances, name, b)
+        registry._probes.pop(name, None)
+        made.append(name)
+        return b
+
+    yield make
+    for n in made:
+        registry._probes.pop(n, None)
+
+
+def test_auto_never_prefers_a_lower_score_than_cpu(fake, monkeypatch):
+    monkeypatch.delenv("XSIL_BACKEND", raising=False)
+    fake("fake-sim", 3)
+    c = choose("auto")
+    assert c.candidates[0] == "cpu" and "fake-sim" not in c.candidates
+    assert "fake-sim (score 3)" in c.explanation
+    fake("fake-npu", 20)
+    c = choose("auto")
+    assert c.candidates == ["fake-npu", "cpu"]
+
+
+def test_strict_reaches_v2_backends_only(fake):
+    v2 = fake("fake-v2", 1, api_version=2)
+    with pytest.raises(xsil.BackendError, match="fake backend opens nothing"):
+        xsil.Session(MODEL, backend="fake-v2", strict=True, n_ctx=32)
+    assert v2.opened_with["strict"] is True
+    v1 = fake("fake-v1", 1, api_version=1)
+    with pytest.raises(xsil.BackendError):
+        xsil.Session(MODEL, backend="fake-v1", strict=True, n_ctx=32)
+    assert "strict" not in v1.opened_with      # contract v1 open() never sees the new keyword
