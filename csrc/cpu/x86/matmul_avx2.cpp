@@ -1,0 +1,154 @@
+// AVX2 (+FMA +F16C) matmul tier. Q4_0: "lane = output row" microkernel over groups of 8 W rows
+// (packed layout or GGUF rows transposed in registers) x up to 4 activation rows; Q8_0 / Q4_K:
+// row-wise kernels from x86_matmul_common.h. Bit-identical to the ref tier (see the header).
+#include "cpu/x86/x86_matmul_common.h"
+
+namespace xsil {
+namespace {
+
+constexpr int G = 8;    // W rows per group = fp32 lanes of a ymm
+constexpr int MR = 4;   // activation rows per microkernel call
+
+inline __m256i bcast32(const void* p) { return _mm256_set1_epi32(ld32(p)); }
+
+// One group-block (8 rows x one 32-weight block) in registers: 8 fp32 scales and 4 nibble vectors
+// (vector c: lane r = row r's qs[4c .. 4c+3]).
+struct WBlock {
+  __m256 dw;
+  __m256i v[4];
+};
+
+inline void load_packed(const uint8_t* p, WBlock& w) {
+  w.dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p));
+  for (int c = 0; c < 4; ++c) w.v[c] = _mm256_loadu_si256((const __m256i*)(p + 2 * G + 32 * c));
+}
+
+// GGUF rows: 8 row pointers, block at byte offset off; 4x4 dword transpose within 128-bit lanes.
+inline void load_rows(const uint8_t* const* rows, int64_t off, WBlock& w) {
+  const __m128i s = _mm_setr_epi16((short)ld16(rows[0] + off), (short)ld16(rows[1] + off), (short)ld16(rows[2] + off),
+                                   (short)ld16(rows[3] + off), (short)ld16(rows[4] + off), (short)ld16(rows[5] + off),
+                                   (short)ld16(rows[6] + off), (short)ld16(rows[7] + off));
+  w.dw = _mm256_cvtph_ps(s);
+  __m256i y[4];
+  for (int j = 0; j < 4; ++j)
+    y[j] = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)(rows[j] + off + 2))),
+                                   _mm_loadu_si128((const __m128i*)(rows[j + 4] + off + 2)), 1);
+  const __m256i t0 = _mm256_unpacklo_epi32(y[0], y[1]), t1 = _mm256_unpackhi_epi32(y[0], y[1]);
+  const __m256i t2 = _mm256_unpacklo_epi32(y[2], y[3]), t3 = _mm256_unpackhi_epi32(y[2], y[3]);
+  w.v[0] = _mm256_unpacklo_epi64(t0, t2);
+  w.v[1] = _mm256_unpackhi_epi64(t0, t2);
+  w.v[2] = _mm256_unpacklo_epi64(t1, t3);
+  w.v[3] = _mm256_unpackhi_epi64(t1, t3);
+}
+
+// y[m][r] for R activation rows (R <= MR) x the 8 rows of one group, over all nb blocks.
+// PACKED: wp is the packed group; else rows[] are GGUF row pointers.
+template <int R, bool PACKED>
+void q4_0_tile(const uint8_t* wp, const uint8_t* const* rows, int64_t nb, const block_q8a* const* x,
+               const int32_t* const* xoff, float* const* y, int nvalid) {
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[R];
+  for (int m = 0; m < R; ++m) acc[m] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    WBlock w;
+    if (PACKED) {
+      _mm_prefetch((const char*)(wp + b * G * 18 + 1024), _MM_HINT_T0);
+      load_packed(wp + b * G * 18, w);
+    } else {
+      load_rows(rows, b * 18, w);
+    }
+    // int16 sums of 8 vpmaddubsw results: |each| <= 2 * 15 * 127, total <= 30480: no saturation.
+    __m256i p[R];
+    for (int m = 0; m < R; ++m) p[m] = _mm256_setzero_si256();
+    for (int c = 0; c < 4; ++c) {
+      const __m256i lo = _mm256_and_si256(w.v[c], m4);
+      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(w.v[c], 4), m4);
+      for (int m = 0; m < R; ++m) {
+        p[m] = _mm256_add_epi16(p[m], _mm256_maddubs_epi16(lo, bcast32(x[m][b].qs + 4 * c)));
+        p[m] = _mm256_add_epi16(p[m], _mm256_maddubs_epi16(hi, bcast32(x[m][b].qs + 16 + 4 * c)));
+      }
+    }
+    for (int m = 0; m < R; ++m) {
+      const __m256i isum = _mm256_add_epi32(_mm256_madd_epi16(p[m], ones), _mm256_set1_epi32(xoff[m][b]));
+      const __m256 dwdx = _mm256_mul_ps(w.dw, _mm256_set1_ps(x[m][b].d));
+      acc[m] = _mm256_add_ps(acc[m], _mm256_mul_ps(dwdx, _mm256_cvtepi32_ps(isum)));
+    }
+  }
+  for (int m = 0; m < R; ++m) {
+    if (nvalid == G) {
+      _mm256_storeu_ps(y[m], acc[m]);
+    } else {
+      alignas(32) float t[G];
+      _mm256_store_ps(t, acc[m]);
+      for (int r = 0; r < nvalid; ++r) y[m][r] = t[r];
+    }
+  }
+}
+
+template <bool PACKED>
+void gemm_q4_0(const GemmArgs& a, int64_t n0, int64_t n1) {
+  const int64_t nb = a.K / 32;
+  const int64_t rb = (int64_t)a.w_row_bytes;
+  thread_local Scratch s_off;
+  int32_t* off = (int32_t*)s_off.get((size_t)(a.M * nb) * sizeof(int32_t));
+  q8a_offsets(a, nb, off);
+  const uint8_t* W = (const uint8_t*)a.w;
+  for (int64_t n = n0; n < n1; n += G) {
+    const int nv = (int)(n1 - n < G ? n1 - n : G);
+    const bool packed = PACKED && nv == G;
+    const uint8_t* rows[G];
+    for (int r = 0; r < G; ++r) rows[r] = W + (n + (r < nv ? r : nv - 1)) * rb;  // clamp: never read past N
+    const uint8_t* wp = W + n * rb;
+    for (int64_t m0 = 0; m0 < a.M; m0 += MR) {
+      const int R = (int)(a.M - m0 < MR ? a.M - m0 : MR);
+      const block_q8a* x[MR];
+      const int32_t* xo[MR];
+      float* y[MR];
+      for (int m = 0; m < R; ++m) {
+        x[m] = (const block_q8a*)((const uint8_t*)a.xq + (m0 + m) * a.xq_row_bytes);
+        xo[m] = off + (m0 + m) * nb;
+        y[m] = a.y + (m0 + m) * a.ldy + n;
+      }
+#define XSIL_Q40_CASE(RR)                                     \
+  case RR:                                                    \
+    if (packed)                                               \
+      q4_0_tile<RR, true>(wp, rows, nb, x, xo, y, nv);        \
+    else                                                      \
+      q4_0_tile<RR, false>(wp, rows, nb, x, xo, y, nv);       \
+    break;
+      switch (R) {
+        XSIL_Q40_CASE(1)
+        XSIL_Q40_CASE(2)
+        XSIL_Q40_CASE(3)
+        XSIL_Q40_CASE(4)
+      }
+#undef XSIL_Q40_CASE
+    }
+  }
+}
+
+MatmulKernels make_avx2() {
+  MatmulKernels k;
+  k.tier = Tier::Avx2;
+  k.n_tile = 16;
+  k.q4_0.quantize_act = quantize_act_q8a_x86;
+  k.q4_0.gemm = gemm_q4_0<false>;
+  k.q4_0.gemm_packed = gemm_q4_0<true>;
+  k.q4_0.pack = pack_q4_0_rows<G>;
+  k.q4_0.pack_rows = G;
+  k.q8_0.quantize_act = quantize_act_q8a_x86;
+  k.q8_0.gemm = gemm_q8_0_x86;
+  k.q4_k.quantize_act = quantize_act_q8k_x86;
+  k.q4_k.gemm = gemm_q4_k_x86;
+  return k;
+}
+
+}  // namespace
+
+const MatmulKernels& matmul_kernels_avx2() {
+  static const MatmulKernels k = make_avx2();
+  return k;
+}
+
+}  // namespace xsil

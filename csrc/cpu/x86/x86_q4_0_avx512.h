@@ -1,0 +1,160 @@
+// AVX-512 (F/BW/VL/DQ) Q4_0 microkernel, included by matmul_avx512.cpp (vpmaddubsw + vpmaddwd) and
+// matmul_avx512vnni.cpp (vpdpbusd: compiled with -mavx512vnni, selected by __AVX512VNNI__).
+// "Lane = output row": a group of 16 W rows fills the 16 fp32 lanes of a zmm; up to 8 activation
+// rows share every unpacked nibble vector. Anonymous namespace: each TU keeps its own ISA build.
+#pragma once
+#include "cpu/x86/x86_matmul_common.h"
+
+namespace xsil {
+namespace {
+
+constexpr int G16 = 16;  // W rows per group
+constexpr int MR8 = 8;   // activation rows per microkernel call
+
+inline __m512i bcast32_512(const void* p) { return _mm512_set1_epi32(ld32(p)); }
+
+struct WBlock16 {
+  __m512 dw;
+  __m512i v[4];  // vector c: lane r = row r's qs[4c .. 4c+3]
+};
+
+inline void load_packed16(const uint8_t* p, WBlock16& w) {
+  w.dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
+  for (int c = 0; c < 4; ++c) w.v[c] = _mm512_loadu_si512((const void*)(p + 2 * G16 + 64 * c));
+}
+
+// GGUF rows: z[j] holds rows j, j+4, j+8, j+12 in its four 128-bit lanes; a 4x4 dword transpose
+// within lanes then puts row 4L+i's dword c at dword 4L+i of vector c.
+inline void load_rows16(const uint8_t* const* rows, int64_t off, WBlock16& w) {
+  alignas(32) uint16_t sc[16];
+  for (int r = 0; r < 16; ++r) sc[r] = ld16(rows[r] + off);
+  w.dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i*)sc));
+  __m512i z[4];
+  for (int j = 0; j < 4; ++j) {
+    __m512i t = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i*)(rows[j] + off + 2)));
+    t = _mm512_inserti32x4(t, _mm_loadu_si128((const __m128i*)(rows[j + 4] + off + 2)), 1);
+    t = _mm512_inserti32x4(t, _mm_loadu_si128((const __m128i*)(rows[j + 8] + off + 2)), 2);
+    z[j] = _mm512_inserti32x4(t, _mm_loadu_si128((const __m128i*)(rows[j + 12] + off + 2)), 3);
+  }
+  const __m512i t0 = _mm512_unpacklo_epi32(z[0], z[1]), t1 = _mm512_unpackhi_epi32(z[0], z[1]);
+  const __m512i t2 = _mm512_unpacklo_epi32(z[2], z[3]), t3 = _mm512_unpackhi_epi32(z[2], z[3]);
+  w.v[0] = _mm512_unpacklo_epi64(t0, t2);
+  w.v[1] = _mm512_unpackhi_epi64(t0, t2);
+  w.v[2] = _mm512_unpacklo_epi64(t1, t3);
+  w.v[3] = _mm512_unpackhi_epi64(t1, t3);
+}
+
+template <int R, bool PACKED>
+void q4_0_tile16(const uint8_t* wp, const uint8_t* const* rows, int64_t nb, const block_q8a* const* x,
+                 const int32_t* const* xoff, float* const* y, int nvalid) {
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  __m512 acc[R];
+  for (int m = 0; m < R; ++m) acc[m] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    WBlock16 w;
+    if (PACKED) {
+      _mm_prefetch((const char*)(wp + b * G16 * 18 + 2048), _MM_HINT_T0);
+      load_packed16(wp + b * G16 * 18, w);
+    } else {
+      load_rows16(rows, b * 18, w);
+    }
+    __m512i isum[R];
+#if defined(__AVX512VNNI__)
+    // Start from -8 * sum(q_x): vpdpbusd of unsigned nibbles then gives the exact signed dot.
+    for (int m = 0; m < R; ++m) isum[m] = _mm512_set1_epi32(xoff[m][b]);
+    for (int c = 0; c < 4; ++c) {
+      const __m512i lo = _mm512_and_si512(w.v[c], m4);
+      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(w.v[c], 4), m4);
+      for (int m = 0; m < R; ++m) {
+        isum[m] = _mm512_dpbusd_epi32(isum[m], lo, bcast32_512(x[m][b].qs + 4 * c));
+        isum[m] = _mm512_dpbusd_epi32(isum[m], hi, bcast32_512(x[m][b].qs + 16 + 4 * c));
+      }
+    }
+#else
+    // int16 sums of 8 vpmaddubsw results: |each| <= 2 * 15 * 127, total <= 30480: no saturation.
+    __m512i p[R];
+    for (int m = 0; m < R; ++m) p[m] = _mm512_setzero_si512();
+    for (int c = 0; c < 4; ++c) {
+      const __m512i lo = _mm512_and_si512(w.v[c], m4);
+      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(w.v[c], 4), m4);
+      for (int m = 0; m < R; ++m) {
+        p[m] = _mm512_add_epi16(p[m], _mm512_maddubs_epi16(lo, bcast32_512(x[m][b].qs + 4 * c)));
+        p[m] = _mm512_add_epi16(p[m], _mm512_maddubs_epi16(hi, bcast32_512(x[m][b].qs + 16 + 4 * c)));
+      }
+    }
+    for (int m = 0; m < R; ++m)
+      isum[m] = _mm512_add_epi32(_mm512_madd_epi16(p[m], _mm512_set1_epi16(1)), _mm512_set1_epi32(xoff[m][b]));
+#endif
+    for (int m = 0; m < R; ++m) {
+      const __m512 dwdx = _mm512_mul_ps(w.dw, _mm512_set1_ps(x[m][b].d));
+      acc[m] = _mm512_add_ps(acc[m], _mm512_mul_ps(dwdx, _mm512_cvtepi32_ps(isum[m])));
+    }
+  }
+  const __mmask16 mask = (__mmask16)((1u << nvalid) - 1u);
+  for (int m = 0; m < R; ++m) _mm512_mask_storeu_ps(y[m], mask, acc[m]);
+}
+
+template <bool PACKED>
+void gemm_q4_0_avx512(const GemmArgs& a, int64_t n0, int64_t n1) {
+  const int64_t nb = a.K / 32;
+  const int64_t rb = (int64_t)a.w_row_bytes;
+  thread_local Scratch s_off;
+  int32_t* off = (int32_t*)s_off.get((size_t)(a.M * nb) * sizeof(int32_t));
+  q8a_offsets(a, nb, off);
+  const uint8_t* W = (const uint8_t*)a.w;
+  for (int64_t n = n0; n < n1; n += G16) {
+    const int nv = (int)(n1 - n < G16 ? n1 - n : G16);
+    const bool packed = PACKED && nv == G16;
+    const uint8_t* rows[G16];
+    for (int r = 0; r < G16; ++r) rows[r] = W + (n + (r < nv ? r : nv - 1)) * rb;  // clamp: never read past N
+    const uint8_t* wp = W + n * rb;
+    for (int64_t m0 = 0; m0 < a.M; m0 += MR8) {
+      const int R = (int)(a.M - m0 < MR8 ? a.M - m0 : MR8);
+      const block_q8a* x[MR8];
+      const int32_t* xo[MR8];
+      float* y[MR8];
+      for (int m = 0; m < R; ++m) {
+        x[m] = (const block_q8a*)((const uint8_t*)a.xq + (m0 + m) * a.xq_row_bytes);
+        xo[m] = off + (m0 + m) * nb;
+        y[m] = a.y + (m0 + m) * a.ldy + n;
+      }
+#define XSIL_Q40_CASE(RR)                                        \
+  case RR:                                                       \
+    if (packed)                                                  \
+      q4_0_tile16<RR, true>(wp, rows, nb, x, xo, y, nv);         \
+    else                                                         \
+      q4_0_tile16<RR, false>(wp, rows, nb, x, xo, y, nv);        \
+    break;
+      switch (R) {
+        XSIL_Q40_CASE(1)
+        XSIL_Q40_CASE(2)
+        XSIL_Q40_CASE(3)
+        XSIL_Q40_CASE(4)
+        XSIL_Q40_CASE(5)
+        XSIL_Q40_CASE(6)
+        XSIL_Q40_CASE(7)
+        XSIL_Q40_CASE(8)
+      }
+#undef XSIL_Q40_CASE
+    }
+  }
+}
+
+MatmulKernels make_avx512_table() {
+  MatmulKernels k;
+  k.tier = Tier::Avx512;
+  k.n_tile = 16;
+  k.q4_0.quantize_act = quantize_act_q8a_x86;
+  k.q4_0.gemm = gemm_q4_0_avx512<false>;
+  k.q4_0.gemm_packed = gemm_q4_0_avx512<true>;
+  k.q4_0.pack = pack_q4_0_rows<G16>;
+  k.q4_0.pack_rows = G16;
+  k.q8_0.quantize_act = quantize_act_q8a_x86;
+  k.q8_0.gemm = gemm_q8_0_x86;
+  k.q4_k.quantize_act = quantize_act_q8k_x86;
+  k.q4_k.gemm = gemm_q4_k_x86;
+  return k;
+}
+
+}  // namespace
+}  // namespace xsil
