@@ -56,6 +56,9 @@ void q4_0_tile(const uint8_t* wp, const uint8_t* const* rows, int64_t nb, const 
       _mm_prefetch((const char*)(wp + b * G * 18 + 1024), _MM_HINT_T0);
       load_packed(wp + b * G * 18, w);
     } else {
+      // G row streams advancing 18 B per block: prefetch each row ~512 B ahead every 2 blocks.
+      if ((b & 1) == 0)
+        for (int r = 0; r < G; ++r) _mm_prefetch((const char*)(rows[r] + b * 18 + 512), _MM_HINT_T0);
       load_rows(rows, b * 18, w);
     }
     // Unpack the 8 nibble vectors once; every activation row reuses them. int16 sums of 8

@@ -56,6 +56,9 @@ void q4_0_tile16(const uint8_t* wp, const uint8_t* const* rows, int64_t nb, cons
       _mm_prefetch((const char*)(wp + b * G16 * 18 + 2048), _MM_HINT_T0);
       load_packed16(wp + b * G16 * 18, w);
     } else {
+      // G16 row streams advancing 18 B per block: prefetch each row ~512 B ahead every 2 blocks.
+      if ((b & 1) == 0)
+        for (int r = 0; r < G16; ++r) _mm_prefetch((const char*)(rows[r] + b * 18 + 512), _MM_HINT_T0);
       load_rows16(rows, b * 18, w);
     }
     __m512i isum[R];
