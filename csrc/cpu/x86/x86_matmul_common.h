@@ -155,26 +155,52 @@ inline __m128i hsum4_i32(__m256i v0, __m256i v1, __m256i v2, __m256i v3) {
   return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
 }
 
+// 4 W rows x R activation rows: |w| and the 4 fp16 scales are computed once per block and reused.
+template <int R>
+void q8_0_tile4(const block_q8_0* const* w, const block_q8a* const* x, int64_t nb, float* const* y) {
+  __m128 acc[R];
+  for (int m = 0; m < R; ++m) acc[m] = _mm_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    __m256i wv[4], wa[4];
+    for (int r = 0; r < 4; ++r) {
+      wv[r] = _mm256_loadu_si256((const __m256i*)w[r][b].qs);
+      wa[r] = _mm256_sign_epi8(wv[r], wv[r]);
+    }
+    const __m128 dw = _mm_cvtph_ps(_mm_setr_epi16((short)w[0][b].d, (short)w[1][b].d, (short)w[2][b].d,
+                                                  (short)w[3][b].d, 0, 0, 0, 0));
+    for (int m = 0; m < R; ++m) {
+      const __m256i xv = _mm256_loadu_si256((const __m256i*)x[m][b].qs);
+      const __m128i isum = hsum4_i32(dot_u8s8(wa[0], _mm256_sign_epi8(xv, wv[0])),
+                                     dot_u8s8(wa[1], _mm256_sign_epi8(xv, wv[1])),
+                                     dot_u8s8(wa[2], _mm256_sign_epi8(xv, wv[2])),
+                                     dot_u8s8(wa[3], _mm256_sign_epi8(xv, wv[3])));
+      acc[m] = _mm_add_ps(acc[m], _mm_mul_ps(_mm_mul_ps(dw, _mm_set1_ps(x[m][b].d)), _mm_cvtepi32_ps(isum)));
+    }
+  }
+  for (int m = 0; m < R; ++m) _mm_storeu_ps(y[m], acc[m]);
+}
+
 void gemm_q8_0_x86(const GemmArgs& a, int64_t n0, int64_t n1) {
   const int64_t nb = a.K / QK8_0;
   const uint8_t* W = (const uint8_t*)a.w;
   int64_t n = n0;
   for (; n + 4 <= n1; n += 4) {
-    const block_q8_0* w0 = (const block_q8_0*)(W + n * a.w_row_bytes);
-    const block_q8_0* w1 = (const block_q8_0*)(W + (n + 1) * a.w_row_bytes);
-    const block_q8_0* w2 = (const block_q8_0*)(W + (n + 2) * a.w_row_bytes);
-    const block_q8_0* w3 = (const block_q8_0*)(W + (n + 3) * a.w_row_bytes);
-    for (int64_t m = 0; m < a.M; ++m) {
-      const block_q8a* x = (const block_q8a*)((const uint8_t*)a.xq + m * a.xq_row_bytes);
-      __m128 acc = _mm_setzero_ps();
-      for (int64_t b = 0; b < nb; ++b) {
-        const __m128i isum = hsum4_i32(q8_dot(w0 + b, x[b].qs), q8_dot(w1 + b, x[b].qs), q8_dot(w2 + b, x[b].qs),
-                                       q8_dot(w3 + b, x[b].qs));
-        const __m128 dw = _mm_cvtph_ps(_mm_setr_epi16((short)w0[b].d, (short)w1[b].d, (short)w2[b].d,
-                                                      (short)w3[b].d, 0, 0, 0, 0));
-        acc = _mm_add_ps(acc, _mm_mul_ps(_mm_mul_ps(dw, _mm_set1_ps(x[b].d)), _mm_cvtepi32_ps(isum)));
+    const block_q8_0* w[4];
+    for (int r = 0; r < 4; ++r) w[r] = (const block_q8_0*)(W + (n + r) * a.w_row_bytes);
+    for (int64_t m0 = 0; m0 < a.M; m0 += 4) {
+      const int R = (int)(a.M - m0 < 4 ? a.M - m0 : 4);
+      const block_q8a* x[4];
+      float* y[4];
+      for (int m = 0; m < R; ++m) {
+        x[m] = (const block_q8a*)((const uint8_t*)a.xq + (m0 + m) * a.xq_row_bytes);
+        y[m] = a.y + (m0 + m) * a.ldy + n;
       }
-      _mm_storeu_ps(a.y + m * a.ldy + n, acc);
+      switch (R) {
+        case 1: q8_0_tile4<1>(w, x, nb, y); break;
+        case 2: q8_0_tile4<2>(w, x, nb, y); break;
+        case 3: q8_0_tile4<3>(w, x, nb, y); break;
+        default: q8_0_tile4<4>(w, x, nb, y); break;
+      }
     }
   }
   for (; n < n1; ++n) {
@@ -189,54 +215,86 @@ void gemm_q8_0_x86(const GemmArgs& a, int64_t n0, int64_t n1) {
 }
 
 // --- Q4_K: row-wise kernels (GGUF rows) ---------------------------------------------------------
+// The 8 6-bit scales and mins of a Q4_K super-block (SWAR on three 32-bit words):
+//   sc[0..3] = q[0..3] & 63                      mn[0..3] = q[4..7] & 63
+//   sc[4..7] = (q[8..11] & 15) | (q[0..3] >> 6) << 4   mn[4..7] = (q[8..11] >> 4) | (q[4..7] >> 6) << 4
 inline void q4k_scales_mins(const uint8_t* q, uint8_t* sc, uint8_t* mn) {
-  for (int j = 0; j < 4; ++j) {
-    sc[j] = q[j] & 63;
-    mn[j] = q[j + 4] & 63;
-  }
-  for (int j = 4; j < 8; ++j) {
-    sc[j] = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
-    mn[j] = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-  }
+  uint32_t a, b, c;
+  std::memcpy(&a, q, 4);
+  std::memcpy(&b, q + 4, 4);
+  std::memcpy(&c, q + 8, 4);
+  const uint32_t s_lo = a & 0x3f3f3f3fu, m_lo = b & 0x3f3f3f3fu;
+  const uint32_t s_hi = (c & 0x0f0f0f0fu) | ((a >> 2) & 0x30303030u);
+  const uint32_t m_hi = ((c >> 4) & 0x0f0f0f0fu) | ((b >> 2) & 0x30303030u);
+  std::memcpy(sc, &s_lo, 4);
+  std::memcpy(sc + 4, &s_hi, 4);
+  std::memcpy(mn, &m_lo, 4);
+  std::memcpy(mn + 4, &m_hi, 4);
 }
 
-// One super-block: exact sum_sc = sum_j sc_j * (nibbles_j . x_j) and sum_m = sum_j m_j * sum(x_j).
-// Nibbles (<= 15) x int8 pair sums fit int16 (<= 3810); vpmaddwd with the 6-bit scale then gives
-// exact int32 (<= 480060 per lane); the super-block total fits int32.
-inline void q4k_block(const block_q4_K* w, const block_q8k* x, const uint8_t* sc, int* sum_sc) {
+// One W row x R activation rows. Per super-block the 6-bit scales/mins are decoded and the 8
+// nibble vectors unpacked once, then reused for every activation row. Nibble x int8 pair sums
+// (<= 3810) fit int16; vpmaddwd with the 6-bit scale gives exact int32 (<= 480060 per lane); the
+// super-block total fits int32. Float steps per output exactly as the ref tier.
+template <int R>
+void q4_k_tile(const block_q4_K* w, const block_q8k* const* x, int64_t nb, float* const* y) {
   const __m256i m4 = _mm256_set1_epi8(0x0F);
-  __m256i acc = _mm256_setzero_si256();
-  for (int g = 0; g < 4; ++g) {
-    const __m256i q = _mm256_loadu_si256((const __m256i*)(w->qs + 32 * g));
-    const __m256i lo = _mm256_and_si256(q, m4);
-    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-    const __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i*)(x->qs + 64 * g)));
-    const __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i*)(x->qs + 64 * g + 32)));
-    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * g])));
-    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * g + 1])));
+  float acc[R];
+  for (int m = 0; m < R; ++m) acc[m] = 0.0f;
+  for (int64_t i = 0; i < nb; ++i) {
+    uint8_t sc[8], mn[8];
+    q4k_scales_mins(w[i].scales, sc, mn);
+    __m256i u[8], s16[8];
+    for (int g = 0; g < 4; ++g) {
+      const __m256i q = _mm256_loadu_si256((const __m256i*)(w[i].qs + 32 * g));
+      u[2 * g] = _mm256_and_si256(q, m4);
+      u[2 * g + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+      s16[2 * g] = _mm256_set1_epi16(sc[2 * g]);
+      s16[2 * g + 1] = _mm256_set1_epi16(sc[2 * g + 1]);
+    }
+    const __m128i mn8 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i*)mn));  // m0..m7 as int16
+    const __m256i mins16 = _mm256_setr_m128i(_mm_unpacklo_epi16(mn8, mn8), _mm_unpackhi_epi16(mn8, mn8));
+    const float wd = h2f(w[i].d), wdmin = h2f(w[i].dmin);
+    for (int m = 0; m < R; ++m) {
+      const block_q8k* xb = x[m] + i;
+      __m256i t = _mm256_setzero_si256();
+      for (int j = 0; j < 8; ++j) {
+        const __m256i p = _mm256_maddubs_epi16(u[j], _mm256_loadu_si256((const __m256i*)(xb->qs + 32 * j)));
+        t = _mm256_add_epi32(t, _mm256_madd_epi16(p, s16[j]));
+      }
+      // sum_m = sum_j m_j * (bsums[2j] + bsums[2j+1]): one vpmaddwd (exact: |bsum| <= 2032, m <= 63).
+      const __m256i tm = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i*)xb->bsums), mins16);
+      const __m128i h = _mm_hadd_epi32(_mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1)),
+                                       _mm_add_epi32(_mm256_castsi256_si128(tm), _mm256_extracti128_si256(tm, 1)));
+      const __m128i h2 = _mm_hadd_epi32(h, h);  // [sum_sc, sum_m, sum_sc, sum_m]
+      const int sum_sc = _mm_cvtsi128_si32(h2);
+      const int sum_m = _mm_extract_epi32(h2, 1);
+      const float d = wd * xb->d;
+      const float dmin = wdmin * xb->d;
+      acc[m] += d * (float)sum_sc - dmin * (float)sum_m;
+    }
   }
-  *sum_sc = hsum_i32(acc);
+  for (int m = 0; m < R; ++m) *y[m] = acc[m];
 }
 
 void gemm_q4_k_x86(const GemmArgs& a, int64_t n0, int64_t n1) {
   const int64_t nb = a.K / QK_K;
   for (int64_t n = n0; n < n1; ++n) {
     const block_q4_K* w = (const block_q4_K*)((const uint8_t*)a.w + n * a.w_row_bytes);
-    for (int64_t m = 0; m < a.M; ++m) {
-      const block_q8k* x = (const block_q8k*)((const uint8_t*)a.xq + m * a.xq_row_bytes);
-      float acc = 0.0f;
-      for (int64_t i = 0; i < nb; ++i) {
-        uint8_t sc[8], mn[8];
-        q4k_scales_mins(w[i].scales, sc, mn);
-        const float d = h2f(w[i].d) * x[i].d;
-        const float dmin = h2f(w[i].dmin) * x[i].d;
-        int sum_sc;
-        q4k_block(w + i, x + i, sc, &sum_sc);
-        int sum_m = 0;
-        for (int j = 0; j < 8; ++j) sum_m += mn[j] * (x[i].bsums[2 * j] + x[i].bsums[2 * j + 1]);
-        acc += d * (float)sum_sc - dmin * (float)sum_m;
+    for (int64_t m0 = 0; m0 < a.M; m0 += 4) {
+      const int R = (int)(a.M - m0 < 4 ? a.M - m0 : 4);
+      const block_q8k* x[4];
+      float* y[4];
+      for (int m = 0; m < R; ++m) {
+        x[m] = (const block_q8k*)((const uint8_t*)a.xq + (m0 + m) * a.xq_row_bytes);
+        y[m] = a.y + (m0 + m) * a.ldy + n;
       }
-      a.y[m * a.ldy + n] = acc;
+      switch (R) {
+        case 1: q4_k_tile<1>(w, x, nb, y); break;
+        case 2: q4_k_tile<2>(w, x, nb, y); break;
+        case 3: q4_k_tile<3>(w, x, nb, y); break;
+        default: q4_k_tile<4>(w, x, nb, y); break;
+      }
     }
   }
 }
