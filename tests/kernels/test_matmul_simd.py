@@ -112,3 +112,56 @@ def test_avx512_without_vnni():
     env = dict(os.environ, XSIL_AVX512_NO_VNNI="1")
     r = subprocess.run([sys.executable, "-c", _NO_VNNI_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+_GUARD_SCRIPT = r"""
+import ctypes, mmap, sys
+import numpy as np, xsil
+from xsil.testing import reference as ref
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+PAGE = mmap.PAGESIZE
+
+def guarded(nbytes, at_end):
+    # nbytes of memory with a PROT_NONE page right after (at_end) or right before the data.
+    n = (nbytes + PAGE - 1) // PAGE * PAGE
+    base = libc.mmap(None, n + 2 * PAGE, 3, 0x22, -1, 0)   # RW, MAP_PRIVATE|MAP_ANONYMOUS
+    assert base not in (None, ctypes.c_void_p(-1).value)
+    assert libc.mprotect(base, PAGE, 0) == 0 and libc.mprotect(base + PAGE + n, PAGE, 0) == 0
+    start = base + PAGE + (n - nbytes if at_end else 0)
+    return np.frombuffer((ctypes.c_uint8 * nbytes).from_address(start), dtype=np.uint8)
+
+rng = np.random.default_rng(3)
+tiers = [t for t in xsil.cpu_info()["available_tiers"] if t != "ref"]
+for fmt in ("Q4_0", "Q8_0", "Q4_K"):
+    for M, N, K in ((1, 1, 256), (1, 17, 256), (3, 37, 512), (7, 33, 256), (70, 50, 256)):
+        src = ref.random_blocks(fmt, N, K, rng)
+        for at_end in (True, False):
+            w = guarded(src.nbytes, at_end).reshape(src.shape)
+            w[...] = src
+            xg = guarded(M * K * 4, at_end).view(np.float32).reshape(M, K)
+            xg[...] = rng.standard_normal((M, K)).astype(np.float32)
+            want = xsil.matmul(np.array(xg), src, fmt, isa="ref")
+            for t in tiers:
+                assert np.array_equal(xsil.matmul(xg, w, fmt, isa=t), want), (fmt, M, N, K, t)
+                p = xsil.pack(w, fmt, isa=t)
+                if p is not None:
+                    assert np.array_equal(xsil.matmul(xg, p, fmt), want)
+                    w2 = guarded(src.nbytes, at_end).reshape(src.shape)
+                    w2[...] = src
+                    p2 = xsil.pack(w2, fmt, isa=t, inplace=True)
+                    assert np.array_equal(xsil.matmul(xg, p2, fmt), want)
+print("ok")
+"""
+
+
+def test_no_reads_outside_buffers():
+    """Weights and activations placed right before / right after a PROT_NONE page: any read past
+    either end of a buffer would crash the subprocess."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("uses mmap/mprotect through libc")
+    r = subprocess.run([sys.executable, "-c", _GUARD_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "ok" in r.stdout, (r.returncode, r.stderr[-2000:])
