@@ -179,7 +179,9 @@ class Matrices:
 
     def packed(self, tier: str) -> list:
         if tier not in self._packed:
-            self._packed[tier] = [xsil.pack(w, "Q4_0", isa=tier) for w in self.q4]
+            # Packed in place into a numpy-owned copy, as a model loader packs its private mapping
+            # (numpy also asks for transparent huge pages on large arrays, like a loader can).
+            self._packed[tier] = [xsil.pack(w.copy(), "Q4_0", isa=tier, inplace=True) for w in self.q4]
         return self._packed[tier]
 
 
