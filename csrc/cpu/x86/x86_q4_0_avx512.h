@@ -225,6 +225,134 @@ void gemm_q4_0_avx512(const GemmArgs& a, int64_t n0, int64_t n1) {
   }
 }
 
+#if defined(__AVX512VNNI__)
+// --- Q4_K, VNNI, packed groups of 16 rows ("lane = output row") -----------------------------------
+// Packed group-block (one super-block column of 16 rows, 16 x 144 = 2304 bytes):
+//   [0, 32)      16 fp16 d            [32, 64)   16 fp16 dmin
+//   [64, 256)    3 chunks of 64 B: chunk k, lane r = row r's scales[4k .. 4k+3]
+//   [256, 2304)  32 chunks of 64 B: chunk t, lane r = row r's qs[4t .. 4t+3]
+// A final partial group (< 16 rows) stays in GGUF layout and goes through the row-wise kernel.
+constexpr int GK = 16;
+constexpr int MRK = 4;
+
+void pack_q4_k_rows16(const void* src, void* dst, int64_t n_rows, int64_t K) {
+  const int64_t nb = K / QK_K;
+  const int64_t rb = nb * (int64_t)sizeof(block_q4_K);
+  const uint8_t* s = (const uint8_t*)src;
+  uint8_t* d = (uint8_t*)dst;
+  if (n_rows < GK) {
+    std::memcpy(d, s, (size_t)(n_rows * rb));
+    return;
+  }
+  for (int64_t i = 0; i < nb; ++i) {
+    uint8_t* o = d + i * GK * 144;
+    for (int r = 0; r < GK; ++r) {
+      const uint8_t* blk = s + r * rb + i * 144;
+      std::memcpy(o + 2 * r, blk, 2);
+      std::memcpy(o + 32 + 2 * r, blk + 2, 2);
+      for (int k = 0; k < 3; ++k) std::memcpy(o + 64 + 64 * k + 4 * r, blk + 4 + 4 * k, 4);
+      for (int t = 0; t < 32; ++t) std::memcpy(o + 256 + 64 * t + 4 * r, blk + 16 + 4 * t, 4);
+    }
+  }
+}
+
+template <int R>
+void q4_k_tile16_vnni(const uint8_t* wp, int64_t nb, const block_q8k* const* x, float* const* y) {
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  // vpshufb controls: byte j of each dword -> int32 (sel[j]); bytes (2k, 2k+1) -> int16 pair.
+  alignas(64) int8_t ctl[6][64];
+  for (int q = 0; q < 64; ++q) {
+    const int base = (q & ~3) % 16, pos = q % 4;
+    for (int j = 0; j < 4; ++j) ctl[j][q] = pos == 0 ? (int8_t)(base + j) : (int8_t)0x80;
+    ctl[4][q] = pos == 0 ? (int8_t)base : pos == 2 ? (int8_t)(base + 1) : (int8_t)0x80;
+    ctl[5][q] = pos == 0 ? (int8_t)(base + 2) : pos == 2 ? (int8_t)(base + 3) : (int8_t)0x80;
+  }
+  __m512i sel[6];
+  for (int j = 0; j < 6; ++j) sel[j] = _mm512_load_si512((const void*)ctl[j]);
+  __m512 acc[R];
+  for (int m = 0; m < R; ++m) acc[m] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    const uint8_t* p = wp + i * GK * 144;
+    _mm_prefetch((const char*)(p + 4096), _MM_HINT_T0);
+    // 6-bit scales and mins of 16 rows (SWAR per dword, as q4k_scales_mins).
+    const __m512i a = _mm512_loadu_si512((const void*)(p + 64));
+    const __m512i b = _mm512_loadu_si512((const void*)(p + 128));
+    const __m512i c = _mm512_loadu_si512((const void*)(p + 192));
+    const __m512i k3f = _mm512_set1_epi8(0x3f), k30 = _mm512_set1_epi8(0x30);
+    const __m512i s_lo = _mm512_and_si512(a, k3f);
+    const __m512i m_lo = _mm512_and_si512(b, k3f);
+    const __m512i s_hi = _mm512_or_si512(_mm512_and_si512(c, m4), _mm512_and_si512(_mm512_srli_epi32(a, 2), k30));
+    const __m512i m_hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(c, 4), m4),
+                                         _mm512_and_si512(_mm512_srli_epi32(b, 2), k30));
+    __m512i ssc[R], smn[R];
+    for (int m = 0; m < R; ++m) ssc[m] = smn[m] = _mm512_setzero_si512();
+    for (int g = 0; g < 4; ++g) {
+      __m512i ilo[R], ihi[R];
+      for (int m = 0; m < R; ++m) ilo[m] = ihi[m] = _mm512_setzero_si512();
+      for (int u = 0; u < 8; ++u) {
+        const __m512i v = _mm512_loadu_si512((const void*)(p + 256 + 64 * (8 * g + u)));
+        const __m512i lo = _mm512_and_si512(v, m4);
+        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+        for (int m = 0; m < R; ++m) {
+          ilo[m] = _mm512_dpbusd_epi32(ilo[m], lo, bcast32_512(x[m][i].qs + 64 * g + 4 * u));
+          ihi[m] = _mm512_dpbusd_epi32(ihi[m], hi, bcast32_512(x[m][i].qs + 64 * g + 32 + 4 * u));
+        }
+      }
+      // sub-blocks 2g (low nibbles) and 2g+1 (high): scales are bytes of s_lo (j < 4) / s_hi.
+      const __m512i src = g < 2 ? s_lo : s_hi;
+      const __m512i sc0 = _mm512_shuffle_epi8(src, sel[(2 * g) & 3]);
+      const __m512i sc1 = _mm512_shuffle_epi8(src, sel[(2 * g + 1) & 3]);
+      for (int m = 0; m < R; ++m)
+        ssc[m] = _mm512_add_epi32(ssc[m], _mm512_add_epi32(_mm512_mullo_epi32(ilo[m], sc0), _mm512_mullo_epi32(ihi[m], sc1)));
+    }
+    // mins: int16 pairs (m_2k, m_2k+1) per lane . (bsum pair sums of the activations), vpdpwssd.
+    const __m512i mp[4] = {_mm512_shuffle_epi8(m_lo, sel[4]), _mm512_shuffle_epi8(m_lo, sel[5]),
+                           _mm512_shuffle_epi8(m_hi, sel[4]), _mm512_shuffle_epi8(m_hi, sel[5])};
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
+    const __m512 dmw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(p + 32)));
+    for (int m = 0; m < R; ++m) {
+      const int16_t* bs = x[m][i].bsums;
+      for (int k = 0; k < 4; ++k) {
+        const int32_t pr = (int32_t)(uint16_t)(int16_t)(bs[4 * k] + bs[4 * k + 1]) |
+                           (int32_t)((uint32_t)(uint16_t)(int16_t)(bs[4 * k + 2] + bs[4 * k + 3]) << 16);
+        smn[m] = _mm512_dpwssd_epi32(smn[m], mp[k], _mm512_set1_epi32(pr));
+      }
+      const __m512 dx = _mm512_set1_ps(x[m][i].d);
+      const __m512 d = _mm512_mul_ps(dw, dx), dmin = _mm512_mul_ps(dmw, dx);
+      acc[m] = _mm512_add_ps(acc[m], _mm512_sub_ps(_mm512_mul_ps(d, _mm512_cvtepi32_ps(ssc[m])),
+                                                   _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(smn[m]))));
+    }
+  }
+  for (int m = 0; m < R; ++m) _mm512_storeu_ps(y[m], acc[m]);
+}
+
+void gemm_q4_k_packed_vnni(const GemmArgs& a, int64_t n0, int64_t n1) {
+  const int64_t nb = a.K / QK_K;
+  const int64_t rb = (int64_t)a.w_row_bytes;
+  const uint8_t* W = (const uint8_t*)a.w;
+  int64_t n = n0;
+  for (; n + GK <= n1; n += GK) {
+    const uint8_t* wp = W + n * rb;
+    for (int64_t m0 = 0; m0 < a.M; m0 += MRK) {
+      const int R = (int)(a.M - m0 < MRK ? a.M - m0 : MRK);
+      const block_q8k* x[MRK];
+      float* y[MRK];
+      for (int m = 0; m < R; ++m) {
+        x[m] = (const block_q8k*)((const uint8_t*)a.xq + (m0 + m) * a.xq_row_bytes);
+        y[m] = a.y + (m0 + m) * a.ldy + n;
+      }
+      switch (R) {
+        case 1: q4_k_tile16_vnni<1>(wp, nb, x, y); break;
+        case 2: q4_k_tile16_vnni<2>(wp, nb, x, y); break;
+        case 3: q4_k_tile16_vnni<3>(wp, nb, x, y); break;
+        default: q4_k_tile16_vnni<4>(wp, nb, x, y); break;
+      }
+    }
+  }
+  if (n < n1) gemm_q4_k_x86(a, n, n1);  // final partial group: GGUF rows
+}
+#endif
+
 MatmulKernels make_avx512_table() {
   MatmulKernels k;
   k.tier = Tier::Avx512;
@@ -238,6 +366,11 @@ MatmulKernels make_avx512_table() {
   k.q8_0.gemm = gemm_q8_0_x86;
   k.q4_k.quantize_act = quantize_act_q8k_x86;
   k.q4_k.gemm = gemm_q4_k_x86;
+#if defined(__AVX512VNNI__)
+  k.q4_k.gemm_packed = gemm_q4_k_packed_vnni;
+  k.q4_k.pack = pack_q4_k_rows16;
+  k.q4_k.pack_rows = GK;
+#endif
   return k;
 }
 
