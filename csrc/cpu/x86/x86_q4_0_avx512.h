@@ -353,6 +353,91 @@ void gemm_q4_k_packed_vnni(const GemmArgs& a, int64_t n0, int64_t n1) {
 }
 #endif
 
+#if defined(__AVX512VNNI__)
+// --- Q8_0, VNNI, packed groups of 16 rows ----------------------------------------------------------
+// Packed group-block (one block column of 16 rows, 16 x 34 = 544 bytes):
+//   [0, 32) 16 fp16 d;  [32, 544) 8 chunks of 64 B: chunk t, lane r = row r's qs[4t .. 4t+3].
+// vpdpbusd wants an unsigned operand: w + 128 (= w ^ 0x80), and the accumulator starts at
+// -128 * sum(q_x), so isum is the exact signed dot product. A partial final group stays in GGUF rows.
+void pack_q8_0_rows16(const void* src, void* dst, int64_t n_rows, int64_t K) {
+  const int64_t nb = K / 32;
+  const int64_t rb = nb * (int64_t)sizeof(block_q8_0);
+  const uint8_t* s = (const uint8_t*)src;
+  uint8_t* d = (uint8_t*)dst;
+  if (n_rows < G16) {
+    std::memcpy(d, s, (size_t)(n_rows * rb));
+    return;
+  }
+  for (int64_t b = 0; b < nb; ++b) {
+    uint8_t* o = d + b * G16 * 34;
+    for (int r = 0; r < G16; ++r) {
+      const uint8_t* blk = s + r * rb + b * 34;
+      std::memcpy(o + 2 * r, blk, 2);
+      for (int t = 0; t < 8; ++t) std::memcpy(o + 32 + 64 * t + 4 * r, blk + 2 + 4 * t, 4);
+    }
+  }
+}
+
+template <int R>
+void q8_0_tile16_vnni(const uint8_t* wp, int64_t nb, const block_q8a* const* x, const int32_t* const* xoff,
+                      float* const* y) {
+  const __m512i k80 = _mm512_set1_epi8((char)0x80);
+  __m512 acc[R];
+  for (int m = 0; m < R; ++m) acc[m] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* p = wp + b * G16 * 34;
+    _mm_prefetch((const char*)(p + 2048), _MM_HINT_T0);
+    __m512i isum[R];
+    for (int m = 0; m < R; ++m) isum[m] = _mm512_set1_epi32(16 * xoff[m][b]);  // -128 * sum(q_x)
+    for (int t = 0; t < 8; ++t) {
+      const __m512i u = _mm512_xor_si512(_mm512_loadu_si512((const void*)(p + 32 + 64 * t)), k80);
+      for (int m = 0; m < R; ++m) isum[m] = _mm512_dpbusd_epi32(isum[m], u, bcast32_512(x[m][b].qs + 4 * t));
+    }
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
+    for (int m = 0; m < R; ++m) {
+      const __m512 dwdx = _mm512_mul_ps(dw, _mm512_set1_ps(x[m][b].d));
+      acc[m] = _mm512_add_ps(acc[m], _mm512_mul_ps(dwdx, _mm512_cvtepi32_ps(isum[m])));
+    }
+  }
+  for (int m = 0; m < R; ++m) _mm512_storeu_ps(y[m], acc[m]);
+}
+
+void gemm_q8_0_packed_vnni(const GemmArgs& a, int64_t n0, int64_t n1) {
+  const int64_t nb = a.K / 32;
+  const int64_t rb = (int64_t)a.w_row_bytes;
+  thread_local Scratch s_off;
+  int32_t* off = (int32_t*)s_off.get((size_t)(a.M * nb) * sizeof(int32_t));
+  q8a_offsets(a, nb, off);  // -8 * sum(q_x); the kernel scales it to -128 * sum(q_x)
+  const uint8_t* W = (const uint8_t*)a.w;
+  int64_t n = n0;
+  for (; n + G16 <= n1; n += G16) {
+    const uint8_t* wp = W + n * rb;
+    for (int64_t m0 = 0; m0 < a.M; m0 += MR8) {
+      const int R = (int)(a.M - m0 < MR8 ? a.M - m0 : MR8);
+      const block_q8a* x[MR8];
+      const int32_t* xo[MR8];
+      float* y[MR8];
+      for (int m = 0; m < R; ++m) {
+        x[m] = (const block_q8a*)((const uint8_t*)a.xq + (m0 + m) * a.xq_row_bytes);
+        xo[m] = off + (m0 + m) * nb;
+        y[m] = a.y + (m0 + m) * a.ldy + n;
+      }
+      switch (R) {
+        case 1: q8_0_tile16_vnni<1>(wp, nb, x, xo, y); break;
+        case 2: q8_0_tile16_vnni<2>(wp, nb, x, xo, y); break;
+        case 3: q8_0_tile16_vnni<3>(wp, nb, x, xo, y); break;
+        case 4: q8_0_tile16_vnni<4>(wp, nb, x, xo, y); break;
+        case 5: q8_0_tile16_vnni<5>(wp, nb, x, xo, y); break;
+        case 6: q8_0_tile16_vnni<6>(wp, nb, x, xo, y); break;
+        case 7: q8_0_tile16_vnni<7>(wp, nb, x, xo, y); break;
+        default: q8_0_tile16_vnni<8>(wp, nb, x, xo, y); break;
+      }
+    }
+  }
+  if (n < n1) gemm_q8_0_x86(a, n, n1);  // final partial group: GGUF rows
+}
+#endif
+
 MatmulKernels make_avx512_table() {
   MatmulKernels k;
   k.tier = Tier::Avx512;
@@ -367,6 +452,9 @@ MatmulKernels make_avx512_table() {
   k.q4_k.quantize_act = quantize_act_q8k_x86;
   k.q4_k.gemm = gemm_q4_k_x86;
 #if defined(__AVX512VNNI__)
+  k.q8_0.gemm_packed = gemm_q8_0_packed_vnni;
+  k.q8_0.pack = pack_q8_0_rows16;
+  k.q8_0.pack_rows = G16;
   k.q4_k.gemm_packed = gemm_q4_k_packed_vnni;
   k.q4_k.pack = pack_q4_k_rows16;
   k.q4_k.pack_rows = GK;
