@@ -170,3 +170,24 @@ def test_no_reads_outside_buffers():
         pytest.skip("uses mmap/mprotect through libc")
     r = subprocess.run([sys.executable, "-c", _GUARD_SCRIPT], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "ok" in r.stdout, (r.returncode, r.stderr[-2000:])
+
+
+@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K"])
+def test_odd_activations_match_ref(simd_tier, fmt, rng):
+    """Activation quantization matches ref byte for byte also for blocks so tiny that 1/d overflows,
+    and for NaN / inf entries (results are then meaningless, but tiers stay comparable)."""
+    K, N = 512, 40
+    w = weights(fmt, N, K, rng)
+    x = rng.standard_normal((6, K)).astype(np.float32)
+    x[0, :256] *= np.float32(1e-39)      # subnormal block maxima: d subnormal, 1/d = inf
+    x[1, 32:64] = 0.0
+    x[1, 40] = np.float32(1e-45)         # a single denormal in a zero block
+    x[2, 5] = np.nan
+    x[3, 300] = np.inf
+    x[4, 7] = -np.inf
+    want = xsil.matmul(x, w, fmt, isa="ref")
+    got = xsil.matmul(x, w, fmt, isa=simd_tier)
+    np.testing.assert_array_equal(got, want)  # NaN positions must agree too
+    p = xsil.pack(w, fmt, isa=simd_tier)
+    if p is not None:
+        np.testing.assert_array_equal(xsil.matmul(x, p, fmt), want)

@@ -71,6 +71,20 @@ inline __m256i dot_u8s8(__m256i u, __m256i s) {
 // d = amax / 127 (fp32 division), id = 1 / d, q = round-half-even(x * id) (vcvtps2dq in the default
 // rounding mode, as lrintf), s = d * (float)sum(q).
 
+// round-half-even(v) as int32, but 0 where v is NaN or out of int32 range (vcvtps2dq gives
+// INT32_MIN there): the ref's (int)lrintf(v) gives 0 in those cases too (x86-64: the low 32 bits of
+// the 64-bit "integer indefinite"). Only reachable with non-finite activations, or with a block so
+// tiny that 1 / d overflows to inf.
+inline __m256i cvt_q(__m256 v) {
+  const __m256i q = _mm256_cvtps_epi32(v);
+  return _mm256_andnot_si256(_mm256_cmpeq_epi32(q, _mm256_set1_epi32(INT32_MIN)), q);
+}
+
+// max(|v|, m) that ignores NaN in v like fmax (vmaxps returns its second operand when either is NaN).
+inline __m256 absmax_acc(__m256 v, __m256 m) {
+  return _mm256_max_ps(_mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff))), m);
+}
+
 // Four int32x8 -> 32 int8 in element order.
 inline __m256i pack_i32x4_to_i8(__m256i q0, __m256i q1, __m256i q2, __m256i q3) {
   const __m256i a = _mm256_packs_epi32(q0, q1);  // lanes: q0lo q1lo | q0hi q1hi (int16)
@@ -81,21 +95,19 @@ inline __m256i pack_i32x4_to_i8(__m256i q0, __m256i q1, __m256i q2, __m256i q3) 
 
 void quantize_act_q8a_x86(const float* x, void* out, int64_t K) {
   block_q8a* y = (block_q8a*)out;
-  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   for (int64_t i = 0; i < K / 32; ++i) {
     const float* xb = x + i * 32;
     const __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8);
     const __m256 v2 = _mm256_loadu_ps(xb + 16), v3 = _mm256_loadu_ps(xb + 24);
-    const __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v0, absmask), _mm256_and_ps(v1, absmask)),
-                                   _mm256_max_ps(_mm256_and_ps(v2, absmask), _mm256_and_ps(v3, absmask)));
+    const __m256 m = absmax_acc(v3, absmax_acc(v2, absmax_acc(v1, absmax_acc(v0, _mm256_setzero_ps()))));
     const float amax = hmax_ps(m);
     const float d = amax / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     const __m256 vid = _mm256_set1_ps(id);
-    const __m256i q0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, vid));
-    const __m256i q1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, vid));
-    const __m256i q2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, vid));
-    const __m256i q3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, vid));
+    const __m256i q0 = cvt_q(_mm256_mul_ps(v0, vid));
+    const __m256i q1 = cvt_q(_mm256_mul_ps(v1, vid));
+    const __m256i q2 = cvt_q(_mm256_mul_ps(v2, vid));
+    const __m256i q3 = cvt_q(_mm256_mul_ps(v3, vid));
     _mm256_storeu_si256((__m256i*)y[i].qs, pack_i32x4_to_i8(q0, q1, q2, q3));
     const int sum = hsum_i32(_mm256_add_epi32(_mm256_add_epi32(q0, q1), _mm256_add_epi32(q2, q3)));
     y[i].d = d;
@@ -105,20 +117,19 @@ void quantize_act_q8a_x86(const float* x, void* out, int64_t K) {
 
 void quantize_act_q8k_x86(const float* x, void* out, int64_t K) {
   block_q8k* y = (block_q8k*)out;
-  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   for (int64_t i = 0; i < K / QK_K; ++i) {
     const float* xb = x + i * QK_K;
     __m256 m = _mm256_setzero_ps();
-    for (int j = 0; j < QK_K; j += 8) m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(xb + j), absmask));
+    for (int j = 0; j < QK_K; j += 8) m = absmax_acc(_mm256_loadu_ps(xb + j), m);
     const float amax = hmax_ps(m);
     const float d = amax / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     const __m256 vid = _mm256_set1_ps(id);
     for (int j = 0; j < QK_K; j += 32) {
-      const __m256i q0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + j), vid));
-      const __m256i q1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + j + 8), vid));
-      const __m256i q2 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + j + 16), vid));
-      const __m256i q3 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + j + 24), vid));
+      const __m256i q0 = cvt_q(_mm256_mul_ps(_mm256_loadu_ps(xb + j), vid));
+      const __m256i q1 = cvt_q(_mm256_mul_ps(_mm256_loadu_ps(xb + j + 8), vid));
+      const __m256i q2 = cvt_q(_mm256_mul_ps(_mm256_loadu_ps(xb + j + 16), vid));
+      const __m256i q3 = cvt_q(_mm256_mul_ps(_mm256_loadu_ps(xb + j + 24), vid));
       _mm256_storeu_si256((__m256i*)(y[i].qs + j), pack_i32x4_to_i8(q0, q1, q2, q3));
       y[i].bsums[j / 16] = (int16_t)hsum_i32(_mm256_add_epi32(q0, q1));
       y[i].bsums[j / 16 + 1] = (int16_t)hsum_i32(_mm256_add_epi32(q2, q3));
