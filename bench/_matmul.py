@@ -136,7 +136,7 @@ def stream_read_gbs(threads: int, nbytes: int = GIB) -> float:
 
     a = np.ones((nbytes // 4 // 4096, 4096), np.float32)
     v = np.ones(4096, np.float32)
-    with threadpool_limits(threads):
+    with threadpool_limits(threads):  # entered once, outside the timed calls
         t = measure(lambda: a @ v, min_repeat=5, min_time=1.0, max_repeat=15)
     del a
     gc.collect()
@@ -204,13 +204,20 @@ def ort_fn(mats: Matrices, x: np.ndarray, threads: int):
     return (lambda: sess.run(None, feeds)), sess
 
 
-def numpy_fn(wf: list[np.ndarray], x: np.ndarray, threads: int) -> Callable[[], None]:
+def blas_threads(threads: int):
+    """Context manager limiting numpy's BLAS to `threads` (entered once, outside the timed code:
+    threadpoolctl's enter/exit costs far more than a small GEMV)."""
     from threadpoolctl import threadpool_limits
 
+    return threadpool_limits(threads)
+
+
+def numpy_fn(wf: list[np.ndarray], x: np.ndarray, threads: int) -> Callable[[], None]:
+    """fp32 x @ W.T over the matrices; call it inside blas_threads(threads)."""
+
     def run():
-        with threadpool_limits(threads):
-            for w in wf:
-                x @ w.T
+        for w in wf:
+            x @ w.T
 
     return run
 
@@ -253,7 +260,8 @@ def bench_gemv(K: int, N: int, threads_list: list[int], tiers: list[str], cold: 
         nf = cold_count(f32b) if cold else 1
         wf = [np.asarray(rng.standard_normal((N, K)), np.float32) for _ in range(nf)]
         for th in threads_list:
-            t = measure(numpy_fn(wf, x, th), min_repeat=5 if cold else 20, min_time=0.5)
+            with blas_threads(th):
+                t = measure(numpy_fn(wf, x, th), min_repeat=5 if cold else 20, min_time=0.5)
             out.append(Result(kind, "numpy", K, N, 1, th, t / nf, f32b))
             log(out[-1])
         del wf
@@ -280,7 +288,8 @@ def bench_gemm(K: int, N: int, M: int, threads_list: list[int], tiers: list[str]
             log(out[-1])
         if with_numpy:
             wf = dequant_q4_0(mats.q4[0], K)
-            t = measure(numpy_fn([wf], x, th), min_repeat=3, min_time=0.5)
+            with blas_threads(th):
+                t = measure(numpy_fn([wf], x, th), min_repeat=3, min_time=0.5)
             out.append(Result("gemm", "numpy", K, N, M, th, t, N * K * 4))
             log(out[-1])
     return out

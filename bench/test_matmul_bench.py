@@ -74,7 +74,8 @@ def test_gemv_hot(benchmark, shape, backend, threads):
     mats = _mats(K, N, 1)
     x = np.random.default_rng(0).standard_normal((1, K)).astype(np.float32)
     fn, wb = _runner(backend, mats, x, threads)
-    benchmark.pedantic(fn, rounds=30, warmup_rounds=2)
+    with bm.blas_threads(threads):
+        benchmark.pedantic(fn, rounds=30, warmup_rounds=2)
     _record(benchmark, "gemv-hot", backend, K, N, 1, threads, 1, wb)
 
 
@@ -87,7 +88,8 @@ def test_gemv_cold(benchmark, shape, backend, threads):
     mats = _mats(K, N, n)
     x = np.random.default_rng(0).standard_normal((1, K)).astype(np.float32)
     fn, wb = _runner(backend, mats, x, threads)
-    benchmark.pedantic(fn, rounds=5, warmup_rounds=1)
+    with bm.blas_threads(threads):
+        benchmark.pedantic(fn, rounds=5, warmup_rounds=1)
     _record(benchmark, "gemv-cold", backend, K, N, 1, threads, n, wb)
 
 
@@ -100,7 +102,8 @@ def test_gemm(benchmark, shape, M, backend, threads):
     mats = _mats(K, N, 1)
     x = np.random.default_rng(0).standard_normal((M, K)).astype(np.float32)
     fn, wb = _runner(backend, mats, x, threads)
-    benchmark.pedantic(fn, rounds=5, warmup_rounds=1)
+    with bm.blas_threads(threads):
+        benchmark.pedantic(fn, rounds=5, warmup_rounds=1)
     _record(benchmark, "gemm", backend, K, N, M, threads, 1, wb)
 
 
@@ -111,9 +114,6 @@ def test_stream_read_roofline(benchmark, threads):
     a = np.ones((bm.GIB // 4 // 4096, 4096), np.float32)
     v = np.ones(4096, np.float32)
 
-    def run():
-        with threadpool_limits(threads):
-            a @ v
-
-    benchmark.pedantic(run, rounds=10, warmup_rounds=1)
+    with threadpool_limits(threads):
+        benchmark.pedantic(lambda: a @ v, rounds=10, warmup_rounds=1)
     benchmark.extra_info.update(kind="roofline", threads=threads, GBps=a.nbytes / benchmark.stats.stats.median / 1e9)
