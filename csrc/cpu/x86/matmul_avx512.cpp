@@ -3,7 +3,7 @@
 // XSIL_AVX512_NO_VNNI=1 in the environment forces the non-VNNI table (for testing it on VNNI CPUs).
 #include <cstdlib>
 
-#include "cpu/x86/x86_q4_0_avx512.h"
+#include "cpu/x86/x86_matmul_avx512.h"
 
 namespace xsil {
 

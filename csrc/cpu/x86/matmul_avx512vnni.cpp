@@ -1,6 +1,6 @@
 // AVX-512 tier, VNNI build (vpdpbusd): the same kernels as matmul_avx512.cpp compiled with
 // -mavx512vnni. Only reached through matmul_kernels_avx512(true) on CPUs with AVX512-VNNI.
-#include "cpu/x86/x86_q4_0_avx512.h"
+#include "cpu/x86/x86_matmul_avx512.h"
 
 namespace xsil {
 

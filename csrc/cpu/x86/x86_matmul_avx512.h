@@ -1,7 +1,11 @@
-// AVX-512 (F/BW/VL/DQ) Q4_0 microkernel, included by matmul_avx512.cpp (vpmaddubsw + vpmaddwd) and
-// matmul_avx512vnni.cpp (vpdpbusd: compiled with -mavx512vnni, selected by __AVX512VNNI__).
-// "Lane = output row": a group of 16 W rows fills the 16 fp32 lanes of a zmm; up to 8 activation
-// rows share every unpacked nibble vector. Anonymous namespace: each TU keeps its own ISA build.
+// AVX-512 (F/BW/VL/DQ) matmul kernels, included by matmul_avx512.cpp (no VNNI: vpmaddubsw +
+// vpmaddwd) and matmul_avx512vnni.cpp (compiled with -mavx512vnni; __AVX512VNNI__ selects vpdpbusd
+// paths and the VNNI-only packed layouts). Anonymous namespace: each TU keeps its own ISA build.
+//   Q4_0: "lane = output row" -- a group of 16 W rows fills the 16 fp32 lanes of a zmm; up to 8
+//         activation rows share every unpacked nibble vector (VNNI GEMM: 32 rows x 6 act rows).
+//         Packed layout (both builds) or GGUF rows transposed in registers.
+//   Q8_0, Q4_K: packed lane-per-row kernels with VNNI; otherwise row-wise kernels from
+//         x86_matmul_common.h.
 #pragma once
 #include "cpu/x86/x86_matmul_common.h"
 
