@@ -53,7 +53,7 @@ void q4_0_tile(const uint8_t* wp, const uint8_t* const* rows, int64_t nb, const 
   for (int64_t b = 0; b < nb; ++b) {
     WBlock w;
     if (PACKED) {
-      _mm_prefetch((const char*)(wp + b * G * 18 + 1024), _MM_HINT_T0);
+      prefetch_ahead(wp + b * G * 18, G * 18 + 63);
       load_packed(wp + b * G * 18, w);
     } else {
       // G row streams advancing 18 B per block: prefetch each row ~512 B ahead every 2 blocks.
@@ -184,7 +184,7 @@ void q4_k_tile8(const uint8_t* wp, int64_t nb, const block_q8k* const* x, float*
   for (int m = 0; m < R; ++m) acc[m] = _mm256_setzero_ps();
   for (int64_t i = 0; i < nb; ++i) {
     const uint8_t* p = wp + i * G * 144;
-    _mm_prefetch((const char*)(p + 2048), _MM_HINT_T0);
+    prefetch_ahead(p, G * 144);
     const __m256i k3f = _mm256_set1_epi8(0x3f), k30 = _mm256_set1_epi8(0x30);
     const __m256i a = _mm256_loadu_si256((const __m256i*)(p + 32));
     const __m256i b = _mm256_loadu_si256((const __m256i*)(p + 64));

@@ -57,7 +57,7 @@ void q4_0_tile16(const uint8_t* wp, const uint8_t* const* rows, int64_t nb, cons
   for (int64_t b = 0; b < nb; ++b) {
     WBlock16 w;
     if (PACKED) {
-      _mm_prefetch((const char*)(wp + b * G16 * 18 + 2048), _MM_HINT_T0);
+      prefetch_ahead(wp + b * G16 * 18, G16 * 18 + 63);
       load_packed16(wp + b * G16 * 18, w);
     } else {
       // G16 row streams advancing 18 B per block: prefetch each row ~512 B ahead every 2 blocks.
@@ -277,7 +277,7 @@ void q4_k_tile16_vnni(const uint8_t* wp, int64_t nb, const block_q8k* const* x, 
   for (int m = 0; m < R; ++m) acc[m] = _mm512_setzero_ps();
   for (int64_t i = 0; i < nb; ++i) {
     const uint8_t* p = wp + i * GK * 144;
-    _mm_prefetch((const char*)(p + 4096), _MM_HINT_T0);
+    prefetch_ahead(p, GK * 144);
     // 6-bit scales and mins of 16 rows (SWAR per dword, as q4k_scales_mins).
     const __m512i a = _mm512_loadu_si512((const void*)(p + 64));
     const __m512i b = _mm512_loadu_si512((const void*)(p + 128));
@@ -390,7 +390,7 @@ void q8_0_tile16_vnni(const uint8_t* wp, int64_t nb, const block_q8a* const* x, 
   for (int m = 0; m < R; ++m) acc[m] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* p = wp + b * G16 * 34;
-    _mm_prefetch((const char*)(p + 2048), _MM_HINT_T0);
+    prefetch_ahead(p, G16 * 34 + 63);
     __m512i isum[R];
     for (int m = 0; m < R; ++m) isum[m] = _mm512_set1_epi32(16 * xoff[m][b]);  // -128 * sum(q_x)
     for (int t = 0; t < 8; ++t) {

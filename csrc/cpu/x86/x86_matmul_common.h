@@ -43,6 +43,15 @@ struct Scratch {
   }
 };
 
+// Software prefetch of every cache line of the `bytes` bytes at p + kPrefetchAhead (packed weight
+// streams). Measured on the dev box (Zen, cold Q4_0 GEMV, 1 thread): 8 KiB ahead covering every
+// line ~33 -> ~37 GB/s; 2 KiB ahead with one line per block was no better than no prefetch.
+constexpr int64_t kPrefetchAhead = 8192;
+inline void prefetch_ahead(const void* p, int bytes) {
+  const char* q = (const char*)p + kPrefetchAhead;
+  for (int l = 0; l < bytes; l += 64) _mm_prefetch(q + l, _MM_HINT_T0);
+}
+
 inline int hsum_i32(__m256i v) {
   __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
   s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
