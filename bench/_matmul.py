@@ -226,70 +226,104 @@ def cold_count(bytes_per_matrix: int, total: int = GIB) -> int:
     return max(2, math.ceil(total / bytes_per_matrix))
 
 
+def interleaved(fns: dict[str, Callable[[], object]], min_rounds: int, min_time: float,
+                max_rounds: int = 200) -> dict[str, float]:
+    """Median seconds per call of each fn, measured in interleaved rounds (one call of every fn per
+    round, after one warm-up call each), so that load from other processes on a shared machine
+    hits all backends alike and the ratios stay meaningful."""
+    for f in fns.values():
+        f()
+    ts: dict[str, list[float]] = {k: [] for k in fns}
+    t0 = time.perf_counter()
+    r = 0
+    while r < min_rounds or (time.perf_counter() - t0 < min_time and r < max_rounds):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            f()
+            ts[k].append(time.perf_counter() - t)
+        r += 1
+    return {k: statistics.median(v) for k, v in ts.items()}
+
+
+ORT_BYTES = lambda N, K: N * K // 2 + N * K // 32 * 4  # noqa: E731  MatMulNBits nibbles + fp32 scales
+
+
 def bench_gemv(K: int, N: int, threads_list: list[int], tiers: list[str], cold: bool, rows_too: bool = False,
-               with_ort: bool = True, with_numpy: bool = True, log=print) -> list[Result]:
+               with_ort: bool = True, with_numpy: bool = True, roofline: Optional[np.ndarray] = None,
+               log=print) -> list[Result]:
     """GEMV (M=1). Hot: one matrix called repeatedly. Cold: >= 1 GiB of distinct matrices per
-    backend, each call of the timed function walks all of them once."""
+    backend; each timed call walks all of them once (seconds are reported per matrix).
+    All backends (and the roofline sgemv over `roofline`, if given) are timed in interleaved rounds."""
     kind = "gemv-cold" if cold else "gemv-hot"
     rng = np.random.default_rng(1)
     x = rng.standard_normal((1, K)).astype(np.float32)
     q4b = N * K // 32 * 18
     n = cold_count(q4b) if cold else 1
     mats = Matrices(K, N, n)
+    f32b = N * K * 4
+    nf = cold_count(f32b) if cold else 1
+    wf = [np.asarray(rng.standard_normal((N, K)), np.float32) for _ in range(nf)] if with_numpy else []
+    v = np.ones(roofline.shape[1], np.float32) if roofline is not None else None
     out: list[Result] = []
     for th in threads_list:
+        fns: dict[str, Callable[[], object]] = {}
+        per: dict[str, tuple[int, int]] = {}  # name -> (matrices per call, weight bytes per matrix)
         for tier in tiers:
-            t = measure(xsil_fn(mats, tier, x, th), min_repeat=5 if cold else 20, min_time=0.5)
-            out.append(Result(kind, f"xsil-{tier}", K, N, 1, th, t / n, q4b))
-            log(out[-1])
+            fns[f"xsil-{tier}"] = xsil_fn(mats, tier, x, th)
+            per[f"xsil-{tier}"] = (n, q4b)
             if rows_too:
-                t = measure(xsil_fn(mats, tier, x, th, packed=False), min_repeat=5 if cold else 20, min_time=0.5)
-                out.append(Result(kind, f"xsil-{tier}-rows", K, N, 1, th, t / n, q4b))
-                log(out[-1])
+                fns[f"xsil-{tier}-rows"] = xsil_fn(mats, tier, x, th, packed=False)
+                per[f"xsil-{tier}-rows"] = (n, q4b)
+        sess = None
         if with_ort:
-            fn, sess = ort_fn(mats, x, th)
-            t = measure(fn, min_repeat=5 if cold else 20, min_time=0.5)
-            out.append(Result(kind, "ort", K, N, 1, th, t / n, N * K // 2 + N * K // 32 * 4))
+            fns["ort"], sess = ort_fn(mats, x, th)
+            per["ort"] = (n, ORT_BYTES(N, K))
+        if with_numpy:
+            fns["numpy"] = numpy_fn(wf, x, th)
+            per["numpy"] = (nf, f32b)
+        if roofline is not None:
+            fns["roofline"] = lambda: roofline @ v
+            per["roofline"] = (1, roofline.nbytes)
+        with blas_threads(th):
+            med = interleaved(fns, min_rounds=5 if cold else 20, min_time=1.0 if cold else 0.5)
+        for name, t in med.items():
+            cnt, wb = per[name]
+            out.append(Result(kind, name, K, N, 1, th, t / cnt, wb))
             log(out[-1])
-            del fn, sess
-            gc.collect()
-    del mats
-    gc.collect()
-    if with_numpy:
-        f32b = N * K * 4
-        nf = cold_count(f32b) if cold else 1
-        wf = [np.asarray(rng.standard_normal((N, K)), np.float32) for _ in range(nf)]
-        for th in threads_list:
-            with blas_threads(th):
-                t = measure(numpy_fn(wf, x, th), min_repeat=5 if cold else 20, min_time=0.5)
-            out.append(Result(kind, "numpy", K, N, 1, th, t / nf, f32b))
-            log(out[-1])
-        del wf
+        del fns, sess
         gc.collect()
+    del mats, wf
+    gc.collect()
     return out
 
 
 def bench_gemm(K: int, N: int, M: int, threads_list: list[int], tiers: list[str], with_ort: bool = True,
                with_numpy: bool = True, log=print) -> list[Result]:
+    """GEMM: all backends timed in interleaved rounds, per thread count."""
     rng = np.random.default_rng(2)
     x = rng.standard_normal((M, K)).astype(np.float32)
     mats = Matrices(K, N, 1)
     q4b = mats.q4_bytes
+    wf = dequant_q4_0(mats.q4[0], K) if with_numpy else None
     out: list[Result] = []
     for th in threads_list:
+        fns: dict[str, Callable[[], object]] = {}
+        wbytes: dict[str, int] = {}
         for tier in tiers:
-            t = measure(xsil_fn(mats, tier, x, th), min_repeat=3, min_time=0.5)
-            out.append(Result("gemm", f"xsil-{tier}", K, N, M, th, t, q4b))
-            log(out[-1])
+            fns[f"xsil-{tier}"] = xsil_fn(mats, tier, x, th)
+            wbytes[f"xsil-{tier}"] = q4b
+        sess = None
         if with_ort:
-            fn, sess = ort_fn(mats, x, th)
-            t = measure(fn, min_repeat=3, min_time=0.5)
-            out.append(Result("gemm", "ort", K, N, M, th, t, N * K // 2 + N * K // 32 * 4))
-            log(out[-1])
+            fns["ort"], sess = ort_fn(mats, x, th)
+            wbytes["ort"] = ORT_BYTES(N, K)
         if with_numpy:
-            wf = dequant_q4_0(mats.q4[0], K)
-            with blas_threads(th):
-                t = measure(numpy_fn([wf], x, th), min_repeat=3, min_time=0.5)
-            out.append(Result("gemm", "numpy", K, N, M, th, t, N * K * 4))
+            fns["numpy"] = numpy_fn([wf], x, th)
+            wbytes["numpy"] = N * K * 4
+        with blas_threads(th):
+            med = interleaved(fns, min_rounds=3, min_time=1.0)
+        for name, t in med.items():
+            out.append(Result("gemm", name, K, N, M, th, t, wbytes[name]))
             log(out[-1])
+        del fns, sess
+        gc.collect()
     return out
