@@ -29,6 +29,8 @@ def main(argv=None) -> int:
     g.add_argument("--full", action="store_true", help="every shape, GEMV hot+cold, GEMM M=128 and 512")
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     ap.add_argument("--tiers", default=None, help="comma-separated xsil tiers (default: all SIMD tiers)")
+    ap.add_argument("--cases", default="gemv-cold,gemv-hot,gemm",
+                    help="comma-separated subset of gemv-cold, gemv-hot, gemm (default: all)")
     ap.add_argument("--no-ort", action="store_true")
     ap.add_argument("--no-numpy", action="store_true")
     ap.add_argument("-v", "--verbose", action="store_true", help="print each result as it is measured")
@@ -69,6 +71,13 @@ def main(argv=None) -> int:
         gemv_cold = [(4096, 11008)]
         gemm = [(4096, 4096, 128), (2048, 5632, 512)]
     roof_arr = np.ones((bm.GIB // 4 // 4096, 4096), np.float32)
+    cases = set(args.cases.split(","))
+    if "gemv-cold" not in cases:
+        gemv_cold = []
+    if "gemv-hot" not in cases:
+        gemv_hot = []
+    if "gemm" not in cases:
+        gemm = []
     for K, N in gemv_cold:
         results += bm.bench_gemv(K, N, threads, tiers, cold=True, rows_too=True, with_ort=with_ort,
                                  with_numpy=with_np, roofline=roof_arr, log=log)
