@@ -1,0 +1,470 @@
+// AVX-512 (F/BW/VL/DQ) matmul kernels, included by matmul_avx512.cpp (no VNNI: vpmaddubsw +
+// vpmaddwd) and matmul_avx512vnni.cpp (compiled with -mavx512vnni; __AVX512VNNI__ selects vpdpbusd
+// paths and the VNNI-only packed layouts). Anonymous namespace: each TU keeps its own ISA build.
+//   Q4_0: "lane = output row" -- a group of 16 W rows fills the 16 fp32 lanes of a zmm; up to 8
+//         activation rows share every unpacked nibble vector (VNNI GEMM: 32 rows x 6 act rows).
+//         Packed layout (both builds) or GGUF rows transposed in registers.
+//   Q8_0, Q4_K: packed lane-per-row kernels with VNNI; otherwise row-wise kernels from
+//         x86_matmul_common.h.
+#pragma once
+#include "cpu/x86/x86_matmul_common.h"
+
+namespace xsil {
+namespace {
+
+constexpr int G16 = 16;  // W rows per group
+constexpr int MR8 = 8;   // activation rows per microkernel call
+
+inline __m512i bcast32_512(const void* p) { return _mm512_set1_epi32(ld32(p)); }
+
+struct WBlock16 {
+  __m512 dw;
+  __m512i v[4];  // vector c: lane r = row r's qs[4c .. 4c+3]
+};
+
+inline void load_packed16(const uint8_t* p, WBlock16& w) {
+  w.dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
+  for (int c = 0; c < 4; ++c) w.v[c] = _mm512_loadu_si512((const void*)(p + 2 * G16 + 64 * c));
+}
+
+// GGUF rows: z[j] holds rows j, j+4, j+8, j+12 in its four 128-bit lanes; a 4x4 dword transpose
+// within lanes then puts row 4L+i's dword c at dword 4L+i of vector c.
+inline void load_rows16(const uint8_t* const* rows, int64_t off, WBlock16& w) {
+  alignas(32) uint16_t sc[16];
+  for (int r = 0; r < 16; ++r) sc[r] = ld16(rows[r] + off);
+  w.dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i*)sc));
+  __m512i z[4];
+  for (int j = 0; j < 4; ++j) {
+    __m512i t = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i*)(rows[j] + off + 2)));
+    t = _mm512_inserti32x4(t, _mm_loadu_si128((const __m128i*)(rows[j + 4] + off + 2)), 1);
+    t = _mm512_inserti32x4(t, _mm_loadu_si128((const __m128i*)(rows[j + 8] + off + 2)), 2);
+    z[j] = _mm512_inserti32x4(t, _mm_loadu_si128((const __m128i*)(rows[j + 12] + off + 2)), 3);
+  }
+  const __m512i t0 = _mm512_unpacklo_epi32(z[0], z[1]), t1 = _mm512_unpackhi_epi32(z[0], z[1]);
+  const __m512i t2 = _mm512_unpacklo_epi32(z[2], z[3]), t3 = _mm512_unpackhi_epi32(z[2], z[3]);
+  w.v[0] = _mm512_unpacklo_epi64(t0, t2);
+  w.v[1] = _mm512_unpackhi_epi64(t0, t2);
+  w.v[2] = _mm512_unpacklo_epi64(t1, t3);
+  w.v[3] = _mm512_unpackhi_epi64(t1, t3);
+}
+
+template <int R, bool PACKED>
+void q4_0_tile16(const uint8_t* wp, const uint8_t* const* rows, int64_t nb, const block_q8a* const* x,
+                 const int32_t* const* xoff, float* const* y, int nvalid) {
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  __m512 acc[R];
+  for (int m = 0; m < R; ++m) acc[m] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    WBlock16 w;
+    if (PACKED) {
+      prefetch_ahead(wp + b * G16 * 18, G16 * 18 + 63);
+      load_packed16(wp + b * G16 * 18, w);
+    } else {
+      // G16 row streams advancing 18 B per block: prefetch each row ~512 B ahead every 2 blocks.
+      if ((b & 1) == 0)
+        for (int r = 0; r < G16; ++r) _mm_prefetch((const char*)(rows[r] + b * 18 + 512), _MM_HINT_T0);
+      load_rows16(rows, b * 18, w);
+    }
+    __m512i isum[R];
+#if defined(__AVX512VNNI__)
+    // Start from -8 * sum(q_x): vpdpbusd of unsigned nibbles then gives the exact signed dot.
+    for (int m = 0; m < R; ++m) isum[m] = _mm512_set1_epi32(xoff[m][b]);
+    for (int c = 0; c < 4; ++c) {
+      const __m512i lo = _mm512_and_si512(w.v[c], m4);
+      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(w.v[c], 4), m4);
+      for (int m = 0; m < R; ++m) {
+        isum[m] = _mm512_dpbusd_epi32(isum[m], lo, bcast32_512(x[m][b].qs + 4 * c));
+        isum[m] = _mm512_dpbusd_epi32(isum[m], hi, bcast32_512(x[m][b].qs + 16 + 4 * c));
+      }
+    }
+#else
+    // Unpack the 8 nibble vectors once, reuse them for every row; two int16 chains per row.
+    // int16 sums of 8 vpmaddubsw results: |each| <= 2 * 15 * 127, total <= 30480: no saturation.
+    __m512i u[8];
+    for (int c = 0; c < 4; ++c) {
+      u[2 * c] = _mm512_and_si512(w.v[c], m4);
+      u[2 * c + 1] = _mm512_and_si512(_mm512_srli_epi16(w.v[c], 4), m4);
+    }
+    for (int m = 0; m < R; ++m) {
+      const int8_t* q = x[m][b].qs;
+      __m512i p0 = _mm512_maddubs_epi16(u[0], bcast32_512(q));
+      __m512i p1 = _mm512_maddubs_epi16(u[1], bcast32_512(q + 16));
+      p0 = _mm512_add_epi16(p0, _mm512_maddubs_epi16(u[2], bcast32_512(q + 4)));
+      p1 = _mm512_add_epi16(p1, _mm512_maddubs_epi16(u[3], bcast32_512(q + 20)));
+      p0 = _mm512_add_epi16(p0, _mm512_maddubs_epi16(u[4], bcast32_512(q + 8)));
+      p1 = _mm512_add_epi16(p1, _mm512_maddubs_epi16(u[5], bcast32_512(q + 24)));
+      p0 = _mm512_add_epi16(p0, _mm512_maddubs_epi16(u[6], bcast32_512(q + 12)));
+      p1 = _mm512_add_epi16(p1, _mm512_maddubs_epi16(u[7], bcast32_512(q + 28)));
+      isum[m] = _mm512_add_epi32(_mm512_madd_epi16(_mm512_add_epi16(p0, p1), _mm512_set1_epi16(1)),
+                                 _mm512_set1_epi32(xoff[m][b]));
+    }
+#endif
+    for (int m = 0; m < R; ++m) {
+      const __m512 dwdx = _mm512_mul_ps(w.dw, _mm512_set1_ps(x[m][b].d));
+      acc[m] = _mm512_add_ps(acc[m], _mm512_mul_ps(dwdx, _mm512_cvtepi32_ps(isum[m])));
+    }
+  }
+  const __mmask16 mask = (__mmask16)((1u << nvalid) - 1u);
+  for (int m = 0; m < R; ++m) _mm512_mask_storeu_ps(y[m], mask, acc[m]);
+}
+
+#if defined(__AVX512VNNI__)
+// VNNI, packed, two full groups (32 W rows) x R activation rows: each activation broadcast (an
+// embedded {1to16} memory operand) feeds two vpdpbusd, and the per-(row, block) float work is
+// shared by twice the outputs. Per output the operations are those of q4_0_tile16, so results do
+// not depend on which tile computes them.
+template <int R>
+void q4_0_tile32_vnni(const uint8_t* wp0, const uint8_t* wp1, int64_t nb, const block_q8a* const* x,
+                      const int32_t* const* xoff, float* const* y) {
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  __m512 acc0[R], acc1[R];
+  for (int m = 0; m < R; ++m) acc0[m] = acc1[m] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* p0 = wp0 + b * G16 * 18;
+    const uint8_t* p1 = wp1 + b * G16 * 18;
+    __m512i i0[R], i1[R];
+    for (int m = 0; m < R; ++m) i0[m] = i1[m] = _mm512_set1_epi32(xoff[m][b]);
+    for (int c = 0; c < 4; ++c) {
+      const __m512i v0 = _mm512_loadu_si512((const void*)(p0 + 2 * G16 + 64 * c));
+      const __m512i v1 = _mm512_loadu_si512((const void*)(p1 + 2 * G16 + 64 * c));
+      const __m512i lo0 = _mm512_and_si512(v0, m4), hi0 = _mm512_and_si512(_mm512_srli_epi16(v0, 4), m4);
+      const __m512i lo1 = _mm512_and_si512(v1, m4), hi1 = _mm512_and_si512(_mm512_srli_epi16(v1, 4), m4);
+      for (int m = 0; m < R; ++m) {
+        const __m512i xl = bcast32_512(x[m][b].qs + 4 * c), xh = bcast32_512(x[m][b].qs + 16 + 4 * c);
+        i0[m] = _mm512_dpbusd_epi32(i0[m], lo0, xl);
+        i1[m] = _mm512_dpbusd_epi32(i1[m], lo1, xl);
+        i0[m] = _mm512_dpbusd_epi32(i0[m], hi0, xh);
+        i1[m] = _mm512_dpbusd_epi32(i1[m], hi1, xh);
+      }
+    }
+    const __m512 dw0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p0));
+    const __m512 dw1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p1));
+    for (int m = 0; m < R; ++m) {
+      const __m512 dx = _mm512_set1_ps(x[m][b].d);
+      acc0[m] = _mm512_add_ps(acc0[m], _mm512_mul_ps(_mm512_mul_ps(dw0, dx), _mm512_cvtepi32_ps(i0[m])));
+      acc1[m] = _mm512_add_ps(acc1[m], _mm512_mul_ps(_mm512_mul_ps(dw1, dx), _mm512_cvtepi32_ps(i1[m])));
+    }
+  }
+  for (int m = 0; m < R; ++m) {
+    _mm512_storeu_ps(y[m], acc0[m]);
+    _mm512_storeu_ps(y[m] + G16, acc1[m]);
+  }
+}
+#endif
+
+template <bool PACKED>
+void gemm_q4_0_avx512(const GemmArgs& a, int64_t n0, int64_t n1) {
+  const int64_t nb = a.K / 32;
+  const int64_t rb = (int64_t)a.w_row_bytes;
+  thread_local Scratch s_off;
+  int32_t* off = (int32_t*)s_off.get((size_t)(a.M * nb) * sizeof(int32_t));
+  q8a_offsets(a, nb, off);
+  const uint8_t* W = (const uint8_t*)a.w;
+  int64_t n = n0;
+#if defined(__AVX512VNNI__)
+  if (PACKED && a.M >= 2) {
+    // Two full groups (32 rows) x 6 activation rows. (Blocking K so the weights stay in L1 measured
+    // no gain: the 2 x K/32 x 288 B of a group pair stream from L2 fast enough.)
+    constexpr int MR6 = 6;
+    for (; n + 2 * G16 <= n1; n += 2 * G16) {
+      const uint8_t* wp0 = W + n * rb;
+      const uint8_t* wp1 = W + (n + G16) * rb;
+      for (int64_t m0 = 0; m0 < a.M; m0 += MR6) {
+        const int R = (int)(a.M - m0 < MR6 ? a.M - m0 : MR6);
+        const block_q8a* x[MR6];
+        const int32_t* xo[MR6];
+        float* y[MR6];
+        for (int m = 0; m < R; ++m) {
+          x[m] = (const block_q8a*)((const uint8_t*)a.xq + (m0 + m) * a.xq_row_bytes);
+          xo[m] = off + (m0 + m) * nb;
+          y[m] = a.y + (m0 + m) * a.ldy + n;
+        }
+        switch (R) {
+          case 1: q4_0_tile32_vnni<1>(wp0, wp1, nb, x, xo, y); break;
+          case 2: q4_0_tile32_vnni<2>(wp0, wp1, nb, x, xo, y); break;
+          case 3: q4_0_tile32_vnni<3>(wp0, wp1, nb, x, xo, y); break;
+          case 4: q4_0_tile32_vnni<4>(wp0, wp1, nb, x, xo, y); break;
+          case 5: q4_0_tile32_vnni<5>(wp0, wp1, nb, x, xo, y); break;
+          default: q4_0_tile32_vnni<6>(wp0, wp1, nb, x, xo, y); break;
+        }
+      }
+    }
+  }
+#endif
+  for (; n < n1; n += G16) {
+    const int nv = (int)(n1 - n < G16 ? n1 - n : G16);
+    const bool packed = PACKED && nv == G16;
+    const uint8_t* rows[G16];
+    for (int r = 0; r < G16; ++r) rows[r] = W + (n + (r < nv ? r : nv - 1)) * rb;  // clamp: never read past N
+    const uint8_t* wp = W + n * rb;
+    for (int64_t m0 = 0; m0 < a.M; m0 += MR8) {
+      const int R = (int)(a.M - m0 < MR8 ? a.M - m0 : MR8);
+      const block_q8a* x[MR8];
+      const int32_t* xo[MR8];
+      float* y[MR8];
+      for (int m = 0; m < R; ++m) {
+        x[m] = (const block_q8a*)((const uint8_t*)a.xq + (m0 + m) * a.xq_row_bytes);
+        xo[m] = off + (m0 + m) * nb;
+        y[m] = a.y + (m0 + m) * a.ldy + n;
+      }
+#define XSIL_Q40_CASE(RR)                                        \
+  case RR:                                                       \
+    if (packed)                                                  \
+      q4_0_tile16<RR, true>(wp, rows, nb, x, xo, y, nv);         \
+    else                                                         \
+      q4_0_tile16<RR, false>(wp, rows, nb, x, xo, y, nv);        \
+    break;
+      switch (R) {
+        XSIL_Q40_CASE(1)
+        XSIL_Q40_CASE(2)
+        XSIL_Q40_CASE(3)
+        XSIL_Q40_CASE(4)
+        XSIL_Q40_CASE(5)
+        XSIL_Q40_CASE(6)
+        XSIL_Q40_CASE(7)
+        XSIL_Q40_CASE(8)
+      }
+#undef XSIL_Q40_CASE
+    }
+  }
+}
+
+#if defined(__AVX512VNNI__)
+// --- Q4_K, VNNI, packed groups of 16 rows ("lane = output row") -----------------------------------
+// Packed group-block (one super-block column of 16 rows, 16 x 144 = 2304 bytes):
+//   [0, 32)      16 fp16 d            [32, 64)   16 fp16 dmin
+//   [64, 256)    3 chunks of 64 B: chunk k, lane r = row r's scales[4k .. 4k+3]
+//   [256, 2304)  32 chunks of 64 B: chunk t, lane r = row r's qs[4t .. 4t+3]
+// A final partial group (< 16 rows) stays in GGUF layout and goes through the row-wise kernel.
+constexpr int GK = 16;
+constexpr int MRK = 4;
+
+void pack_q4_k_rows16(const void* src, void* dst, int64_t n_rows, int64_t K) {
+  const int64_t nb = K / QK_K;
+  const int64_t rb = nb * (int64_t)sizeof(block_q4_K);
+  const uint8_t* s = (const uint8_t*)src;
+  uint8_t* d = (uint8_t*)dst;
+  if (n_rows < GK) {
+    std::memcpy(d, s, (size_t)(n_rows * rb));
+    return;
+  }
+  for (int64_t i = 0; i < nb; ++i) {
+    uint8_t* o = d + i * GK * 144;
+    for (int r = 0; r < GK; ++r) {
+      const uint8_t* blk = s + r * rb + i * 144;
+      std::memcpy(o + 2 * r, blk, 2);
+      std::memcpy(o + 32 + 2 * r, blk + 2, 2);
+      for (int k = 0; k < 3; ++k) std::memcpy(o + 64 + 64 * k + 4 * r, blk + 4 + 4 * k, 4);
+      for (int t = 0; t < 32; ++t) std::memcpy(o + 256 + 64 * t + 4 * r, blk + 16 + 4 * t, 4);
+    }
+  }
+}
+
+template <int R>
+void q4_k_tile16_vnni(const uint8_t* wp, int64_t nb, const block_q8k* const* x, float* const* y) {
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  // vpshufb controls: byte j of each dword -> int32 (sel[j]); bytes (2k, 2k+1) -> int16 pair.
+  alignas(64) int8_t ctl[6][64];
+  for (int q = 0; q < 64; ++q) {
+    const int base = (q & ~3) % 16, pos = q % 4;
+    for (int j = 0; j < 4; ++j) ctl[j][q] = pos == 0 ? (int8_t)(base + j) : (int8_t)0x80;
+    ctl[4][q] = pos == 0 ? (int8_t)base : pos == 2 ? (int8_t)(base + 1) : (int8_t)0x80;
+    ctl[5][q] = pos == 0 ? (int8_t)(base + 2) : pos == 2 ? (int8_t)(base + 3) : (int8_t)0x80;
+  }
+  __m512i sel[6];
+  for (int j = 0; j < 6; ++j) sel[j] = _mm512_load_si512((const void*)ctl[j]);
+  __m512 acc[R];
+  for (int m = 0; m < R; ++m) acc[m] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    const uint8_t* p = wp + i * GK * 144;
+    prefetch_ahead(p, GK * 144);
+    // 6-bit scales and mins of 16 rows (SWAR per dword, as q4k_scales_mins).
+    const __m512i a = _mm512_loadu_si512((const void*)(p + 64));
+    const __m512i b = _mm512_loadu_si512((const void*)(p + 128));
+    const __m512i c = _mm512_loadu_si512((const void*)(p + 192));
+    const __m512i k3f = _mm512_set1_epi8(0x3f), k30 = _mm512_set1_epi8(0x30);
+    const __m512i s_lo = _mm512_and_si512(a, k3f);
+    const __m512i m_lo = _mm512_and_si512(b, k3f);
+    const __m512i s_hi = _mm512_or_si512(_mm512_and_si512(c, m4), _mm512_and_si512(_mm512_srli_epi32(a, 2), k30));
+    const __m512i m_hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(c, 4), m4),
+                                         _mm512_and_si512(_mm512_srli_epi32(b, 2), k30));
+    __m512i ssc[R], smn[R];
+    for (int m = 0; m < R; ++m) ssc[m] = smn[m] = _mm512_setzero_si512();
+    for (int g = 0; g < 4; ++g) {
+      __m512i ilo[R], ihi[R];
+      for (int m = 0; m < R; ++m) ilo[m] = ihi[m] = _mm512_setzero_si512();
+      for (int u = 0; u < 8; ++u) {
+        const __m512i v = _mm512_loadu_si512((const void*)(p + 256 + 64 * (8 * g + u)));
+        const __m512i lo = _mm512_and_si512(v, m4);
+        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+        for (int m = 0; m < R; ++m) {
+          ilo[m] = _mm512_dpbusd_epi32(ilo[m], lo, bcast32_512(x[m][i].qs + 64 * g + 4 * u));
+          ihi[m] = _mm512_dpbusd_epi32(ihi[m], hi, bcast32_512(x[m][i].qs + 64 * g + 32 + 4 * u));
+        }
+      }
+      // sub-blocks 2g (low nibbles) and 2g+1 (high): scales are bytes of s_lo (j < 4) / s_hi.
+      const __m512i src = g < 2 ? s_lo : s_hi;
+      const __m512i sc0 = _mm512_shuffle_epi8(src, sel[(2 * g) & 3]);
+      const __m512i sc1 = _mm512_shuffle_epi8(src, sel[(2 * g + 1) & 3]);
+      for (int m = 0; m < R; ++m)
+        ssc[m] = _mm512_add_epi32(ssc[m], _mm512_add_epi32(_mm512_mullo_epi32(ilo[m], sc0), _mm512_mullo_epi32(ihi[m], sc1)));
+    }
+    // mins: int16 pairs (m_2k, m_2k+1) per lane . (bsum pair sums of the activations), vpdpwssd.
+    const __m512i mp[4] = {_mm512_shuffle_epi8(m_lo, sel[4]), _mm512_shuffle_epi8(m_lo, sel[5]),
+                           _mm512_shuffle_epi8(m_hi, sel[4]), _mm512_shuffle_epi8(m_hi, sel[5])};
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
+    const __m512 dmw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(p + 32)));
+    for (int m = 0; m < R; ++m) {
+      const int16_t* bs = x[m][i].bsums;
+      for (int k = 0; k < 4; ++k) {
+        const int32_t pr = (int32_t)(uint16_t)(int16_t)(bs[4 * k] + bs[4 * k + 1]) |
+                           (int32_t)((uint32_t)(uint16_t)(int16_t)(bs[4 * k + 2] + bs[4 * k + 3]) << 16);
+        smn[m] = _mm512_dpwssd_epi32(smn[m], mp[k], _mm512_set1_epi32(pr));
+      }
+      const __m512 dx = _mm512_set1_ps(x[m][i].d);
+      const __m512 d = _mm512_mul_ps(dw, dx), dmin = _mm512_mul_ps(dmw, dx);
+      acc[m] = _mm512_add_ps(acc[m], _mm512_sub_ps(_mm512_mul_ps(d, _mm512_cvtepi32_ps(ssc[m])),
+                                                   _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(smn[m]))));
+    }
+  }
+  for (int m = 0; m < R; ++m) _mm512_storeu_ps(y[m], acc[m]);
+}
+
+void gemm_q4_k_packed_vnni(const GemmArgs& a, int64_t n0, int64_t n1) {
+  const int64_t nb = a.K / QK_K;
+  const int64_t rb = (int64_t)a.w_row_bytes;
+  const uint8_t* W = (const uint8_t*)a.w;
+  int64_t n = n0;
+  for (; n + GK <= n1; n += GK) {
+    const uint8_t* wp = W + n * rb;
+    for (int64_t m0 = 0; m0 < a.M; m0 += MRK) {
+      const int R = (int)(a.M - m0 < MRK ? a.M - m0 : MRK);
+      const block_q8k* x[MRK];
+      float* y[MRK];
+      for (int m = 0; m < R; ++m) {
+        x[m] = (const block_q8k*)((const uint8_t*)a.xq + (m0 + m) * a.xq_row_bytes);
+        y[m] = a.y + (m0 + m) * a.ldy + n;
+      }
+      switch (R) {
+        case 1: q4_k_tile16_vnni<1>(wp, nb, x, y); break;
+        case 2: q4_k_tile16_vnni<2>(wp, nb, x, y); break;
+        case 3: q4_k_tile16_vnni<3>(wp, nb, x, y); break;
+        default: q4_k_tile16_vnni<4>(wp, nb, x, y); break;
+      }
+    }
+  }
+  if (n < n1) gemm_q4_k_x86(a, n, n1);  // final partial group: GGUF rows
+}
+#endif
+
+#if defined(__AVX512VNNI__)
+// --- Q8_0, VNNI, packed groups of 16 rows ----------------------------------------------------------
+// Packed group-block (one block column of 16 rows, 16 x 34 = 544 bytes):
+//   [0, 32) 16 fp16 d;  [32, 544) 8 chunks of 64 B: chunk t, lane r = row r's qs[4t .. 4t+3].
+// vpdpbusd wants an unsigned operand: w + 128 (= w ^ 0x80), and the accumulator starts at
+// -128 * sum(q_x), so isum is the exact signed dot product. A partial final group stays in GGUF rows.
+void pack_q8_0_rows16(const void* src, void* dst, int64_t n_rows, int64_t K) {
+  const int64_t nb = K / 32;
+  const int64_t rb = nb * (int64_t)sizeof(block_q8_0);
+  const uint8_t* s = (const uint8_t*)src;
+  uint8_t* d = (uint8_t*)dst;
+  if (n_rows < G16) {
+    std::memcpy(d, s, (size_t)(n_rows * rb));
+    return;
+  }
+  for (int64_t b = 0; b < nb; ++b) {
+    uint8_t* o = d + b * G16 * 34;
+    for (int r = 0; r < G16; ++r) {
+      const uint8_t* blk = s + r * rb + b * 34;
+      std::memcpy(o + 2 * r, blk, 2);
+      for (int t = 0; t < 8; ++t) std::memcpy(o + 32 + 64 * t + 4 * r, blk + 2 + 4 * t, 4);
+    }
+  }
+}
+
+template <int R>
+void q8_0_tile16_vnni(const uint8_t* wp, int64_t nb, const block_q8a* const* x, const int32_t* const* xoff,
+                      float* const* y) {
+  const __m512i k80 = _mm512_set1_epi8((char)0x80);
+  __m512 acc[R];
+  for (int m = 0; m < R; ++m) acc[m] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* p = wp + b * G16 * 34;
+    prefetch_ahead(p, G16 * 34 + 63);
+    __m512i isum[R];
+    for (int m = 0; m < R; ++m) isum[m] = _mm512_set1_epi32(16 * xoff[m][b]);  // -128 * sum(q_x)
+    for (int t = 0; t < 8; ++t) {
+      const __m512i u = _mm512_xor_si512(_mm512_loadu_si512((const void*)(p + 32 + 64 * t)), k80);
+      for (int m = 0; m < R; ++m) isum[m] = _mm512_dpbusd_epi32(isum[m], u, bcast32_512(x[m][b].qs + 4 * t));
+    }
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
+    for (int m = 0; m < R; ++m) {
+      const __m512 dwdx = _mm512_mul_ps(dw, _mm512_set1_ps(x[m][b].d));
+      acc[m] = _mm512_add_ps(acc[m], _mm512_mul_ps(dwdx, _mm512_cvtepi32_ps(isum[m])));
+    }
+  }
+  for (int m = 0; m < R; ++m) _mm512_storeu_ps(y[m], acc[m]);
+}
+
+void gemm_q8_0_packed_vnni(const GemmArgs& a, int64_t n0, int64_t n1) {
+  const int64_t nb = a.K / 32;
+  const int64_t rb = (int64_t)a.w_row_bytes;
+  thread_local Scratch s_off;
+  int32_t* off = (int32_t*)s_off.get((size_t)(a.M * nb) * sizeof(int32_t));
+  q8a_offsets(a, nb, off);  // -8 * sum(q_x); the kernel scales it to -128 * sum(q_x)
+  const uint8_t* W = (const uint8_t*)a.w;
+  int64_t n = n0;
+  for (; n + G16 <= n1; n += G16) {
+    const uint8_t* wp = W + n * rb;
+    for (int64_t m0 = 0; m0 < a.M; m0 += MR8) {
+      const int R = (int)(a.M - m0 < MR8 ? a.M - m0 : MR8);
+      const block_q8a* x[MR8];
+      const int32_t* xo[MR8];
+      float* y[MR8];
+      for (int m = 0; m < R; ++m) {
+        x[m] = (const block_q8a*)((const uint8_t*)a.xq + (m0 + m) * a.xq_row_bytes);
+        xo[m] = off + (m0 + m) * nb;
+        y[m] = a.y + (m0 + m) * a.ldy + n;
+      }
+      switch (R) {
+        case 1: q8_0_tile16_vnni<1>(wp, nb, x, xo, y); break;
+        case 2: q8_0_tile16_vnni<2>(wp, nb, x, xo, y); break;
+        case 3: q8_0_tile16_vnni<3>(wp, nb, x, xo, y); break;
+        case 4: q8_0_tile16_vnni<4>(wp, nb, x, xo, y); break;
+        case 5: q8_0_tile16_vnni<5>(wp, nb, x, xo, y); break;
+        case 6: q8_0_tile16_vnni<6>(wp, nb, x, xo, y); break;
+        case 7: q8_0_tile16_vnni<7>(wp, nb, x, xo, y); break;
+        default: q8_0_tile16_vnni<8>(wp, nb, x, xo, y); break;
+      }
+    }
+  }
+  if (n < n1) gemm_q8_0_x86(a, n, n1);  // final partial group: GGUF rows
+}
+#endif
+
+MatmulKernels make_avx512_table() {
+  MatmulKernels k;
+  k.tier = Tier::Avx512;
+  k.n_tile = 32;  // two 16-row groups: the VNNI GEMM tile covers 32 rows
+  k.q4_0.quantize_act = quantize_act_q8a_x86;
+  k.q4_0.gemm = gemm_q4_0_avx512<false>;
+  k.q4_0.gemm_packed = gemm_q4_0_avx512<true>;
+  k.q4_0.pack = pack_q4_0_rows<G16>;
+  k.q4_0.pack_rows = G16;
+  k.q8_0.quantize_act = quantize_act_q8a_x86;
+  k.q8_0.gemm = gemm_q8_0_x86;
+  k.q4_k.quantize_act = quantize_act_q8k_x86;
+  k.q4_k.gemm = gemm_q4_k_x86;
+#if defined(__AVX512VNNI__)
+  k.q8_0.gemm_packed = gemm_q8_0_packed_vnni;
+  k.q8_0.pack = pack_q8_0_rows16;
+  k.q8_0.pack_rows = G16;
+  k.q4_k.gemm_packed = gemm_q4_k_packed_vnni;
+  k.q4_k.pack = pack_q4_k_rows16;
+  k.q4_k.pack_rows = GK;
+#endif
+  return k;
+}
+
+}  // namespace
+}  // namespace xsil
