@@ -299,6 +299,20 @@ class GGUFFile:
             return b.view(np.float16).reshape(t.shape)
         return b.reshape(rows, t.nbytes // rows)
 
+    def release(self, name: str) -> None:
+        """Drop the whole pages of a tensor's data from this process's mapping (MADV_DONTNEED): after
+        its bytes were copied elsewhere (packed), they no longer count in RSS. Reading the tensor
+        again simply faults the pages back in from the file."""
+        t = self.tensor_info(name)
+        page = mmap.PAGESIZE
+        start = (t.offset + page - 1) // page * page
+        end = (t.offset + t.nbytes) // page * page
+        if end > start and hasattr(mmap, "MADV_DONTNEED"):
+            try:
+                self._mm.madvise(mmap.MADV_DONTNEED, start, end - start)
+            except (OSError, ValueError):
+                pass
+
     def close(self) -> None:
         mm = getattr(self, "_mm", None)
         if mm is not None:

@@ -8,6 +8,7 @@ file's pages instead of doubling memory.
 
 from __future__ import annotations
 
+import mmap
 import os
 import resource
 import time
@@ -141,7 +142,7 @@ class LlamaModel:
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
                                     or not 1 <= threads <= 1024):
             raise ValueError(f"[model] threads={threads!r} must be an int in [1, 1024] or None")
-        g = GGUFFile(path, copy_on_write=pack)
+        g = GGUFFile(path)
         rep.phases["open_validate"] = time.perf_counter() - t0
         rep.file_bytes = g.size
         self.gguf = g
@@ -179,13 +180,7 @@ class LlamaModel:
 
         t3 = time.perf_counter()
         if pack:
-            for name, (arr, fmt, rows, cols) in list(weights.items()):
-                if fmt in ("Q4_0", "Q8_0", "Q4_K") and name != "token_embd.weight":
-                    pk = _core.pack(arr, fmt, tier, True, threads)
-                    if pk is not None:
-                        weights[name] = (pk, fmt, rows, cols)
-                        rep.packed_tensors += 1
-                        rep.packed_bytes += pk.nbytes
+            self._arena = self._pack_weights(g, weights, tier, threads, rep)
         rep.phases["pack"] = time.perf_counter() - t3
 
         t4 = time.perf_counter()
@@ -206,6 +201,43 @@ class LlamaModel:
         rep.peak_rss = peak_rss_bytes()
         rep.tier = self.tier
         self.report = rep
+
+    @staticmethod
+    def _pack_weights(g: GGUFFile, weights: Dict[str, tuple], tier: str, threads: Optional[int],
+                      rep: LoadReport) -> Optional[mmap.mmap]:
+        """Repack the block-quantized matrices for the tier into one anonymous arena (huge pages
+        where the kernel allows), tensor by tensor in file order, dropping each source range from
+        this process's mapping as soon as it is copied: the packed weights replace the file's pages
+        rather than adding to them (peak = file + one tensor), and the file is never written."""
+        cands = []
+        for name, (arr, fmt, rows, cols) in weights.items():
+            if fmt in ("Q4_0", "Q8_0", "Q4_K") and name != "token_embd.weight":
+                probe = _core.pack(np.array(arr[:1]), fmt, tier, False, 1)  # does the tier pack fmt?
+                if probe is not None:
+                    cands.append((g.tensor_info(name).offset, name))
+        if not cands:
+            return None
+        cands.sort()
+        sizes = [(weights[n][0].nbytes + 63) // 64 * 64 for _, n in cands]
+        arena = mmap.mmap(-1, max(sum(sizes), 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if hasattr(mmap, "MADV_HUGEPAGE"):
+            try:
+                arena.madvise(mmap.MADV_HUGEPAGE)
+            except OSError:
+                pass
+        buf = np.frombuffer(arena, np.uint8)
+        off = 0
+        for (_, name), size in zip(cands, sizes):
+            arr, fmt, rows, cols = weights[name]
+            dst = buf[off:off + arr.nbytes].reshape(arr.shape)
+            np.copyto(dst, arr)
+            pk = _core.pack(dst, fmt, tier, True, threads)
+            weights[name] = (pk, fmt, rows, cols)
+            g.release(name)
+            rep.packed_tensors += 1
+            rep.packed_bytes += pk.nbytes
+            off += size
+        return arena
 
     @property
     def cache(self):
