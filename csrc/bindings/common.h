@@ -33,7 +33,7 @@ inline std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cas
 // Requires dtype T and C-contiguity; names the op, the argument and what to do.
 template <typename T>
 void require(const py::array& a, const char* op, const char* arg, const char* expect_dtype) {
-  if (!a.dtype().is(py::dtype::of<T>()))
+  if (!a.dtype().equal(py::dtype::of<T>()))  // equivalent dtypes (e.g. from ctypes buffers) pass
     throw std::invalid_argument(std::string("[") + op + "] " + arg + " must be " + expect_dtype + ", got " +
                                 dtype_str(a) + " (convert with .astype(np." + expect_dtype + "))");
   if (!(a.flags() & py::array::c_style))
