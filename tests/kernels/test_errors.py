@@ -162,3 +162,11 @@ def test_packed_mismatch(wq, rng):
         if others:
             with pytest.raises(ValueError, match=rf"packed for tier '{t}', not '{others[0]}'"):
                 xsil.matmul(np.zeros((1, 64), np.float32), p, "Q4_0", isa=others[0])
+
+
+def test_equivalent_dtype_from_ctypes_buffer_is_accepted():
+    import ctypes
+
+    buf = (ctypes.c_uint8 * 72)()
+    w = np.ctypeslib.as_array(buf).reshape(2, 36)  # dtype '<u1' object from ctypes, equal to uint8
+    assert xsil.matmul(np.ones((1, 64), np.float32), w, "Q4_0").shape == (1, 2)
