@@ -60,6 +60,7 @@ def worker_xsil(cfg: Dict[str, Any]) -> Dict[str, Any]:
     res: Dict[str, Any] = {"backend": cfg["backend"], "load_s": load}
     d = s.describe()
     res["isa"] = d.get("isa")
+    res["device"] = str(d.get("device", ""))
     V = s.n_vocab
     bos = s.tokenizer.bos_id
     fwd_last = getattr(s, "_forward_last", None) or (lambda ids: s.forward(ids)[-1])
@@ -110,7 +111,7 @@ def worker_llamacpp(cfg: Dict[str, Any]) -> Dict[str, Any]:
     llm = Llama(model_path=cfg["model"], n_ctx=cfg["n_ctx"], n_threads=cfg["threads"],
                 n_threads_batch=cfg["threads"], n_batch=512, verbose=False)
     res: Dict[str, Any] = {"backend": "llama.cpp", "load_s": time.perf_counter() - t0,
-                           "isa": f"llama-cpp-python {llama_cpp.__version__}"}
+                           "isa": f"llama-cpp-python {llama_cpp.__version__}", "device": "cpu"}
     V = llm.n_vocab()
     bos = llm.token_bos()
     ids = _prompt_ids(128, V, rng, bos).tolist()
@@ -188,8 +189,8 @@ def main(args: argparse.Namespace) -> int:
     cols = ["load_s", "ttft_s"] + [f"pp{p}_tok_s" for p in pp] + [tgk, "peak_rss_bytes", "roofline_pct"]
     print(f"\nmodel {os.path.basename(model)} ({file_bytes / 1e6:.1f} MB), {threads} threads, "
           f"streaming read {bw:.1f} GB/s")
-    print("| backend | isa | " + " | ".join(cols) + " |")
-    print("|" + "---|" * (len(cols) + 2))
+    print("| backend | device | isa | " + " | ".join(cols) + " |")
+    print("|" + "---|" * (len(cols) + 3))
     for r in rows:
         if "error" in r:
             print(f"| {r['backend']} | error: {r['error']} |")
@@ -205,7 +206,7 @@ def main(args: argparse.Namespace) -> int:
                 vals.append(f"{v * 1e3:.0f} ms")
             else:
                 vals.append(f"{v:.1f}")
-        print(f"| {r['backend']} | {r.get('isa', '')} | " + " | ".join(vals) + " |")
+        print(f"| {r['backend']} | {r.get('device', '')} | {r.get('isa', '')} | " + " | ".join(vals) + " |")
     if llama_note:
         print(llama_note)
     if args.json_out:
