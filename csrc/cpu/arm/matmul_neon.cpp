@@ -1,0 +1,36 @@
+// "neon" matmul tier (baseline AArch64 Advanced SIMD, no dotprod): int8 products with vmull_s8 /
+// vmlal_high_s8 (two products per int16 lane, at most 2 * 128 * 127), widened and summed into int32
+// with vpaddlq_s16 / vpadalq_s16. The kernels themselves are in matmul_neon_impl.inc.
+#include <arm_neon.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "cpu/q4_matmul.h"
+
+namespace xsil {
+
+// Defined in matmul_neon_dotprod.cpp (compiled with +dotprod; only called when the CPU has it).
+const MatmulKernels& matmul_kernels_neon_dotprod_table();
+
+namespace mm_neon {
+
+static inline int32x4_t dot32(int8x16_t w0, int8x16_t w1, int8x16_t a0, int8x16_t a1) {
+  int16x8_t p0 = vmull_s8(vget_low_s8(w0), vget_low_s8(a0));
+  p0 = vmlal_high_s8(p0, w0, a0);
+  int16x8_t p1 = vmull_s8(vget_low_s8(w1), vget_low_s8(a1));
+  p1 = vmlal_high_s8(p1, w1, a1);
+  return vpadalq_s16(vpaddlq_s16(p0), p1);
+}
+
+#include "cpu/arm/matmul_neon_impl.inc"
+
+}  // namespace mm_neon
+
+const MatmulKernels& matmul_kernels_neon(bool dotprod) {
+  if (dotprod) return matmul_kernels_neon_dotprod_table();
+  static const MatmulKernels k = mm_neon::make_table(Tier::Neon);
+  return k;
+}
+
+}  // namespace xsil

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Builds tests/native/matmul_tiers_test natively and for aarch64 (cross compiler), and runs the
+# aarch64 binary under qemu-aarch64 with a CPU without dotprod (cortex-a53: tiers ref + neon) and one
+# with it (max: ref + neon + neon-dotprod). Each run compares every available tier with ref.
+# Exit status: 0 when all runs pass, or when the cross compiler / qemu is missing (skipped, with a
+# message); non-zero on any failure.
+#   tests/native/run_aarch64_qemu.sh            (build dirs under build/native-*; -j2)
+#   XSIL_NATIVE_SKIP_X86=1 ...                  (aarch64 only)
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+jobs="${XSIL_NATIVE_JOBS:-2}"
+seed="${XSIL_NATIVE_SEED:-1234}"
+gen=()
+if command -v ninja >/dev/null 2>&1; then gen=(-G Ninja); fi
+status=0
+t0=$(date +%s)
+
+if ! command -v cmake >/dev/null 2>&1; then
+  echo "SKIP: cmake not found"; exit 0
+fi
+
+if [ -z "${XSIL_NATIVE_SKIP_X86:-}" ]; then
+  echo "== native build ($(uname -m))"
+  b="$root/build/native-host"
+  cmake -S "$here" -B "$b" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake --build "$b" -j "$jobs" --target matmul_tiers_test >/dev/null
+  if "$b/matmul_tiers_test" "$seed"; then echo "native: PASS"; else echo "native: FAIL"; status=1; fi
+fi
+
+if ! command -v aarch64-linux-gnu-g++ >/dev/null 2>&1; then
+  echo "SKIP: aarch64-linux-gnu-g++ not found (apt-get install g++-aarch64-linux-gnu)"; exit $status
+fi
+if ! command -v qemu-aarch64 >/dev/null 2>&1; then
+  echo "SKIP: qemu-aarch64 not found (apt-get install qemu-user)"; exit $status
+fi
+
+echo "== aarch64 cross build"
+b="$root/build/native-aarch64"
+cmake -S "$here" -B "$b" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_TOOLCHAIN_FILE="$root/cmake/toolchains/aarch64-linux-gnu.cmake" >/dev/null
+cmake --build "$b" -j "$jobs" --target matmul_tiers_test >/dev/null
+sysroot="${XSIL_AARCH64_SYSROOT:-/usr/aarch64-linux-gnu}"
+for cpu in cortex-a53 max; do
+  echo "== qemu-aarch64 -cpu $cpu"
+  if qemu-aarch64 -L "$sysroot" -cpu "$cpu" "$b/matmul_tiers_test" "$seed"; then
+    echo "qemu $cpu: PASS"
+  else
+    echo "qemu $cpu: FAIL"; status=1
+  fi
+done
+echo "== total $(( $(date +%s) - t0 ))s, status $status"
+exit $status
