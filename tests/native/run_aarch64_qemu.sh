@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds tests/native/matmul_tiers_test natively and for aarch64 (cross compiler), and runs the
-# aarch64 binary under qemu-aarch64 with a CPU without dotprod (cortex-a53: tiers ref + neon) and one
+# Builds tests/native/{matmul,attention}_tiers_test natively and for aarch64 (cross compiler), and
+# runs the aarch64 binaries under qemu-aarch64 with a CPU without dotprod (cortex-a53: tiers ref + neon) and one
 # with it (max: ref + neon + neon-dotprod). Each run compares every available tier with ref.
 # Exit status: 0 when all runs pass, or when the cross compiler / qemu is missing (skipped, with a
 # message); non-zero on any failure.
@@ -24,8 +24,10 @@ if [ -z "${XSIL_NATIVE_SKIP_X86:-}" ]; then
   echo "== native build ($(uname -m))"
   b="$root/build/native-host"
   cmake -S "$here" -B "$b" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release >/dev/null
-  cmake --build "$b" -j "$jobs" --target matmul_tiers_test >/dev/null
-  if "$b/matmul_tiers_test" "$seed"; then echo "native: PASS"; else echo "native: FAIL"; status=1; fi
+  cmake --build "$b" -j "$jobs" --target matmul_tiers_test attention_tiers_test >/dev/null
+  for t in matmul_tiers_test attention_tiers_test; do
+    if "$b/$t" "$seed"; then echo "native $t: PASS"; else echo "native $t: FAIL"; status=1; fi
+  done
 fi
 
 if ! command -v aarch64-linux-gnu-g++ >/dev/null 2>&1; then
@@ -39,15 +41,17 @@ echo "== aarch64 cross build"
 b="$root/build/native-aarch64"
 cmake -S "$here" -B "$b" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_TOOLCHAIN_FILE="$root/cmake/toolchains/aarch64-linux-gnu.cmake" >/dev/null
-cmake --build "$b" -j "$jobs" --target matmul_tiers_test >/dev/null
+cmake --build "$b" -j "$jobs" --target matmul_tiers_test attention_tiers_test >/dev/null
 sysroot="${XSIL_AARCH64_SYSROOT:-/usr/aarch64-linux-gnu}"
 for cpu in cortex-a53 max; do
-  echo "== qemu-aarch64 -cpu $cpu"
-  if qemu-aarch64 -L "$sysroot" -cpu "$cpu" "$b/matmul_tiers_test" "$seed"; then
-    echo "qemu $cpu: PASS"
-  else
-    echo "qemu $cpu: FAIL"; status=1
-  fi
+  for t in matmul_tiers_test attention_tiers_test; do
+    echo "== qemu-aarch64 -cpu $cpu $t"
+    if qemu-aarch64 -L "$sysroot" -cpu "$cpu" "$b/$t" "$seed"; then
+      echo "qemu $cpu $t: PASS"
+    else
+      echo "qemu $cpu $t: FAIL"; status=1
+    fi
+  done
 done
 echo "== total $(( $(date +%s) - t0 ))s, status $status"
 exit $status
