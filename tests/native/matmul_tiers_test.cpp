@@ -9,7 +9,9 @@
 //   2. matmul (integer path) for Q4_0 / Q8_0 / Q4_K over awkward shapes: every output within
 //      1e-5 * sum|terms| of ref's (float32 accumulation-order freedom; bit-exact is reported too);
 //   3. the same matmul on 1 and 2 threads, and the tier's gemm called on [0, N) at once and in
-//      n_tile pieces: bit-identical outputs.
+//      n_tile pieces: bit-identical outputs;
+//   4. where the tier has a packed layout: pack_weights (out of place and in place) keeps the size
+//      and matmul on the packed copy gives bit-identical outputs on 1 and 2 threads.
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
@@ -145,16 +147,17 @@ void check_quantize(const MatmulKernels& tk, const MatmulKernels& rk, std::mt199
 
 // --- 2./3. matmul ---------------------------------------------------------------------------------
 struct Stats {
-  int64_t outputs = 0, exact = 0;
+  int64_t outputs = 0, exact = 0, packed_cases = 0;
   double worst = 0.0;  // max |diff| / bound
 };
 
-void run_matmul(const MatmulKernels& k, Fmt fmt, const std::vector<float>& x, const std::vector<uint8_t>& w, int64_t M,
-                int64_t N, int64_t K, int threads, std::vector<float>& y) {
+void run_matmul(const MatmulKernels& k, Fmt fmt, const std::vector<float>& x, const uint8_t* w, int64_t M, int64_t N,
+                int64_t K, int threads, std::vector<float>& y, bool packed = false) {
   MatmulParams p;
   p.x = x.data();
   p.ldx = K;
-  p.w = w.data();
+  p.w = w;
+  p.w_packed = packed;
   p.y = y.data();
   p.ldy = N;
   p.M = M;
@@ -176,9 +179,9 @@ void check_matmul_case(const MatmulKernels& tk, const MatmulKernels& rk, Fmt fmt
     if (M > 2) for (int64_t i = 0; i < K; ++i) x[2 * K + i] *= 1e-40f;
   }
   std::vector<float> yr((size_t)(M * N)), y1((size_t)(M * N)), y2((size_t)(M * N)), y3((size_t)(M * N));
-  run_matmul(rk, fmt, x, w, M, N, K, 1, yr);
-  run_matmul(tk, fmt, x, w, M, N, K, 1, y1);
-  run_matmul(tk, fmt, x, w, M, N, K, 2, y2);
+  run_matmul(rk, fmt, x, w.data(), M, N, K, 1, yr);
+  run_matmul(tk, fmt, x, w.data(), M, N, K, 1, y1);
+  run_matmul(tk, fmt, x, w.data(), M, N, K, 2, y2);
 
   // bound of each output: sum |w_k| |x_k| over the dequantized operands
   const int64_t rb = fmt_row_bytes(fmt, K), xrb = act_row_bytes(fmt, K);
@@ -239,6 +242,26 @@ void check_matmul_case(const MatmulKernels& tk, const MatmulKernels& rk, Fmt fmt
   ++g_checks;
   if (!same_bits(y3.data(), y4.data(), y3.size())) fail(name + ": gemm over [0,N) and in n_tile pieces differ");
   if (!same_bits(y3.data(), y1.data(), y3.size())) fail(name + ": direct gemm and matmul() differ");
+
+  // packed weights (when the tier has a packed layout): same size, bit-identical outputs, in place too
+  if (fk->pack) {
+    ++st.packed_cases;
+    PackedWeights pw;
+    if (!pack_weights(w.data(), nullptr, fmt, N, K, tk, 2, &pw)) fail(name + ": pack_weights refused");
+    ++g_checks;
+    if (pw.nbytes != (int64_t)w.size()) fail(name + ": packed size differs");
+    std::vector<float> yp1((size_t)(M * N)), yp2((size_t)(M * N));
+    run_matmul(tk, fmt, x, pw.data, M, N, K, 1, yp1, true);
+    run_matmul(tk, fmt, x, pw.data, M, N, K, 2, yp2, true);
+    ++g_checks;
+    if (!same_bits(yp1.data(), y1.data(), y1.size())) fail(name + ": packed result differs from GGUF rows' result");
+    if (!same_bits(yp2.data(), y1.data(), y1.size())) fail(name + ": packed 2-thread result differs");
+    std::vector<uint8_t> inplace = w;
+    PackedWeights pw2;
+    pack_weights(inplace.data(), inplace.data(), fmt, N, K, tk, 2, &pw2);
+    ++g_checks;
+    if (std::memcmp(inplace.data(), pw.data, w.size()) != 0) fail(name + ": in-place packing differs");
+  }
 }
 
 }  // namespace
@@ -272,12 +295,14 @@ int main(int argc, char** argv) {
       const int fails1 = g_fail;
       for (int64_t K : {32, 256, 4096}) {
         if (fmt == Fmt::Q4_K && K < QK_K) continue;
-        for (int64_t N : {1, 7, 33})
+        for (int64_t N : {1, 7, 33, 77})
           for (int64_t M : {1, 3, 17, 64}) check_matmul_case(tk, rk, fmt, M, N, K, rng, st, false);
       }
       check_matmul_case(tk, rk, fmt, 5, 37, 512, rng, st, true);
-      std::printf("  %-13s %-5s %s: %" PRId64 " outputs, %" PRId64 " bit-exact vs ref, worst |diff|/sum|terms| %.3g\n",
-                  t.name.c_str(), fmt_name(fmt), g_fail == fails1 ? "PASS" : "FAIL", st.outputs, st.exact, st.worst);
+      std::printf("  %-13s %-5s %s: %" PRId64 " outputs, %" PRId64 " bit-exact vs ref, worst |diff|/sum|terms| %.3g, %" PRId64
+                  " cases also packed\n",
+                  t.name.c_str(), fmt_name(fmt), g_fail == fails1 ? "PASS" : "FAIL", st.outputs, st.exact, st.worst,
+                  st.packed_cases);
     }
     std::printf("tier %s: %s\n", t.name.c_str(), g_fail == fails0 ? "PASS" : "FAIL");
   }
