@@ -220,6 +220,31 @@ void check_matmul_case(const MatmulKernels& tk, const MatmulKernels& rk, Fmt fmt
   ++g_checks;
   if (!same_bits(y1.data(), y2.data(), y1.size())) fail(name + ": 1-thread and 2-thread results differ");
 
+  // strided x and y (ldx = K + 5, ldy = N + 3): same outputs
+  {
+    const int64_t ldx = K + 5, ldy = N + 3;
+    std::vector<float> xs((size_t)(M * ldx), 7.0f), ys((size_t)(M * ldy), -3.0f);
+    for (int64_t m = 0; m < M; ++m) std::memcpy(&xs[m * ldx], &x[m * K], (size_t)K * 4);
+    MatmulParams p;
+    p.x = xs.data();
+    p.ldx = ldx;
+    p.w = w.data();
+    p.y = ys.data();
+    p.ldy = ldy;
+    p.M = M;
+    p.N = N;
+    p.K = K;
+    p.fmt = fmt;
+    matmul(p, tk, 2, false);
+    bool ok = true;
+    for (int64_t m = 0; m < M; ++m) {
+      ok = ok && same_bits(&ys[m * ldy], &y1[m * N], (size_t)N);
+      for (int64_t n = N; n < ldy; ++n) ok = ok && ys[m * ldy + n] == -3.0f;
+    }
+    ++g_checks;
+    if (!ok) fail(name + ": strided x/y (ldx, ldy) give other outputs or write past N");
+  }
+
   // gemm on [0, N) at once vs in n_tile pieces (last piece ragged), on the tier's own quantized acts
   const FmtKernels* fk = tk.for_fmt(fmt);
   std::vector<uint8_t> xqt((size_t)(M * xrb));
@@ -299,6 +324,7 @@ int main(int argc, char** argv) {
           for (int64_t M : {1, 3, 17, 64}) check_matmul_case(tk, rk, fmt, M, N, K, rng, st, false);
       }
       check_matmul_case(tk, rk, fmt, 5, 37, 512, rng, st, true);
+      check_matmul_case(tk, rk, fmt, 150, 21, 256, rng, st, false);  // M > 64: several M blocks
       std::printf("  %-13s %-5s %s: %" PRId64 " outputs, %" PRId64 " bit-exact vs ref, worst |diff|/sum|terms| %.3g, %" PRId64
                   " cases also packed\n",
                   t.name.c_str(), fmt_name(fmt), g_fail == fails1 ? "PASS" : "FAIL", st.outputs, st.exact, st.worst,
