@@ -23,6 +23,20 @@ static inline int32x4_t dot32(int8x16_t w0, int8x16_t w1, int8x16_t a0, int8x16_
   return vpadalq_s16(vpaddlq_s16(p0), p1);
 }
 
+// [sum_i w_r[i] * a[i] for r = 0..3] over one 32-element block, weights |w| <= 8 (Q4_0): a row's 32
+// products add up to at most 32 * 8 * 127 = 32512, so everything stays in int16 until one final
+// widening pairwise add (20 instructions for the 4 rows instead of 27).
+static inline int32x4_t dot4rows_w8(const int8x16_t lo[4], const int8x16_t hi[4], int8x16_t a0, int8x16_t a1) {
+  int16x8_t p[4];
+  for (int r = 0; r < 4; ++r) {
+    int16x8_t t = vmull_s8(vget_low_s8(lo[r]), vget_low_s8(a0));
+    t = vmlal_high_s8(t, lo[r], a0);
+    t = vmlal_s8(t, vget_low_s8(hi[r]), vget_low_s8(a1));
+    p[r] = vmlal_high_s8(t, hi[r], a1);
+  }
+  return vpaddlq_s16(vpaddq_s16(vpaddq_s16(p[0], p[1]), vpaddq_s16(p[2], p[3])));
+}
+
 #include "cpu/arm/matmul_neon_impl.inc"
 
 }  // namespace mm_neon
