@@ -23,7 +23,7 @@ fi
 if [ -z "${XSIL_NATIVE_SKIP_X86:-}" ]; then
   echo "== native build ($(uname -m))"
   b="$root/build/native-host"
-  cmake -S "$here" -B "$b" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake -S "$here" -B "$b" ${gen[@]+"${gen[@]}"} -DCMAKE_BUILD_TYPE=Release >/dev/null
   cmake --build "$b" -j "$jobs" --target matmul_tiers_test attention_tiers_test >/dev/null
   for t in matmul_tiers_test attention_tiers_test; do
     if "$b/$t" "$seed"; then echo "native $t: PASS"; else echo "native $t: FAIL"; status=1; fi
@@ -39,7 +39,7 @@ fi
 
 echo "== aarch64 cross build"
 b="$root/build/native-aarch64"
-cmake -S "$here" -B "$b" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release \
+cmake -S "$here" -B "$b" ${gen[@]+"${gen[@]}"} -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_TOOLCHAIN_FILE="$root/cmake/toolchains/aarch64-linux-gnu.cmake" >/dev/null
 cmake --build "$b" -j "$jobs" --target matmul_tiers_test attention_tiers_test >/dev/null
 sysroot="${XSIL_AARCH64_SYSROOT:-/usr/aarch64-linux-gnu}"
