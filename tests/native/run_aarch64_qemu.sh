@@ -42,6 +42,14 @@ b="$root/build/native-aarch64"
 cmake -S "$here" -B "$b" ${gen[@]+"${gen[@]}"} -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_TOOLCHAIN_FILE="$root/cmake/toolchains/aarch64-linux-gnu.cmake" >/dev/null
 cmake --build "$b" -j "$jobs" --target matmul_tiers_test attention_tiers_test >/dev/null
+# Inline functions that a +dotprod file emits as weak (COMDAT) symbols may be the copy the linker
+# keeps for baseline code too, and then run on CPUs without ARMv8.2: list any (a warning only).
+if command -v aarch64-linux-gnu-nm >/dev/null 2>&1; then
+  for o in $(find "$b" -name '*_neon_dotprod.cpp.o'); do
+    weak="$(aarch64-linux-gnu-nm --defined-only "$o" | awk '$2 ~ /^[WVu]$/ {print "  " $3}' || true)"
+    if [ -n "$weak" ]; then echo "WARNING: weak symbols in $(basename "$o") (built with +dotprod):"; echo "$weak"; fi
+  done
+fi
 sysroot="${XSIL_AARCH64_SYSROOT:-/usr/aarch64-linux-gnu}"
 for cpu in cortex-a53 max; do
   for t in matmul_tiers_test attention_tiers_test; do
