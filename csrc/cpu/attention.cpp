@@ -70,6 +70,10 @@ const AttentionKernels& attention_kernels(Tier t) {
     case Tier::Avx2: return attention_kernels_avx2();
     case Tier::Avx512: return attention_kernels_avx512();
 #endif
+#if defined(XSIL_ARM_TIERS)
+    case Tier::Neon: return attention_kernels_neon(false);
+    case Tier::NeonDotprod: return attention_kernels_neon(true);
+#endif
     default: return attention_kernels_ref();
   }
 }

@@ -43,6 +43,10 @@ const AttentionKernels& attention_kernels_ref();
 const AttentionKernels& attention_kernels_avx2();
 const AttentionKernels& attention_kernels_avx512();
 #endif
+#if defined(XSIL_ARM_TIERS)
+// One NEON table for both aarch64 tiers (its tier field says which was asked for).
+const AttentionKernels& attention_kernels_neon(bool dotprod);
+#endif
 
 // Validation (throws std::invalid_argument "[attention_decode] ..." / "[attention_prefill] ...").
 void check_attention_decode(const AttnDecodeParams& p, int threads);
