@@ -1,6 +1,6 @@
 // NEON attention tier (4 floats per vector), used by both aarch64 tiers (attention has no int8
 // dot products, so neon-dotprod has nothing more to use). The span kernel is the one the x86 tiers
-// use (cpu/x86/attention_simd.inc, plain C++ over the vector-traits struct VT below).
+// use (cpu/attention_span.inc, plain C++ over the vector-traits struct VT below).
 #include <arm_neon.h>
 
 #include <cmath>
@@ -13,14 +13,9 @@
 namespace xsil {
 namespace attn_neon {
 
-// attention_simd.inc converts the fp16 scale of a Q8_0 row block with the F16C intrinsic
-// _cvtsh_ss; this namespace-local function of the same name does it with the AArch64 conversion
-// (exact, as fp16_to_fp32). It lets the .inc be shared unchanged.
-static inline float _cvtsh_ss(uint16_t h) {
-  return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0);
-}
-
 struct VT {
+  // fp16 -> fp32 for Q8_0 block scales (exact, as fp16_to_fp32), with the AArch64 conversion.
+  static float h2f(uint16_t h) { return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0); }
   using V = float32x4_t;
   static constexpr int W = 4;
   static constexpr int RB = 2;  // query rows per register block
@@ -64,7 +59,7 @@ struct VT {
   }
 };
 
-#include "cpu/x86/attention_simd.inc"
+#include "cpu/attention_span.inc"
 
 }  // namespace attn_neon
 

@@ -11,6 +11,7 @@ namespace xsil {
 namespace attn_avx2 {
 
 struct VT {
+  static float h2f(uint16_t h) { return _cvtsh_ss(h); }  // F16C
   using V = __m256;
   static constexpr int W = 8;
   static V load(const float* p) { return _mm256_loadu_ps(p); }
@@ -67,7 +68,7 @@ struct VT {
   }
 };
 
-#include "cpu/x86/attention_simd.inc"
+#include "cpu/attention_span.inc"
 
 }  // namespace attn_avx2
 

@@ -16,6 +16,7 @@ namespace xsil {
 namespace attn_avx512 {
 
 struct VT {
+  static float h2f(uint16_t h) { return _cvtsh_ss(h); }  // F16C
   using V = __m512;
   static constexpr int W = 16;
   static V load(const float* p) { return _mm512_loadu_ps(p); }
@@ -60,7 +61,7 @@ struct VT {
   }
 };
 
-#include "cpu/x86/attention_simd.inc"
+#include "cpu/attention_span.inc"
 
 }  // namespace attn_avx512
 
