@@ -1,0 +1,106 @@
+// Attention over a device-resident fp16 KV cache, contiguous per sequence ([n_ctx][n_kv * hd] per
+// layer; no paging in this slice). One CTA per (query token, head); its warps split the visible keys
+// and keep an online softmax each (lanes hold hd/32 elements), merged through shared memory at the
+// end. Prefill (causal) runs the same kernel with one CTA row per query token.
+#include <cmath>
+
+#include "cuda/common.cuh"
+
+namespace xsil::cuda {
+
+namespace {
+
+constexpr int kAttnWarps = 8;
+constexpr int kMaxE = 8;  // hd <= 256
+
+__global__ void k_kv_write(uint16_t* __restrict__ kc, uint16_t* __restrict__ vc, const float* __restrict__ k,
+                           const float* __restrict__ v, int64_t off, int64_t total) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < total) {
+    kc[off + i] = f2h(k[i]);
+    vc[off + i] = f2h(v[i]);
+  }
+}
+
+__global__ void __launch_bounds__(kAttnWarps * 32)
+    k_attention(const float* __restrict__ q, const uint16_t* __restrict__ kc, const uint16_t* __restrict__ vc,
+                float* __restrict__ out, int64_t pos0, int n_heads, int n_kv, int hd, float scale) {
+  const int h = blockIdx.x;
+  const int64_t qi = blockIdx.y;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+  const int kvh = h / (n_heads / n_kv);
+  const int64_t kvd = (int64_t)n_kv * hd;
+  const int E = hd / 32;
+  const int64_t n_keys = pos0 + qi + 1;
+  const float* qr = q + (qi * n_heads + h) * hd + lane * E;
+  float qv[kMaxE], acc[kMaxE];
+#pragma unroll
+  for (int e = 0; e < kMaxE; ++e) {
+    qv[e] = e < E ? qr[e] * scale : 0.0f;
+    acc[e] = 0.0f;
+  }
+  float m = -INFINITY, l = 0.0f;
+  for (int64_t j = warp; j < n_keys; j += kAttnWarps) {
+    const uint16_t* kr = kc + j * kvd + (int64_t)kvh * hd + lane * E;
+    float s = 0.0f;
+#pragma unroll
+    for (int e = 0; e < kMaxE; ++e)
+      if (e < E) s += qv[e] * h2f(kr[e]);
+    s = warp_sum(s);
+    const float mn = fmaxf(m, s);
+    const float c = expf(m - mn), p = expf(s - mn);
+    l = l * c + p;
+    const uint16_t* vr = vc + j * kvd + (int64_t)kvh * hd + lane * E;
+#pragma unroll
+    for (int e = 0; e < kMaxE; ++e)
+      if (e < E) acc[e] = acc[e] * c + p * h2f(vr[e]);
+    m = mn;
+  }
+  __shared__ float sm_m[kAttnWarps], sm_l[kAttnWarps];
+  __shared__ float sm_acc[kAttnWarps][256];
+  if (lane == 0) {
+    sm_m[warp] = m;
+    sm_l[warp] = l;
+  }
+#pragma unroll
+  for (int e = 0; e < kMaxE; ++e)
+    if (e < E) sm_acc[warp][lane * E + e] = acc[e];
+  __syncthreads();
+  float M = -INFINITY;
+  for (int w = 0; w < kAttnWarps; ++w) M = fmaxf(M, sm_m[w]);
+  float L = 0.0f, f[kAttnWarps];
+  for (int w = 0; w < kAttnWarps; ++w) {
+    f[w] = sm_m[w] == -INFINITY ? 0.0f : expf(sm_m[w] - M);
+    L += sm_l[w] * f[w];
+  }
+  float* o = out + (qi * n_heads + h) * hd;
+  for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+    float a = 0.0f;
+    for (int w = 0; w < kAttnWarps; ++w) a += sm_acc[w][i] * f[w];
+    o[i] = a / L;
+  }
+}
+
+}  // namespace
+
+void kv_write(uint16_t* kc, uint16_t* vc, const float* k, const float* v, int64_t pos0, int64_t n_tok, int64_t kvd,
+              cudaStream_t st) {
+  require(pos0 >= 0 && n_tok > 0 && kvd > 0, "kv_write", "bad sizes");
+  const int64_t total = n_tok * kvd;
+  k_kv_write<<<grid1(total, 256), 256, 0, st>>>(kc, vc, k, v, pos0 * kvd, total);
+  check_launch("kv_write");
+}
+
+void attention(const float* q, const uint16_t* kc, const uint16_t* vc, float* out, int64_t n_q, int64_t pos0,
+               int n_heads, int n_kv, int hd, float scale, cudaStream_t st) {
+  require(hd >= 32 && hd <= 32 * kMaxE && hd % 32 == 0, "attention",
+          "head_dim=" + std::to_string(hd) + " must be a multiple of 32 in [32, 256]");
+  require(n_kv > 0 && n_heads > 0 && n_heads % n_kv == 0, "attention", "n_heads must be a multiple of n_kv");
+  require(n_q > 0 && n_q <= 65535 && pos0 >= 0, "attention", "n_q must be in [1, 65535]");
+  if (scale == 0.0f) scale = 1.0f / std::sqrt((float)hd);
+  const dim3 grid((unsigned)n_heads, (unsigned)n_q);
+  k_attention<<<grid, kAttnWarps * 32, 0, st>>>(q, kc, vc, out, pos0, n_heads, n_kv, hd, scale);
+  check_launch("attention");
+}
+
+}  // namespace xsil::cuda
