@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One prepared GPU check for the cuda backend (about 4-6 minutes on an H100):
+#   1. builds xsil with XSIL_CUDA=on for sm_90 only, without build isolation (no network needed:
+#      pybind11, scikit-build-core, cmake, ninja, numpy must be installed; PyTorch for the baseline),
+#   2. runs the CUDA tests (kernels vs the CPU core, the backend, the conformance suite),
+#   3. benchmarks Q4_0 GEMV bandwidth vs a device-to-device copy, and decode tok/s on the
+#      TinyLlama-shaped synthetic model vs an fp16 PyTorch matmul chain (bench/cuda_bench.py).
+# Output goes to stdout and, when $OUT is set (the device tool), to $OUT/cuda_check.log.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+LOG=${OUT:-/tmp}/cuda_check.log
+exec > >(tee "$LOG") 2>&1
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 XSIL_CACHE_DIR=${XSIL_CACHE_DIR:-/tmp/xsil-cache} CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-16}
+echo "== $(date -u) =="
+nvidia-smi -L || true
+nvcc --version | tail -1 || true
+$PY -c "import sys, numpy; print(sys.version.split()[0], 'numpy', numpy.__version__)"
+
+echo "== build (XSIL_CUDA=on, sm_90) =="
+t0=$(date +%s)
+XSIL_CUDA=on XSIL_CUDA_ARCHS=90-real $PY -m pip install -q --no-build-isolation --no-deps --no-index . || { echo "BUILD FAILED"; exit 1; }
+echo "build took $(( $(date +%s) - t0 )) s"
+# run from outside the source tree so the installed package (with _cuda) is the one imported
+cd /tmp && SRC=$OLDPWD
+$PY -c "import xsil, sys; print('cuda imported by import xsil:', 'xsil._cuda' in sys.modules); from xsil import registry; print(registry.probe('cuda'))"
+
+echo "== tests =="
+timeout 150 $PY -m pytest -q -p no:cacheprovider -x -rs "$SRC/tests/kernels/test_cuda_kernels.py" "$SRC/tests/backends/test_cuda.py" 2>&1 | tail -25
+timeout 90 $PY -m pytest -q -p no:cacheprovider -rs "$SRC/tests/backends/test_conformance.py" -k cuda 2>&1 | tail -8
+
+echo "== bench =="
+timeout 200 $PY "$SRC/bench/cuda_bench.py"
+echo "== done $(date -u) =="
