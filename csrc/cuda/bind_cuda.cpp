@@ -34,7 +34,10 @@ py::dict device_info() {
                       : e == cudaErrorInsufficientDriver            ? "CUDA driver too old for this runtime"
                                                                     : "CUDA unusable";
     r["ok"] = false;
-    r["reason"] = why + " (" + cudaGetErrorName(e) + ": " + cudaGetErrorString(e) + ")";
+    r["reason"] = (why == "no CUDA driver")
+                      ? why + " (libcuda could not be loaded: no NVIDIA driver on this machine; the runtime reports " +
+                            cudaGetErrorName(e) + ")"
+                      : why + " (" + cudaGetErrorName(e) + ": " + cudaGetErrorString(e) + ")";
     r["devices"] = devs;
     return r;
   }
