@@ -24,6 +24,7 @@ SUPPORTED_TYPES = ("F32", "F16", "Q4_0", "Q8_0")
 
 _OPTIONS = {
     "device": "CUDA device index (default 0)",
+    "cuda_graphs": "decode replays one captured CUDA graph of the whole forward (default True)",
 }
 
 
@@ -100,6 +101,9 @@ class CudaBackend:
         dev = options.get("device", 0)
         if isinstance(dev, bool) or not isinstance(dev, (int, np.integer)) or dev < 0:
             raise ValueError(f"[cuda] device={dev!r} must be an int >= 0")
+        graphs = options.get("cuda_graphs", True)
+        if not isinstance(graphs, bool):
+            raise ValueError(f"[cuda] cuda_graphs={graphs!r} must be True or False")
         if kv_dtype != "f16":
             raise ValueError(f"[cuda] kv_dtype={kv_dtype!r} is not supported; valid: 'f16'")
         if isinstance(n_ctx, bool) or not isinstance(n_ctx, (int, np.integer)) or n_ctx < 1:
@@ -110,7 +114,7 @@ class CudaBackend:
         if dev >= len(info["devices"]):
             raise ValueError(f"[cuda] device={dev} out of range ({len(info['devices'])} CUDA device(s))")
         s = CudaSession.__new__(CudaSession)
-        s._setup(model, n_ctx=int(n_ctx), device=int(dev))
+        s._setup(model, n_ctx=int(n_ctx), device=int(dev), graphs=graphs)
         return s
 
 
@@ -140,7 +144,7 @@ def load_weights(g, cfg) -> Dict[str, tuple]:
 class CudaSession(Session):
     backend_name = "cuda"
 
-    def _setup(self, path: str, *, n_ctx: int, device: int):
+    def _setup(self, path: str, *, n_ctx: int, device: int, graphs: bool = True):
         from xsil import _cuda
         from xsil.model.gguf import GGUFFile
         from xsil.model.llama import LlamaConfig
@@ -162,6 +166,7 @@ class CudaSession(Session):
                     raise GGUFError(f"{path}: {e}") from None
                 raise
             del weights
+            self.native.graphs = graphs
         finally:
             g.close()
         self.load_s = dict(parse=t1 - t0, upload=time.perf_counter() - t1)
@@ -204,6 +209,7 @@ class CudaSession(Session):
             device_index=self.device_index,
             model=dict(path=self.path, arch=cfg.arch, n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_vocab=cfg.n_vocab),
             placement={"all ops": f"cuda:{self.device_index} ({self.device_name})"},
+            cuda_graphs=bool(self.native.graphs),
             memory=dict(weight_bytes=int(self.native.weight_bytes), kv_bytes=int(self.native.kv_bytes),
                         kv_dtype="f16", n_ctx=self.n_ctx, kv_layout="contiguous per sequence"),
             load=dict(phases=self.load_s),

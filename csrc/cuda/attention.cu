@@ -14,7 +14,9 @@ constexpr int kAttnWarps = 8;
 constexpr int kMaxE = 8;  // hd <= 256
 
 __global__ void k_kv_write(uint16_t* __restrict__ kc, uint16_t* __restrict__ vc, const float* __restrict__ k,
-                           const float* __restrict__ v, int64_t off, int64_t total) {
+                           const float* __restrict__ v, int64_t off, int64_t total, const int64_t* __restrict__ dpos,
+                           int64_t kvd) {
+  if (dpos) off = *dpos * kvd;
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i < total) {
     kc[off + i] = f2h(k[i]);
@@ -24,7 +26,9 @@ __global__ void k_kv_write(uint16_t* __restrict__ kc, uint16_t* __restrict__ vc,
 
 __global__ void __launch_bounds__(kAttnWarps * 32)
     k_attention(const float* __restrict__ q, const uint16_t* __restrict__ kc, const uint16_t* __restrict__ vc,
-                float* __restrict__ out, int64_t pos0, int n_heads, int n_kv, int hd, float scale) {
+                float* __restrict__ out, int64_t pos0, int n_heads, int n_kv, int hd, float scale,
+                const int64_t* __restrict__ dpos) {
+  if (dpos) pos0 = *dpos;
   const int h = blockIdx.x;
   const int64_t qi = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
@@ -84,22 +88,22 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
 }  // namespace
 
 void kv_write(uint16_t* kc, uint16_t* vc, const float* k, const float* v, int64_t pos0, int64_t n_tok, int64_t kvd,
-              cudaStream_t st) {
+              cudaStream_t st, const int64_t* dpos) {
   require(pos0 >= 0 && n_tok > 0 && kvd > 0, "kv_write", "bad sizes");
   const int64_t total = n_tok * kvd;
-  k_kv_write<<<grid1(total, 256), 256, 0, st>>>(kc, vc, k, v, pos0 * kvd, total);
+  k_kv_write<<<grid1(total, 256), 256, 0, st>>>(kc, vc, k, v, pos0 * kvd, total, dpos, kvd);
   check_launch("kv_write");
 }
 
 void attention(const float* q, const uint16_t* kc, const uint16_t* vc, float* out, int64_t n_q, int64_t pos0,
-               int n_heads, int n_kv, int hd, float scale, cudaStream_t st) {
+               int n_heads, int n_kv, int hd, float scale, cudaStream_t st, const int64_t* dpos) {
   require(hd >= 32 && hd <= 32 * kMaxE && hd % 32 == 0, "attention",
           "head_dim=" + std::to_string(hd) + " must be a multiple of 32 in [32, 256]");
   require(n_kv > 0 && n_heads > 0 && n_heads % n_kv == 0, "attention", "n_heads must be a multiple of n_kv");
   require(n_q > 0 && n_q <= 65535 && pos0 >= 0, "attention", "n_q must be in [1, 65535]");
   if (scale == 0.0f) scale = 1.0f / std::sqrt((float)hd);
   const dim3 grid((unsigned)n_heads, (unsigned)n_q);
-  k_attention<<<grid, kAttnWarps * 32, 0, st>>>(q, kc, vc, out, pos0, n_heads, n_kv, hd, scale);
+  k_attention<<<grid, kAttnWarps * 32, 0, st>>>(q, kc, vc, out, pos0, n_heads, n_kv, hd, scale, dpos);
   check_launch("attention");
 }
 

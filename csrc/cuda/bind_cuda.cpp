@@ -385,6 +385,10 @@ PYBIND11_MODULE(_cuda, m) {
         py::gil_scoped_release nogil;
         p.m.reset();
       })
+      .def_property(
+          "graphs", [](const PyCudaModel& p) { return p.m && p.m->graphs(); },
+          [](PyCudaModel& p, bool on) { if (p.m) p.m->set_graphs(on); },
+          "decode replays a captured CUDA graph of the whole forward (default True)")
       .def_property_readonly("n_past", [](const PyCudaModel& p) { return p.m ? p.m->n_past() : 0; })
       .def_property_readonly("n_ctx", [](const PyCudaModel& p) { return p.m ? p.m->n_ctx() : 0; })
       .def_property_readonly("weight_bytes", [](const PyCudaModel& p) { return p.m ? p.m->weight_bytes() : 0; })

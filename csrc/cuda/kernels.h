@@ -54,8 +54,10 @@ void matmul(const DevMatrix& w, const float* x, DevQ8a xq, float* y, int64_t M, 
 
 void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t n, float eps, cudaStream_t st);
 // x[t][h][hd] rotated in place at positions pos0 + t (t < n_tok), h < n_vec.
+// dpos (optional, device): when given, the kernels read pos0 from it instead (so a captured CUDA graph
+// can be replayed at every decode position); the same holds for kv_write and attention.
 void rope(float* x, int64_t n_tok, int64_t n_vec, int64_t hd, int64_t pos0, const RopeParams& rp,
-          cudaStream_t st);
+          cudaStream_t st, const int64_t* dpos = nullptr);
 void swiglu(float* g, const float* u, int64_t count, cudaStream_t st);           // g = silu(g) * u
 void add_inplace(float* y, const float* x, int64_t count, cudaStream_t st);      // y += x
 void add_bias(float* y, const float* b, int64_t rows, int64_t n, cudaStream_t st);  // y[r] += b
@@ -66,11 +68,11 @@ void get_rows(const void* w, Fmt fmt, int64_t n_rows, int64_t n, const int32_t* 
 // Contiguous fp16 KV cache of one sequence and one layer: k/v [n_ctx][kvd], kvd = n_kv * hd.
 // Writes n_tok rows at positions pos0.. (k is expected already rotated).
 void kv_write(uint16_t* kc, uint16_t* vc, const float* k, const float* v, int64_t pos0, int64_t n_tok,
-              int64_t kvd, cudaStream_t st);
+              int64_t kvd, cudaStream_t st, const int64_t* dpos = nullptr);
 // Causal attention: query i (position pos0 + i, i < n_q) attends to cached positions [0, pos0 + i].
 // q/out [n_q][n_heads][hd]; GQA group = n_heads / n_kv. hd <= 256 and a multiple of 32... (checked).
 void attention(const float* q, const uint16_t* kc, const uint16_t* vc, float* out, int64_t n_q, int64_t pos0,
-               int n_heads, int n_kv, int hd, float scale, cudaStream_t st);
+               int n_heads, int n_kv, int hd, float scale, cudaStream_t st, const int64_t* dpos = nullptr);
 
 // Device memory bandwidth probe: device-to-device copy of `bytes` (for the bench).
 void copy_d2d(void* dst, const void* src, size_t bytes, cudaStream_t st);

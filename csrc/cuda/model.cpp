@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <stdexcept>
 
 namespace xsil::cuda {
@@ -94,7 +95,10 @@ CudaLlama::CudaLlama(const CudaLlamaConfig& cfg, const HostWeight& tok_embd, con
     throw std::invalid_argument("[model] device " + s(device) + " out of range (" + s(count) + " CUDA devices)");
   check(cudaSetDevice(device), "cudaSetDevice");
   check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+  if (const char* e = std::getenv("XSIL_CUDA_GRAPHS")) graphs_ = std::string(e) != "0";
   try {
+    dpos_ = (int64_t*)dalloc(sizeof(int64_t));
+    check(cudaMallocHost(&hpos_, sizeof(int64_t)), "cudaMallocHost");
     const int64_t qd = c.n_head * c.head_dim, kd = c.n_head_kv * c.head_dim, E = c.n_embd;
     check_weight(tok_embd, "token_embd.weight", c.n_vocab, E);
     {
@@ -130,12 +134,24 @@ CudaLlama::CudaLlama(const CudaLlamaConfig& cfg, const HostWeight& tok_embd, con
   } catch (...) {
     for (void* p : allocs_) cudaFree(p);
     allocs_.clear();
+    if (hpos_) cudaFreeHost(hpos_);
     cudaStreamDestroy(stream_);
     throw;
   }
 }
 
+void CudaLlama::drop_graph() {
+  if (graph_) cudaGraphExecDestroy(graph_);
+  graph_ = nullptr;
+}
+
+void CudaLlama::set_graphs(bool on) {
+  if (!on) drop_graph();
+  graphs_ = on;
+}
+
 void CudaLlama::free_scratch() {
+  drop_graph();  // the graph holds the scratch pointers
   for (void* p : scratch_) cudaFree(p);
   scratch_.clear();
   cap_ = 0;
@@ -145,6 +161,7 @@ CudaLlama::~CudaLlama() {
   cudaSetDevice(device_);
   free_scratch();
   for (void* p : allocs_) cudaFree(p);
+  if (hpos_) cudaFreeHost(hpos_);
   if (stream_) cudaStreamDestroy(stream_);
 }
 
@@ -205,8 +222,42 @@ void CudaLlama::forward(const int32_t* tokens, int64_t n, float* host_logits, bo
   check(cudaSetDevice(device_), "cudaSetDevice");
   ensure_scratch(n);
   const int64_t pos0 = n_past_;
-  const int64_t E = c.n_embd, qd = c.n_head * c.head_dim, kd = c.n_head_kv * c.head_dim;
+  const int64_t rows = all_logits ? n : 1;
   check(cudaMemcpyAsync(tok_, tokens, n * 4, cudaMemcpyHostToDevice, stream_), "upload tokens");
+  if (n == 1 && graphs_) {
+    // Decode: replay one graph of the whole forward; the position comes from dpos_.
+    *hpos_ = pos0;
+    check(cudaMemcpyAsync(dpos_, hpos_, sizeof(int64_t), cudaMemcpyHostToDevice, stream_), "upload pos");
+    if (!graph_) {
+      cudaGraph_t g = nullptr;
+      check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "graph capture");
+      try {
+        run_layers(1, pos0, false, dpos_);
+      } catch (...) {
+        cudaStreamEndCapture(stream_, &g);
+        if (g) cudaGraphDestroy(g);
+        throw;
+      }
+      check(cudaStreamEndCapture(stream_, &g), "graph capture");
+      cudaError_t e = cudaGraphInstantiate(&graph_, g, 0);
+      cudaGraphDestroy(g);
+      check(e, "graph instantiate");
+    }
+    check(cudaGraphLaunch(graph_, stream_), "graph launch");
+  } else {
+    run_layers(n, pos0, all_logits, nullptr);
+  }
+  check(cudaMemcpyAsync(host_logits, logits_, rows * c.n_vocab * 4, cudaMemcpyDeviceToHost, stream_),
+        "download logits");
+  check(cudaStreamSynchronize(stream_), "forward");
+  n_past_ += n;
+}
+
+// The forward's kernels (no host synchronization, so it can be captured): tokens are in tok_, the
+// logits go to logits_. dpos: device position for rope / KV write / attention (graph replays).
+void CudaLlama::run_layers(int64_t n, int64_t pos0, bool all_logits, const int64_t* dpos) {
+  const auto& c = cfg_;
+  const int64_t E = c.n_embd, qd = c.n_head * c.head_dim, kd = c.n_head_kv * c.head_dim;
   get_rows(tok_embd_, tok_fmt_, c.n_vocab, E, tok_, n, x_, stream_);
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const DevLayer& L = layers_[l];
@@ -217,10 +268,10 @@ void CudaLlama::forward(const int32_t* tokens, int64_t n, float* host_logits, bo
     if (L.bq) add_bias(q_, L.bq, n, qd, stream_);
     if (L.bk) add_bias(k_, L.bk, n, kd, stream_);
     if (L.bv) add_bias(v_, L.bv, n, kd, stream_);
-    rope(q_, n, c.n_head, c.head_dim, pos0, c.rope, stream_);
-    rope(k_, n, c.n_head_kv, c.head_dim, pos0, c.rope, stream_);
-    kv_write(L.kc, L.vc, k_, v_, pos0, n, kd, stream_);
-    attention(q_, L.kc, L.vc, att_, n, pos0, (int)c.n_head, (int)c.n_head_kv, (int)c.head_dim, 0.0f, stream_);
+    rope(q_, n, c.n_head, c.head_dim, pos0, c.rope, stream_, dpos);
+    rope(k_, n, c.n_head_kv, c.head_dim, pos0, c.rope, stream_, dpos);
+    kv_write(L.kc, L.vc, k_, v_, pos0, n, kd, stream_, dpos);
+    attention(q_, L.kc, L.vc, att_, n, pos0, (int)c.n_head, (int)c.n_head_kv, (int)c.head_dim, 0.0f, stream_, dpos);
     linear(L.wo, att_, false, h_, n);
     add_inplace(x_, h_, n * E, stream_);
     rms_norm(x_, L.ffn_norm, h_, n, E, c.rms_eps, stream_);
@@ -234,10 +285,6 @@ void CudaLlama::forward(const int32_t* tokens, int64_t n, float* host_logits, bo
   const float* xo = all_logits ? x_ : x_ + (n - 1) * E;
   rms_norm(xo, output_norm_, h_, rows, E, c.rms_eps, stream_);
   linear(output_, h_, false, logits_, rows);
-  check(cudaMemcpyAsync(host_logits, logits_, rows * c.n_vocab * 4, cudaMemcpyDeviceToHost, stream_),
-        "download logits");
-  check(cudaStreamSynchronize(stream_), "forward");
-  n_past_ += n;
 }
 
 }  // namespace xsil::cuda

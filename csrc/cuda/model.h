@@ -48,6 +48,10 @@ class CudaLlama {
   int64_t weight_bytes() const { return weight_bytes_; }
   int64_t kv_bytes() const { return kv_bytes_; }
   int device() const { return device_; }
+  // Decode (one token) replays a CUDA graph of the whole forward captured at the first decode
+  // (positions are read from device memory); default on, XSIL_CUDA_GRAPHS=0 or this turns it off.
+  void set_graphs(bool on);
+  bool graphs() const { return graphs_; }
   const CudaLlamaConfig& config() const { return cfg_; }
 
  private:
@@ -62,6 +66,8 @@ class CudaLlama {
   void ensure_scratch(int64_t n);
   void linear(const DevMatrix& w, const float* x, bool xq_ready, float* y, int64_t M);
   void free_scratch();
+  void run_layers(int64_t n, int64_t pos0, bool all_logits, const int64_t* dpos);
+  void drop_graph();
 
   CudaLlamaConfig cfg_;
   int device_ = 0;
@@ -82,6 +88,10 @@ class CudaLlama {
         *u_ = nullptr, *logits_ = nullptr;
   DevQ8a xq_;
   int64_t xq_k_ = 0;  // K of the activations currently quantized in xq_ (0: none)
+  bool graphs_ = true;
+  int64_t* dpos_ = nullptr;            // device copy of pos0 for graph replays
+  int64_t* hpos_ = nullptr;            // pinned host staging of pos0
+  cudaGraphExec_t graph_ = nullptr;     // decode graph (n = 1, last logits), tied to the scratch buffers
 };
 
 }  // namespace xsil::cuda

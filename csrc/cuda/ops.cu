@@ -29,7 +29,8 @@ __global__ void k_rms_norm(const float* __restrict__ x, const float* __restrict_
 // One thread per rotated pair. The angle is computed in double (as the CPU reference does) so long
 // positions keep their precision.
 __global__ void k_rope(float* __restrict__ x, int64_t n_tok, int64_t n_vec, int64_t hd, int64_t pos0, int mode,
-                       double base, double fscale) {
+                       double base, double fscale, const int64_t* __restrict__ dpos) {
+  if (dpos) pos0 = *dpos;
   const int64_t half = hd / 2;
   const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (idx >= n_tok * n_vec * half) return;
@@ -99,7 +100,8 @@ void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t n,
   check_launch("rms_norm");
 }
 
-void rope(float* x, int64_t n_tok, int64_t n_vec, int64_t hd, int64_t pos0, const RopeParams& rp, cudaStream_t st) {
+void rope(float* x, int64_t n_tok, int64_t n_vec, int64_t hd, int64_t pos0, const RopeParams& rp, cudaStream_t st,
+          const int64_t* dpos) {
   if (rp.mode == RopeMode::None) return;
   require(hd > 0 && hd % 2 == 0, "rope", "head_dim must be even and positive");
   require(rp.mode == RopeMode::Normal || rp.mode == RopeMode::Neox, "rope", "unknown rope mode");
@@ -107,7 +109,7 @@ void rope(float* x, int64_t n_tok, int64_t n_vec, int64_t hd, int64_t pos0, cons
   require(pos0 >= 0 && n_tok > 0 && n_vec > 0, "rope", "bad sizes");
   const int64_t total = n_tok * n_vec * (hd / 2);
   k_rope<<<grid1(total, 256), 256, 0, st>>>(x, n_tok, n_vec, hd, pos0, (int)rp.mode, (double)rp.freq_base,
-                                            (double)rp.freq_scale);
+                                            (double)rp.freq_scale, dpos);
   check_launch("rope");
 }
 

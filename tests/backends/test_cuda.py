@@ -57,6 +57,8 @@ def test_options_validation_before_any_device_work():
         b.open(MODEL, device=-1)
     with pytest.raises(ValueError, match="n_ctx"):
         b.open(MODEL, n_ctx=0)
+    with pytest.raises(ValueError, match="cuda_graphs"):
+        b.open(MODEL, cuda_graphs="yes")
 
 
 def test_open_without_gpu_raises_with_the_reason():
@@ -93,6 +95,18 @@ def test_session_matches_cpu():
         assert np.abs(a - b).max() / a.std() < 0.02
         d = g.describe()
         assert d["backend"] == "cuda" and d["memory"]["weight_bytes"] > 0
+
+
+@gpu
+def test_graph_decode_equals_plain_decode():
+    o = np.load(os.path.join(ORACLE, "tiny.npz"))
+    toks = o["tokens"][:20]
+    outs = []
+    for graphs in (True, False):
+        with xsil.Session(MODEL, backend="cuda", n_ctx=64, cuda_graphs=graphs) as g:
+            g.forward(toks[:4])
+            outs.append(np.concatenate([g.forward(toks[i:i + 1]) for i in range(4, len(toks))]))
+    np.testing.assert_array_equal(outs[0], outs[1])
 
 
 @gpu
