@@ -39,8 +39,8 @@ cd /tmp
 $PY -c "import xsil, sys; print('cuda imported by import xsil:', 'xsil._cuda' in sys.modules); from xsil import registry; print(registry.probe('cuda'))"
 
 echo "== tests =="
-timeout 150 $PY -m pytest -q -p no:cacheprovider -x -rs "$SRC/tests/kernels/test_cuda_kernels.py" "$SRC/tests/backends/test_cuda.py" 2>&1 | tail -25
-timeout 90 $PY -m pytest -q -p no:cacheprovider -rs "$SRC/tests/backends/test_conformance.py" -k cuda 2>&1 | tail -8
+timeout 150 $PY -m pytest -q -p no:cacheprovider --tb=short -rfE "$SRC/tests/kernels/test_cuda_kernels.py" "$SRC/tests/backends/test_cuda.py" 2>&1 | tail -80
+timeout 90 $PY -m pytest -q -p no:cacheprovider --tb=short -rfE "$SRC/tests/backends/test_conformance.py" -k cuda 2>&1 | tail -30
 
 echo "== bench =="
 timeout 200 $PY "$SRC/bench/cuda_bench.py"

@@ -24,6 +24,38 @@ __global__ void k_kv_write(uint16_t* __restrict__ kc, uint16_t* __restrict__ vc,
   }
 }
 
+// One thread per rotated pair of k (same angle computation as k_rope), writing the rotated pair and
+// the matching v pair to the fp16 cache.
+__global__ void k_rope_kv_write(const float* __restrict__ k, const float* __restrict__ v, uint16_t* __restrict__ kc,
+                                uint16_t* __restrict__ vc, int64_t n_tok, int64_t n_kv, int64_t hd, int64_t pos0,
+                                int mode, double base, double fscale, const int64_t* __restrict__ dpos) {
+  if (dpos) pos0 = *dpos;
+  const int64_t half = hd / 2;
+  const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= n_tok * n_kv * half) return;
+  const int64_t i = idx % half;
+  const int64_t hv = idx / half;  // t * n_kv + h
+  const int64_t t = hv / n_kv;
+  const int64_t i0 = mode == 0 ? 2 * i : i;
+  const int64_t i1 = mode == 0 ? 2 * i + 1 : i + half;
+  const float* kr = k + hv * hd;
+  const float a = kr[i0], b = kr[i1];
+  float r0 = a, r1 = b;
+  if (mode >= 0) {
+    const double th = (double)(pos0 + t) * fscale * pow(base, -2.0 * (double)i / (double)hd);
+    double sd, cd;
+    sincos(th, &sd, &cd);
+    const float c = (float)cd, s = (float)sd;
+    r0 = a * c - b * s;
+    r1 = a * s + b * c;
+  }
+  const int64_t off = (pos0 * n_kv) * hd + hv * hd;  // cache row of position pos0 + t, head h
+  kc[off + i0] = f2h(r0);
+  kc[off + i1] = f2h(r1);
+  vc[off + i0] = f2h(v[hv * hd + i0]);
+  vc[off + i1] = f2h(v[hv * hd + i1]);
+}
+
 __global__ void __launch_bounds__(kAttnWarps * 32)
     k_attention(const float* __restrict__ q, const uint16_t* __restrict__ kc, const uint16_t* __restrict__ vc,
                 float* __restrict__ out, int64_t pos0, int n_heads, int n_kv, int hd, float scale,
@@ -92,6 +124,17 @@ void kv_write(uint16_t* kc, uint16_t* vc, const float* k, const float* v, int64_
   require(pos0 >= 0 && n_tok > 0 && kvd > 0, "kv_write", "bad sizes");
   const int64_t total = n_tok * kvd;
   k_kv_write<<<grid1(total, 256), 256, 0, st>>>(kc, vc, k, v, pos0 * kvd, total, dpos, kvd);
+  check_launch("kv_write");
+}
+
+void rope_kv_write(const float* k, const float* v, uint16_t* kc, uint16_t* vc, int64_t n_tok, int64_t n_kv,
+                   int64_t hd, int64_t pos0, const RopeParams& rp, cudaStream_t st, const int64_t* dpos) {
+  require(hd > 0 && hd % 2 == 0 && n_tok > 0 && n_kv > 0 && pos0 >= 0, "kv_write", "bad sizes");
+  require(rp.mode == RopeMode::None || rp.mode == RopeMode::Normal || rp.mode == RopeMode::Neox, "kv_write",
+          "unknown rope mode");
+  const int64_t total = n_tok * n_kv * (hd / 2);
+  k_rope_kv_write<<<grid1(total, 256), 256, 0, st>>>(k, v, kc, vc, n_tok, n_kv, hd, pos0, (int)rp.mode,
+                                                     (double)rp.freq_base, (double)rp.freq_scale, dpos);
   check_launch("kv_write");
 }
 

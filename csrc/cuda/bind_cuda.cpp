@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstring>
 #include <memory>
 #include <string>
 
@@ -227,6 +228,80 @@ py::array_t<float> py_attention(const py::array& q, const py::array& k, const py
   return y;
 }
 
+// Fused norm: returns (x + add, rmsnorm(x + add) * w, qs, d, s).
+py::tuple py_rms_norm_q(const py::array& x, const py::array& add, const py::array& w, float eps) {
+  auto xa = arr<float>(x);
+  auto aa = arr<float>(add);
+  auto wa = arr<float>(w);
+  if (xa.ndim() != 2 || aa.ndim() != 2 || aa.shape(0) != xa.shape(0) || aa.shape(1) != xa.shape(1) || wa.ndim() != 1 ||
+      wa.shape(0) != xa.shape(1) || xa.shape(1) % 32)
+    throw std::invalid_argument("[cuda:rms_norm] x, add [rows, n] (n % 32 == 0), w [n]");
+  const int64_t R = xa.shape(0), n = xa.shape(1);
+  DBuf dx(R * n * 4), da(R * n * 4), dw(n * 4), dy(R * n * 4), qs(R * n), d(R * n / 32 * 4), s(R * n / 32 * 4);
+  up(dx, xa.data(), R * n * 4);
+  up(da, aa.data(), R * n * 4);
+  up(dw, wa.data(), n * 4);
+  rms_norm_q(dx.as<float>(), da.as<float>(), dw.as<float>(), dy.as<float>(),
+             DevQ8a{qs.as<int8_t>(), d.as<float>(), s.as<float>()}, R, n, eps, 0);
+  sync("rms_norm");
+  py::array_t<float> hx({R, n}), hy({R, n}), hd({R, n / 32}), hs({R, n / 32});
+  py::array_t<int8_t> hq({R, n});
+  down(hx.mutable_data(), dx, R * n * 4);
+  down(hy.mutable_data(), dy, R * n * 4);
+  down(hq.mutable_data(), qs, R * n);
+  down(hd.mutable_data(), d, R * n / 32 * 4);
+  down(hs.mutable_data(), s, R * n / 32 * 4);
+  return py::make_tuple(hx, hy, hq, hd, hs);
+}
+
+// Fused SwiGLU + quantization: returns (silu(g) * u, qs, d, s) for g, u [rows, n].
+py::tuple py_swiglu_q(const py::array& g, const py::array& u) {
+  auto ga = arr<float>(g);
+  auto ua = arr<float>(u);
+  if (ga.ndim() != 2 || ua.ndim() != 2 || ga.shape(0) != ua.shape(0) || ga.shape(1) != ua.shape(1) || ga.shape(1) % 32)
+    throw std::invalid_argument("[cuda:swiglu] g, u [rows, n], n % 32 == 0");
+  const int64_t R = ga.shape(0), n = ga.shape(1);
+  DBuf dg(R * n * 4), du(R * n * 4), qs(R * n), d(R * n / 32 * 4), s(R * n / 32 * 4);
+  up(dg, ga.data(), R * n * 4);
+  up(du, ua.data(), R * n * 4);
+  swiglu_q(dg.as<float>(), du.as<float>(), DevQ8a{qs.as<int8_t>(), d.as<float>(), s.as<float>()}, R, n, 0);
+  sync("swiglu");
+  py::array_t<float> hg({R, n}), hd({R, n / 32}), hs({R, n / 32});
+  py::array_t<int8_t> hq({R, n});
+  down(hg.mutable_data(), dg, R * n * 4);
+  down(hq.mutable_data(), qs, R * n);
+  down(hd.mutable_data(), d, R * n / 32 * 4);
+  down(hs.mutable_data(), s, R * n / 32 * 4);
+  return py::make_tuple(hg, hq, hd, hs);
+}
+
+// Fused RoPE(k) + fp16 KV write at positions pos0..: returns the cache rows (k, v) as float32
+// [n_tok, n_kv, hd] read back from fp16.
+py::tuple py_rope_kv_write(const py::array& k, const py::array& v, int64_t pos0, const std::string& mode, float base,
+                           float scale) {
+  auto ka = arr<float>(k);
+  auto va = arr<float>(v);
+  if (ka.ndim() != 3 || va.ndim() != 3 || ka.size() != va.size())
+    throw std::invalid_argument("[cuda:kv_write] k, v [n_tok, n_kv, hd]");
+  RopeParams rp;
+  rp.mode = mode == "normal" ? RopeMode::Normal : mode == "neox" ? RopeMode::Neox : RopeMode::None;
+  rp.freq_base = base;
+  rp.freq_scale = scale;
+  const int64_t T = ka.shape(0), H = ka.shape(1), hd = ka.shape(2), cells = (pos0 + T) * H * hd;
+  DBuf dk(ka.nbytes()), dv(va.nbytes()), kc(cells * 2), vc(cells * 2);
+  up(dk, ka.data(), ka.nbytes());
+  up(dv, va.data(), va.nbytes());
+  rope_kv_write(dk.as<float>(), dv.as<float>(), kc.as<uint16_t>(), vc.as<uint16_t>(), T, H, hd, pos0, rp, 0);
+  sync("kv_write");
+  std::vector<uint16_t> hk(T * H * hd), hv(T * H * hd);
+  check(cudaMemcpy(hk.data(), kc.as<uint16_t>() + pos0 * H * hd, hk.size() * 2, cudaMemcpyDeviceToHost), "download");
+  check(cudaMemcpy(hv.data(), vc.as<uint16_t>() + pos0 * H * hd, hv.size() * 2, cudaMemcpyDeviceToHost), "download");
+  py::array_t<uint16_t> ok({T, H, hd}), ov({T, H, hd});
+  std::memcpy(ok.mutable_data(), hk.data(), hk.size() * 2);
+  std::memcpy(ov.mutable_data(), hv.data(), hv.size() * 2);
+  return py::make_tuple(ok, ov);  // raw fp16 bits (view as np.float16)
+}
+
 // Bandwidth bench: times `iters` Q4_0 GEMVs (M = 1) over an N x K matrix of random bytes and `iters`
 // device-to-device copies of the same number of bytes, with CUDA events. Returns GB/s of each.
 py::dict bench_gemv(const std::string& fmt, int64_t N, int64_t K, int iters) {
@@ -375,6 +450,10 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("swiglu", &py_swiglu, py::arg("g"), py::arg("u"));
   m.def("get_rows", &py_get_rows, py::arg("w"), py::arg("fmt"), py::arg("n_rows"), py::arg("n"), py::arg("tokens"));
   m.def("attention", &py_attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale") = 0.0f);
+  m.def("rms_norm_q", &py_rms_norm_q, py::arg("x"), py::arg("add"), py::arg("w"), py::arg("eps"));
+  m.def("swiglu_q", &py_swiglu_q, py::arg("g"), py::arg("u"));
+  m.def("rope_kv_write", &py_rope_kv_write, py::arg("k"), py::arg("v"), py::arg("pos0"), py::arg("mode"),
+        py::arg("freq_base") = 10000.0f, py::arg("freq_scale") = 1.0f);
   m.def("bench_gemv", &bench_gemv, py::arg("fmt"), py::arg("N"), py::arg("K"), py::arg("iters") = 50);
   py::class_<PyCudaModel>(m, "LlamaModel")
       .def(py::init(&make_model), py::arg("config"), py::arg("weights"), py::arg("n_ctx"), py::arg("device") = 0)

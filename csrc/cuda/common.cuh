@@ -31,6 +31,21 @@ __device__ __forceinline__ uint16_t f2h(float f) { return __half_as_ushort(__flo
 // 16-byte streaming load (weights are read once per token: keep them out of L1).
 __device__ __forceinline__ uint4 ld_stream16(const void* p) { return __ldcs((const uint4*)p); }
 
+// One warp quantizes one 32-block (lane = element) to q8a, exactly as k_quantize_q8a.
+__device__ __forceinline__ void quant_block_warp(float v, int lane, int8_t* qs, float* d_out, float* s_out) {
+  const float amax = warp_max(fabsf(v));
+  const float d = amax / 127.0f;
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  const float t = v * id;
+  const int q = isfinite(t) ? (int)roundf(t) : 0;
+  qs[lane] = (int8_t)q;
+  const int sum = warp_sum_i(q);
+  if (lane == 0) {
+    *d_out = d;
+    *s_out = d * (float)sum;
+  }
+}
+
 inline unsigned grid1(int64_t n, int threads) { return (unsigned)((n + threads - 1) / threads); }
 
 inline void require(bool ok, const char* kernel, const std::string& msg) {

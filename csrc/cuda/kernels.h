@@ -48,9 +48,28 @@ struct DevQ8a {
 // x[M][K] fp32 -> q8a: d = amax/127, q = round(x/d) (half away from zero), s = d * sum(q).
 void quantize_q8a(const float* x, DevQ8a xq, int64_t M, int64_t K, cudaStream_t st);
 
+// Output of a matmul whose weight rows are several matrices stacked at upload (Q|K|V, gate|up):
+// rows [n0[s], n0[s+1]) go to y[s], a dense [M][n0[s+1] - n0[s]] array. One segment = plain y[M][N].
+struct SplitOut {
+  float* y[3] = {nullptr, nullptr, nullptr};
+  int n0[4] = {0, 0, 0, 0};
+  int segs = 1;
+};
+
 // y[M][N] = x[M][K] . W^T. Q4_0/Q8_0 use the quantized activations xq (integer __dp4a dots);
 // F16/F32 read x. M == 1 runs the decode GEMV; M > 1 the register-tiled GEMM (8 rows per tile).
 void matmul(const DevMatrix& w, const float* x, DevQ8a xq, float* y, int64_t M, cudaStream_t st);
+void matmul_split(const DevMatrix& w, const float* x, DevQ8a xq, const SplitOut& out, int64_t M, cudaStream_t st);
+
+// Fused norm: optionally x += add (in place, residual), then h = rmsnorm(x) * w, and (when xq.qs) h
+// quantized to q8a in the same pass. n must be a multiple of 32 when quantizing.
+void rms_norm_q(float* x, const float* add, const float* w, float* h, DevQ8a xq, int64_t rows, int64_t n, float eps,
+                cudaStream_t st);
+// g[r][i] = silu(g[r][i]) * u[r][i] for rows x n, and g quantized to q8a (n a multiple of 32).
+void swiglu_q(float* g, const float* u, DevQ8a xq, int64_t rows, int64_t n, cudaStream_t st);
+// RoPE on k (as rope()) fused with the fp16 KV write of k and v at positions pos0.. (or *dpos).
+void rope_kv_write(const float* k, const float* v, uint16_t* kc, uint16_t* vc, int64_t n_tok, int64_t n_kv,
+                   int64_t hd, int64_t pos0, const RopeParams& rp, cudaStream_t st, const int64_t* dpos = nullptr);
 
 void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t n, float eps, cudaStream_t st);
 // x[t][h][hd] rotated in place at positions pos0 + t (t < n_tok), h < n_vec.

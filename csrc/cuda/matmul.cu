@@ -14,6 +14,13 @@ namespace {
 constexpr int kWarps = 4;     // weight rows per CTA
 constexpr int kTileM = 8;     // activation rows per CTA for M > 1
 
+__device__ __forceinline__ float* out_ptr(const SplitOut& o, int m, int n) {
+  int s = 0;
+  if (o.segs > 1 && n >= o.n0[1]) s = (o.segs > 2 && n >= o.n0[2]) ? 2 : 1;
+  const int w = o.n0[s + 1] - o.n0[s];
+  return o.y[s] + (size_t)m * w + (n - o.n0[s]);
+}
+
 __global__ void k_quantize_q8a(const float* __restrict__ x, int8_t* __restrict__ qs, float* __restrict__ dd,
                                float* __restrict__ ss, int64_t n_blocks) {
   const int64_t blk = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
@@ -37,7 +44,7 @@ template <int MT>
 __global__ void __launch_bounds__(kWarps * 32) k_mm_q4_0(const uint8_t* __restrict__ wq,
                                                          const uint16_t* __restrict__ wd,
                                                          const int8_t* __restrict__ xq, const float* __restrict__ xd,
-                                                         const float* __restrict__ xs, float* __restrict__ y, int N,
+                                                         const float* __restrict__ xs, SplitOut out, int N,
                                                          int K, int M) {
   const int lane = threadIdx.x & 31;
   const int n = blockIdx.x * kWarps + threadIdx.x / 32;
@@ -74,7 +81,7 @@ __global__ void __launch_bounds__(kWarps * 32) k_mm_q4_0(const uint8_t* __restri
   for (int m = 0; m < MT; ++m) {
     if (MT > 1 && m0 + m >= M) break;
     const float v = warp_sum(acc[m]);
-    if (lane == 0) y[(size_t)(m0 + m) * N + n] = v;
+    if (lane == 0) *out_ptr(out, m0 + m, n) = v;
   }
 }
 
@@ -82,7 +89,7 @@ template <int MT>
 __global__ void __launch_bounds__(kWarps * 32) k_mm_q8_0(const int8_t* __restrict__ wq,
                                                          const uint16_t* __restrict__ wd,
                                                          const int8_t* __restrict__ xq, const float* __restrict__ xd,
-                                                         float* __restrict__ y, int N, int K, int M) {
+                                                         SplitOut out, int N, int K, int M) {
   const int lane = threadIdx.x & 31;
   const int n = blockIdx.x * kWarps + threadIdx.x / 32;
   if (n >= N) return;
@@ -115,14 +122,14 @@ __global__ void __launch_bounds__(kWarps * 32) k_mm_q8_0(const int8_t* __restric
   for (int m = 0; m < MT; ++m) {
     if (MT > 1 && m0 + m >= M) break;
     const float v = warp_sum(acc[m]);
-    if (lane == 0) y[(size_t)(m0 + m) * N + n] = v;
+    if (lane == 0) *out_ptr(out, m0 + m, n) = v;
   }
 }
 
 // Dense fp16 / fp32 weights (tensors that are not block-quantized), fp32 activations.
 template <int MT, bool F16>
 __global__ void __launch_bounds__(kWarps * 32) k_mm_dense(const void* __restrict__ w, const float* __restrict__ x,
-                                                          float* __restrict__ y, int N, int K, int M) {
+                                                          SplitOut out, int N, int K, int M) {
   const int lane = threadIdx.x & 31;
   const int n = blockIdx.x * kWarps + threadIdx.x / 32;
   if (n >= N) return;
@@ -152,7 +159,7 @@ __global__ void __launch_bounds__(kWarps * 32) k_mm_dense(const void* __restrict
   for (int m = 0; m < MT; ++m) {
     if (MT > 1 && m0 + m >= M) break;
     const float v = warp_sum(acc[m]);
-    if (lane == 0) y[(size_t)(m0 + m) * N + n] = v;
+    if (lane == 0) *out_ptr(out, m0 + m, n) = v;
   }
 }
 
@@ -228,7 +235,7 @@ void quantize_q8a(const float* x, DevQ8a xq, int64_t M, int64_t K, cudaStream_t 
 }
 
 template <int MT>
-static void launch_mm(const DevMatrix& w, const float* x, DevQ8a xq, float* y, int64_t M, cudaStream_t st) {
+static void launch_mm(const DevMatrix& w, const float* x, DevQ8a xq, const SplitOut& y, int64_t M, cudaStream_t st) {
   const dim3 grid(grid1(w.N, kWarps), (unsigned)((M + MT - 1) / MT));
   const int N = (int)w.N, K = (int)w.K, Mi = (int)M;
   switch (w.fmt) {
@@ -256,6 +263,14 @@ static void launch_mm(const DevMatrix& w, const float* x, DevQ8a xq, float* y, i
 }
 
 void matmul(const DevMatrix& w, const float* x, DevQ8a xq, float* y, int64_t M, cudaStream_t st) {
+  SplitOut o;
+  o.y[0] = y;
+  o.n0[1] = (int)w.N;
+  matmul_split(w, x, xq, o, M, st);
+}
+
+void matmul_split(const DevMatrix& w, const float* x, DevQ8a xq, const SplitOut& y, int64_t M, cudaStream_t st) {
+  require(y.segs >= 1 && y.segs <= 3 && y.n0[0] == 0 && y.n0[y.segs] == w.N, "matmul", "bad output split");
   size_t a, b;
   dev_matrix_sizes(w.fmt, w.N, w.K, &a, &b);
   require(M > 0 && M <= 65535LL * kTileM && w.N < (1LL << 31) && w.K < (1LL << 31), "matmul", "sizes out of range");

@@ -67,6 +67,42 @@ DevMatrix CudaLlama::upload_matrix(const HostWeight& w, const std::string& name,
   return m;
 }
 
+DevMatrix CudaLlama::upload_stacked(const std::vector<const HostWeight*>& ws, const std::vector<std::string>& names,
+                                    const std::vector<int64_t>& rows, int64_t cols) {
+  int64_t N = 0;
+  for (size_t i = 0; i < ws.size(); ++i) {
+    check_weight(*ws[i], names[i], rows[i], cols);
+    N += rows[i];
+  }
+  const Fmt f = ws[0]->fmt;
+  DevMatrix m;
+  m.fmt = f;
+  m.N = N;
+  m.K = cols;
+  size_t qb = 0, db = 0;
+  dev_matrix_sizes(f, N, cols, &qb, &db);
+  std::vector<uint8_t> hq(qb);
+  std::vector<uint16_t> hd(db / 2 + 1);
+  size_t oq = 0, od = 0;
+  for (size_t i = 0; i < ws.size(); ++i) {
+    size_t q1 = 0, d1 = 0;
+    dev_matrix_sizes(f, rows[i], cols, &q1, &d1);
+    repack_host(f, ws[i]->data, rows[i], cols, hq.data() + oq, hd.data() + od / 2);
+    oq += q1;
+    od += d1;
+  }
+  void* qs = dalloc(qb);
+  check(cudaMemcpy(qs, hq.data(), qb, cudaMemcpyHostToDevice), "upload");
+  m.qs = qs;
+  if (db) {
+    uint16_t* d = (uint16_t*)dalloc(db);
+    check(cudaMemcpy(d, hd.data(), db, cudaMemcpyHostToDevice), "upload");
+    m.d = d;
+  }
+  weight_bytes_ += (int64_t)(qb + db);
+  return m;
+}
+
 const float* CudaLlama::upload_vec(const HostWeight& w, const std::string& name, int64_t n) {
   check_weight(w, name, 1, n);
   if (w.fmt != Fmt::F32) throw std::invalid_argument("[model] tensor " + name + " must be F32 (norms and biases)");
@@ -116,16 +152,27 @@ CudaLlama::CudaLlama(const CudaLlamaConfig& cfg, const HostWeight& tok_embd, con
       DevLayer& D = layers_[i];
       const std::string b = "blk." + s(i) + ".";
       D.attn_norm = upload_vec(L.attn_norm, b + "attn_norm.weight", E);
-      D.wq = upload_matrix(L.wq, b + "attn_q.weight", qd, E);
-      D.wk = upload_matrix(L.wk, b + "attn_k.weight", kd, E);
-      D.wv = upload_matrix(L.wv, b + "attn_v.weight", kd, E);
+      if (L.wq.fmt == L.wk.fmt && L.wq.fmt == L.wv.fmt) {
+        D.wqkv = upload_stacked({&L.wq, &L.wk, &L.wv}, {b + "attn_q.weight", b + "attn_k.weight", b + "attn_v.weight"},
+                                {qd, kd, kd}, E);
+        D.qkv_fused = true;
+      } else {
+        D.wq = upload_matrix(L.wq, b + "attn_q.weight", qd, E);
+        D.wk = upload_matrix(L.wk, b + "attn_k.weight", kd, E);
+        D.wv = upload_matrix(L.wv, b + "attn_v.weight", kd, E);
+      }
       D.wo = upload_matrix(L.wo, b + "attn_output.weight", E, qd);
       if (L.bq.present()) D.bq = upload_vec(L.bq, b + "attn_q.bias", qd);
       if (L.bk.present()) D.bk = upload_vec(L.bk, b + "attn_k.bias", kd);
       if (L.bv.present()) D.bv = upload_vec(L.bv, b + "attn_v.bias", kd);
       D.ffn_norm = upload_vec(L.ffn_norm, b + "ffn_norm.weight", E);
-      D.w_gate = upload_matrix(L.w_gate, b + "ffn_gate.weight", c.n_ff, E);
-      D.w_up = upload_matrix(L.w_up, b + "ffn_up.weight", c.n_ff, E);
+      if (L.w_gate.fmt == L.w_up.fmt) {
+        D.wgu = upload_stacked({&L.w_gate, &L.w_up}, {b + "ffn_gate.weight", b + "ffn_up.weight"}, {c.n_ff, c.n_ff}, E);
+        D.gu_fused = true;
+      } else {
+        D.w_gate = upload_matrix(L.w_gate, b + "ffn_gate.weight", c.n_ff, E);
+        D.w_up = upload_matrix(L.w_up, b + "ffn_up.weight", c.n_ff, E);
+      }
       D.w_down = upload_matrix(L.w_down, b + "ffn_down.weight", E, c.n_ff);
       D.kc = (uint16_t*)dalloc((size_t)n_ctx * kd * 2);
       D.vc = (uint16_t*)dalloc((size_t)n_ctx * kd * 2);
@@ -195,6 +242,13 @@ void CudaLlama::ensure_scratch(int64_t n) {
 
 // y = x . W^T. For block-quantized W the activations are quantized once per distinct input: callers
 // pass xq_ready = true for the 2nd/3rd matmul reading the same x (K/V after Q, up after gate).
+void CudaLlama::linear_prep(const DevMatrix& w, const float* x, int64_t M) {
+  if (xq_k_ != w.K) {
+    quantize_q8a(x, xq_, M, w.K, stream_);
+    xq_k_ = w.K;
+  }
+}
+
 void CudaLlama::linear(const DevMatrix& w, const float* x, bool xq_ready, float* y, int64_t M) {
   if (!xq_ready) xq_k_ = 0;
   if (is_quant(w.fmt) && xq_k_ != w.K) {
@@ -258,33 +312,68 @@ void CudaLlama::forward(const int32_t* tokens, int64_t n, float* host_logits, bo
 void CudaLlama::run_layers(int64_t n, int64_t pos0, bool all_logits, const int64_t* dpos) {
   const auto& c = cfg_;
   const int64_t E = c.n_embd, qd = c.n_head * c.head_dim, kd = c.n_head_kv * c.head_dim;
+  const bool qE = E % 32 == 0, qF = c.n_ff % 32 == 0;
+  const DevQ8a none{};
+  // norm (+ the residual add of the previous block, fused) and the quantization of its output
+  auto norm = [&](float* x, const float* add, const float* w, int64_t rows) {
+    rms_norm_q(x, add, w, h_, qE ? xq_ : none, rows, E, c.rms_eps, stream_);
+    xq_k_ = qE ? E : 0;
+  };
   get_rows(tok_embd_, tok_fmt_, c.n_vocab, E, tok_, n, x_, stream_);
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const DevLayer& L = layers_[l];
-    rms_norm(x_, L.attn_norm, h_, n, E, c.rms_eps, stream_);
-    linear(L.wq, h_, false, q_, n);
-    linear(L.wk, h_, true, k_, n);
-    linear(L.wv, h_, true, v_, n);
+    norm(x_, l == 0 ? nullptr : h_, L.attn_norm, n);  // x += ffn output of layer l-1
+    if (L.qkv_fused) {
+      SplitOut o;
+      o.y[0] = q_;
+      o.y[1] = k_;
+      o.y[2] = v_;
+      o.n0[1] = (int)qd;
+      o.n0[2] = (int)(qd + kd);
+      o.n0[3] = (int)(qd + 2 * kd);
+      o.segs = 3;
+      if (L.wqkv.fmt == Fmt::Q4_0 || L.wqkv.fmt == Fmt::Q8_0) linear_prep(L.wqkv, h_, n);
+      matmul_split(L.wqkv, h_, xq_, o, n, stream_);
+    } else {
+      linear(L.wq, h_, true, q_, n);
+      linear(L.wk, h_, true, k_, n);
+      linear(L.wv, h_, true, v_, n);
+    }
     if (L.bq) add_bias(q_, L.bq, n, qd, stream_);
     if (L.bk) add_bias(k_, L.bk, n, kd, stream_);
     if (L.bv) add_bias(v_, L.bv, n, kd, stream_);
     rope(q_, n, c.n_head, c.head_dim, pos0, c.rope, stream_, dpos);
-    rope(k_, n, c.n_head_kv, c.head_dim, pos0, c.rope, stream_, dpos);
-    kv_write(L.kc, L.vc, k_, v_, pos0, n, kd, stream_, dpos);
+    rope_kv_write(k_, v_, L.kc, L.vc, n, c.n_head_kv, c.head_dim, pos0, c.rope, stream_, dpos);
     attention(q_, L.kc, L.vc, att_, n, pos0, (int)c.n_head, (int)c.n_head_kv, (int)c.head_dim, 0.0f, stream_, dpos);
     linear(L.wo, att_, false, h_, n);
-    add_inplace(x_, h_, n * E, stream_);
-    rms_norm(x_, L.ffn_norm, h_, n, E, c.rms_eps, stream_);
-    linear(L.w_gate, h_, false, g_, n);
-    linear(L.w_up, h_, true, u_, n);
-    swiglu(g_, u_, n * c.n_ff, stream_);
-    linear(L.w_down, g_, false, h_, n);
-    add_inplace(x_, h_, n * E, stream_);
+    norm(x_, h_, L.ffn_norm, n);  // x += attention output
+    if (L.gu_fused) {
+      SplitOut o;
+      o.y[0] = g_;
+      o.y[1] = u_;
+      o.n0[1] = (int)c.n_ff;
+      o.n0[2] = (int)(2 * c.n_ff);
+      o.segs = 2;
+      if (L.wgu.fmt == Fmt::Q4_0 || L.wgu.fmt == Fmt::Q8_0) linear_prep(L.wgu, h_, n);
+      matmul_split(L.wgu, h_, xq_, o, n, stream_);
+    } else {
+      linear(L.w_gate, h_, true, g_, n);
+      linear(L.w_up, h_, true, u_, n);
+    }
+    if (qF) {
+      swiglu_q(g_, u_, xq_, n, c.n_ff, stream_);
+      xq_k_ = c.n_ff;
+    } else {
+      swiglu(g_, u_, n * c.n_ff, stream_);
+      xq_k_ = 0;
+    }
+    linear(L.w_down, g_, true, h_, n);
   }
+  // x += ffn output of the last layer, fused into the output norm (only the rows that are read)
   const int64_t rows = all_logits ? n : 1;
-  const float* xo = all_logits ? x_ : x_ + (n - 1) * E;
-  rms_norm(xo, output_norm_, h_, rows, E, c.rms_eps, stream_);
-  linear(output_, h_, false, logits_, rows);
+  const int64_t r0 = all_logits ? 0 : n - 1;
+  norm(x_ + r0 * E, h_ + r0 * E, output_norm_, rows);
+  linear(output_, h_, true, logits_, rows);
 }
 
 }  // namespace xsil::cuda

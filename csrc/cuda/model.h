@@ -57,15 +57,23 @@ class CudaLlama {
  private:
   struct DevLayer {
     DevMatrix wq, wk, wv, wo, w_gate, w_up, w_down;
+    // Q|K|V and gate|up stacked into one matrix each at upload (when their formats agree): one
+    // launch instead of three / two, and enough rows to fill the GPU for the small K/V matrices.
+    DevMatrix wqkv, wgu;
+    bool qkv_fused = false, gu_fused = false;
     const float *attn_norm = nullptr, *ffn_norm = nullptr, *bq = nullptr, *bk = nullptr, *bv = nullptr;
     uint16_t *kc = nullptr, *vc = nullptr;
   };
   void* dalloc(size_t bytes);
   DevMatrix upload_matrix(const HostWeight& w, const std::string& name, int64_t rows, int64_t cols);
+  // Rows of several matrices (same format and cols) stacked into one device matrix.
+  DevMatrix upload_stacked(const std::vector<const HostWeight*>& ws, const std::vector<std::string>& names,
+                           const std::vector<int64_t>& rows, int64_t cols);
   const float* upload_vec(const HostWeight& w, const std::string& name, int64_t n);
   void ensure_scratch(int64_t n);
   void linear(const DevMatrix& w, const float* x, bool xq_ready, float* y, int64_t M);
   void free_scratch();
+  void linear_prep(const DevMatrix& w, const float* x, int64_t M);  // quantize x unless xq_ holds it
   void run_layers(int64_t n, int64_t pos0, bool all_logits, const int64_t* dpos);
   void drop_graph();
 

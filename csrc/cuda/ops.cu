@@ -49,6 +49,62 @@ __global__ void k_rope(float* __restrict__ x, int64_t n_tok, int64_t n_vec, int6
   v[i1] = a * s + b * c;
 }
 
+// One CTA per row: (x += add), sum of squares, then each warp normalizes and quantizes whole
+// 32-blocks (when qs != nullptr).
+__global__ void k_rms_norm_q(float* __restrict__ x, const float* __restrict__ add, const float* __restrict__ w,
+                             float* __restrict__ y, int8_t* __restrict__ qs, float* __restrict__ qd,
+                             float* __restrict__ qsum, int64_t n, float eps) {
+  const int64_t r = blockIdx.x;
+  float* xr = x + r * n;
+  const float* ar = add ? add + r * n : nullptr;
+  float* yr = y + r * n;
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    float v = xr[i];
+    if (ar) {
+      v += ar[i];
+      xr[i] = v;
+    }
+    ss += v * v;
+  }
+  __shared__ float part[32];
+  ss = warp_sum(ss);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x / 32] = ss;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float v = threadIdx.x < blockDim.x / 32 ? part[threadIdx.x] : 0.0f;
+    v = warp_sum(v);
+    if (threadIdx.x == 0) part[0] = v;
+  }
+  __syncthreads();
+  const float scale = (float)(1.0 / sqrt((double)part[0] / (double)n + (double)eps));
+  if (!qs) {
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) yr[i] = xr[i] * scale * w[i];
+    return;
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+  const int64_t nb = n / 32;
+  for (int64_t b = warp; b < nb; b += nw) {
+    const int64_t i = b * 32 + lane;
+    const float v = xr[i] * scale * w[i];
+    yr[i] = v;
+    quant_block_warp(v, lane, qs + r * n + b * 32, qd + r * nb + b, qsum + r * nb + b);
+  }
+}
+
+// One warp per 32-block of g: SwiGLU then q8a.
+__global__ void k_swiglu_q(float* __restrict__ g, const float* __restrict__ u, int8_t* __restrict__ qs,
+                           float* __restrict__ qd, float* __restrict__ qsum, int64_t n_blocks) {
+  const int64_t blk = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x & 31;
+  if (blk >= n_blocks) return;
+  const int64_t i = blk * 32 + lane;
+  const float a = g[i];
+  const float v = a / (1.0f + expf(-a)) * u[i];
+  g[i] = v;
+  quant_block_warp(v, lane, qs + blk * 32, qd + blk, qsum + blk);
+}
+
 __global__ void k_swiglu(float* __restrict__ g, const float* __restrict__ u, int64_t n) {
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) {
@@ -98,6 +154,21 @@ void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t n,
   require(rows > 0 && rows < (1LL << 31) && n > 0, "rms_norm", "rows and n must be positive");
   k_rms_norm<<<(unsigned)rows, 256, 0, st>>>(x, w, y, n, eps);
   check_launch("rms_norm");
+}
+
+void rms_norm_q(float* x, const float* add, const float* w, float* h, DevQ8a xq, int64_t rows, int64_t n, float eps,
+                cudaStream_t st) {
+  require(rows > 0 && rows < (1LL << 31) && n > 0, "rms_norm", "rows and n must be positive");
+  require(!xq.qs || n % 32 == 0, "rms_norm", "n must be a multiple of 32 to quantize");
+  k_rms_norm_q<<<(unsigned)rows, 256, 0, st>>>(x, add, w, h, xq.qs, xq.d, xq.s, n, eps);
+  check_launch("rms_norm");
+}
+
+void swiglu_q(float* g, const float* u, DevQ8a xq, int64_t rows, int64_t n, cudaStream_t st) {
+  require(rows > 0 && n > 0 && n % 32 == 0, "swiglu", "n must be a positive multiple of 32");
+  const int64_t nblk = rows * n / 32;
+  k_swiglu_q<<<grid1(nblk, 8), 256, 0, st>>>(g, u, xq.qs, xq.d, xq.s, nblk);
+  check_launch("swiglu");
 }
 
 void rope(float* x, int64_t n_tok, int64_t n_vec, int64_t hd, int64_t pos0, const RopeParams& rp, cudaStream_t st,

@@ -101,6 +101,43 @@ def test_rope_matches_cpu(mode, rng):
 
 
 @needs_gpu
+def test_rms_norm_q_fused(rng):
+    x = rng.standard_normal((3, 2048)).astype(np.float32)
+    a = rng.standard_normal((3, 2048)).astype(np.float32)
+    w = rng.standard_normal(2048).astype(np.float32)
+    x2, h, qs, d, s = cuda_ext.rms_norm_q(x, a, w, 1e-5)
+    np.testing.assert_array_equal(x2, x + a)
+    np.testing.assert_allclose(h, cuda_ext.rms_norm(x + a, w, 1e-5), rtol=1e-5, atol=1e-6)
+    q2, d2, s2 = cuda_ext.quantize_q8a(h)
+    np.testing.assert_array_equal(qs, q2)
+    np.testing.assert_array_equal(d, d2)
+    np.testing.assert_allclose(s, s2, rtol=1e-6)
+
+
+@needs_gpu
+def test_swiglu_q_fused(rng):
+    g = rng.standard_normal((2, 5632)).astype(np.float32)
+    u = rng.standard_normal((2, 5632)).astype(np.float32)
+    y, qs, d, s = cuda_ext.swiglu_q(g, u)
+    np.testing.assert_allclose(y, g / (1 + np.exp(-g)) * u, rtol=1e-5, atol=1e-6)
+    q2, d2, _ = cuda_ext.quantize_q8a(y)
+    np.testing.assert_array_equal(qs, q2)
+    np.testing.assert_array_equal(d, d2)
+
+
+@needs_gpu
+@pytest.mark.parametrize("mode", ["normal", "neox"])
+def test_rope_kv_write_fused(mode, rng):
+    k = rng.standard_normal((3, 4, 64)).astype(np.float32)
+    v = rng.standard_normal((3, 4, 64)).astype(np.float32)
+    kc, vc = cuda_ext.rope_kv_write(k, v, 17, mode)
+    want = _core.rope(k, np.arange(17, 20, dtype=np.int64), mode, 10000.0, 1.0)
+    np.testing.assert_allclose(kc.view(np.float16).astype(np.float32), want.astype(np.float16).astype(np.float32),
+                               rtol=2e-3, atol=2e-3)
+    np.testing.assert_array_equal(vc.view(np.float16), v.astype(np.float16))
+
+
+@needs_gpu
 def test_swiglu(rng):
     g = rng.standard_normal(1000).astype(np.float32)
     u = rng.standard_normal(1000).astype(np.float32)
