@@ -24,10 +24,10 @@ def gemv_rows():
     return rows
 
 
-def decode_xsil(path: str, n_prompt: int = 16, n_decode: int = 128):
+def decode_xsil(path: str, n_prompt: int = 16, n_decode: int = 128, graphs: bool = True):
     import xsil
 
-    with xsil.Session(path, backend="cuda", n_ctx=n_prompt + n_decode + 8, strict=True) as s:
+    with xsil.Session(path, backend="cuda", n_ctx=n_prompt + n_decode + 8, strict=True, cuda_graphs=graphs) as s:
         t0 = time.perf_counter()
         s.forward(list(range(1, n_prompt + 1)))
         t_prefill = time.perf_counter() - t0
@@ -110,6 +110,7 @@ def main() -> int:
     cfg = LlamaConfig.from_gguf(g)
     g.close()
     tps, t_pre, desc = decode_xsil(path)
+    tps_nog, _, _ = decode_xsil(path, graphs=False)
     print("describe:", {k: desc[k] for k in ("device", "memory")}, flush=True)
     try:
         base = decode_torch(cfg)
@@ -120,6 +121,7 @@ def main() -> int:
     print("\n== decode, TinyLlama shapes (22 layers, 2048/5632, vocab 32000), batch 1 ==")
     print(f"{'runner':34} {'tok/s':>8} {'ms/tok':>8} {'GB/s (weights)':>15}")
     print(f"{'xsil cuda (Q4_0, fp16 KV)':34} {tps:8.1f} {1e3 / tps:8.2f} {wb * tps / 1e9:15.0f}")
+    print(f"{'xsil cuda, no CUDA graph':34} {tps_nog:8.1f} {1e3 / tps_nog:8.2f} {wb * tps_nog / 1e9:15.0f}")
     print(f"{'torch fp16 matmul chain':34} {base:8.1f} {1e3 / base:8.2f}")
     print(f"speedup vs fp16 baseline: {tps / base:.2f}x (target >= 3x); prefill 16 tokens: {t_pre * 1e3:.1f} ms "
           f"(first call, incl. allocation)")
