@@ -14,11 +14,11 @@ namespace {
 constexpr int kWarps = 4;     // weight rows per CTA
 constexpr int kTileM = 8;     // activation rows per CTA for M > 1
 
+// Constant indices only: a dynamically indexed kernel parameter would be copied to local memory.
 __device__ __forceinline__ float* out_ptr(const SplitOut& o, int m, int n) {
-  int s = 0;
-  if (o.segs > 1 && n >= o.n0[1]) s = (o.segs > 2 && n >= o.n0[2]) ? 2 : 1;
-  const int w = o.n0[s + 1] - o.n0[s];
-  return o.y[s] + (size_t)m * w + (n - o.n0[s]);
+  if (o.segs > 2 && n >= o.n0[2]) return o.y[2] + (size_t)m * (o.n0[3] - o.n0[2]) + (n - o.n0[2]);
+  if (o.segs > 1 && n >= o.n0[1]) return o.y[1] + (size_t)m * (o.n0[2] - o.n0[1]) + (n - o.n0[1]);
+  return o.y[0] + (size_t)m * o.n0[1] + n;
 }
 
 __global__ void k_quantize_q8a(const float* __restrict__ x, int8_t* __restrict__ qs, float* __restrict__ dd,
@@ -56,25 +56,39 @@ __global__ void __launch_bounds__(kWarps * 32) k_mm_q4_0(const uint8_t* __restri
   float acc[MT];
 #pragma unroll
   for (int m = 0; m < MT; ++m) acc[m] = 0.0f;
-#pragma unroll 4
-  for (int b = lane; b < nb; b += 32) {
-    const uint4 w4 = ld_stream16(wr + (size_t)b * 16);
-    const float d = h2f(wdr[b]);
-    const int w[4] = {(int)w4.x, (int)w4.y, (int)w4.z, (int)w4.w};
+  // kU blocks per lane per step, all loaded before the first is used (kU 16-byte loads in flight).
+  constexpr int kU = 4;
+  for (int b0 = lane; b0 < nb; b0 += 32 * kU) {
+    uint4 w4[kU];
+    float dw[kU];
 #pragma unroll
-    for (int m = 0; m < MT; ++m) {
-      if (MT > 1 && m0 + m >= M) break;
-      const size_t xb = (size_t)(m0 + m) * nb + b;
-      const int4* xr = (const int4*)(xq + xb * 32);
-      const int4 xa = xr[0], xc = xr[1];
-      const int xl[4] = {xa.x, xa.y, xa.z, xa.w}, xh[4] = {xc.x, xc.y, xc.z, xc.w};
-      int s = 0;
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        s = __dp4a(w[i] & 0x0F0F0F0F, xl[i], s);          // elements 4i..4i+3 (low nibbles)
-        s = __dp4a((w[i] >> 4) & 0x0F0F0F0F, xh[i], s);   // elements 16+4i.. (high nibbles)
+    for (int u = 0; u < kU; ++u) {
+      const int b = b0 + u * 32;
+      if (b < nb) {
+        w4[u] = ld_stream16(wr + (size_t)b * 16);
+        dw[u] = h2f(wdr[b]);
       }
-      acc[m] += d * (xd[xb] * (float)s - 8.0f * xs[xb]);
+    }
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int b = b0 + u * 32;
+      if (b >= nb) break;
+      const int w[4] = {(int)w4[u].x, (int)w4[u].y, (int)w4[u].z, (int)w4[u].w};
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        if (MT > 1 && m0 + m >= M) break;
+        const size_t xb = (size_t)(m0 + m) * nb + b;
+        const int4* xr = (const int4*)(xq + xb * 32);
+        const int4 xa = xr[0], xc = xr[1];
+        const int xl[4] = {xa.x, xa.y, xa.z, xa.w}, xh[4] = {xc.x, xc.y, xc.z, xc.w};
+        int s = 0;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          s = __dp4a(w[i] & 0x0F0F0F0F, xl[i], s);          // elements 4i..4i+3 (low nibbles)
+          s = __dp4a((w[i] >> 4) & 0x0F0F0F0F, xh[i], s);   // elements 16+4i.. (high nibbles)
+        }
+        acc[m] += dw[u] * (xd[xb] * (float)s - 8.0f * xs[xb]);
+      }
     }
   }
 #pragma unroll
@@ -100,22 +114,37 @@ __global__ void __launch_bounds__(kWarps * 32) k_mm_q8_0(const int8_t* __restric
   float acc[MT];
 #pragma unroll
   for (int m = 0; m < MT; ++m) acc[m] = 0.0f;
-#pragma unroll 2
-  for (int b = lane; b < nb; b += 32) {
-    const uint4 w0 = ld_stream16(wr + (size_t)b * 32), w1 = ld_stream16(wr + (size_t)b * 32 + 16);
-    const float d = h2f(wdr[b]);
-    const int w[8] = {(int)w0.x, (int)w0.y, (int)w0.z, (int)w0.w, (int)w1.x, (int)w1.y, (int)w1.z, (int)w1.w};
+  constexpr int kU = 2;  // blocks per lane per step: 2 x 2 16-byte loads in flight
+  for (int b0 = lane; b0 < nb; b0 += 32 * kU) {
+    uint4 w0[kU], w1[kU];
+    float dw[kU];
 #pragma unroll
-    for (int m = 0; m < MT; ++m) {
-      if (MT > 1 && m0 + m >= M) break;
-      const size_t xb = (size_t)(m0 + m) * nb + b;
-      const int4* xr = (const int4*)(xq + xb * 32);
-      const int4 xa = xr[0], xc = xr[1];
-      const int xv[8] = {xa.x, xa.y, xa.z, xa.w, xc.x, xc.y, xc.z, xc.w};
-      int s = 0;
+    for (int u = 0; u < kU; ++u) {
+      const int b = b0 + u * 32;
+      if (b < nb) {
+        w0[u] = ld_stream16(wr + (size_t)b * 32);
+        w1[u] = ld_stream16(wr + (size_t)b * 32 + 16);
+        dw[u] = h2f(wdr[b]);
+      }
+    }
 #pragma unroll
-      for (int i = 0; i < 8; ++i) s = __dp4a(w[i], xv[i], s);
-      acc[m] += d * xd[xb] * (float)s;
+    for (int u = 0; u < kU; ++u) {
+      const int b = b0 + u * 32;
+      if (b >= nb) break;
+      const int w[8] = {(int)w0[u].x, (int)w0[u].y, (int)w0[u].z, (int)w0[u].w,
+                        (int)w1[u].x, (int)w1[u].y, (int)w1[u].z, (int)w1[u].w};
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        if (MT > 1 && m0 + m >= M) break;
+        const size_t xb = (size_t)(m0 + m) * nb + b;
+        const int4* xr = (const int4*)(xq + xb * 32);
+        const int4 xa = xr[0], xc = xr[1];
+        const int xv[8] = {xa.x, xa.y, xa.z, xa.w, xc.x, xc.y, xc.z, xc.w};
+        int s = 0;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) s = __dp4a(w[i], xv[i], s);
+        acc[m] += dw[u] * xd[xb] * (float)s;
+      }
     }
   }
 #pragma unroll
