@@ -1,7 +1,7 @@
 // Attention over a device-resident fp16 KV cache, contiguous per sequence ([n_ctx][n_kv * hd] per
 // layer; no paging in this slice). One CTA per (query token, head); its warps split the visible keys
 // and keep an online softmax each (lanes hold hd/32 elements), merged through shared memory at the
-// end. Prefill (causal) runs the same kernel with one CTA row per query token.
+// end. Prefill (causal, n_q > 1) stages K/V tiles in shared memory for 8 queries at a time.
 #include <cmath>
 
 #include "cuda/common.cuh"
@@ -117,6 +117,75 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
   }
 }
 
+// Causal prefill: one CTA per (head, tile of kQT query tokens), one warp per query. K/V tiles of
+// kKT tokens are staged in shared memory once and read by all kQT queries of the CTA (each warp keeps
+// its own online softmax and writes its row; no merge needed).
+constexpr int kQT = 8, kKT = 32;
+
+__global__ void __launch_bounds__(kQT * 32)
+    k_attention_prefill(const float* __restrict__ q, const uint16_t* __restrict__ kc, const uint16_t* __restrict__ vc,
+                        float* __restrict__ out, int64_t n_q, int64_t pos0, int n_heads, int n_kv, int hd,
+                        float scale) {
+  __shared__ __align__(16) uint16_t sk[kKT][256];
+  __shared__ __align__(16) uint16_t sv[kKT][256];
+  const int h = blockIdx.x;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+  const int64_t q_first = (int64_t)blockIdx.y * kQT;
+  const int64_t qi = q_first + warp;
+  const bool active = qi < n_q;
+  const int kvh = h / (n_heads / n_kv);
+  const int64_t kvd = (int64_t)n_kv * hd;
+  const int E = hd / 32;
+  const int64_t my_last = pos0 + qi;  // last visible position of this warp's query
+  const int64_t cta_last = pos0 + min(q_first + kQT, n_q) - 1;
+  float qv[kMaxE], acc[kMaxE];
+#pragma unroll
+  for (int e = 0; e < kMaxE; ++e) {
+    qv[e] = (active && e < E) ? q[(qi * n_heads + h) * hd + lane * E + e] * scale : 0.0f;
+    acc[e] = 0.0f;
+  }
+  float m = -INFINITY, l = 0.0f;
+  const int words = hd / 2;  // 4-byte words per row
+  for (int64_t t0 = 0; t0 <= cta_last; t0 += kKT) {
+    __syncthreads();  // the previous tile has been consumed
+    for (int i = threadIdx.x; i < kKT * words; i += blockDim.x) {
+      const int r = i / words, c = (i % words) * 2;
+      const int64_t tok = t0 + r;
+      uint32_t kw = 0, vw = 0;
+      if (tok <= cta_last) {
+        kw = *(const uint32_t*)(kc + tok * kvd + (int64_t)kvh * hd + c);
+        vw = *(const uint32_t*)(vc + tok * kvd + (int64_t)kvh * hd + c);
+      }
+      *(uint32_t*)&sk[r][c] = kw;
+      *(uint32_t*)&sv[r][c] = vw;
+    }
+    __syncthreads();
+    if (active) {
+      const int64_t jmax = min((int64_t)kKT, my_last - t0 + 1);
+      for (int j = 0; j < jmax; ++j) {
+        float s = 0.0f;
+#pragma unroll
+        for (int e = 0; e < kMaxE; ++e)
+          if (e < E) s += qv[e] * h2f(sk[j][lane * E + e]);
+        s = warp_sum(s);
+        const float mn = fmaxf(m, s);
+        const float c = expf(m - mn), p = expf(s - mn);
+        l = l * c + p;
+#pragma unroll
+        for (int e = 0; e < kMaxE; ++e)
+          if (e < E) acc[e] = acc[e] * c + p * h2f(sv[j][lane * E + e]);
+        m = mn;
+      }
+    }
+  }
+  if (active) {
+    float* o = out + (qi * n_heads + h) * hd + lane * E;
+#pragma unroll
+    for (int e = 0; e < kMaxE; ++e)
+      if (e < E) o[e] = acc[e] / l;
+  }
+}
+
 }  // namespace
 
 void kv_write(uint16_t* kc, uint16_t* vc, const float* k, const float* v, int64_t pos0, int64_t n_tok, int64_t kvd,
@@ -145,8 +214,13 @@ void attention(const float* q, const uint16_t* kc, const uint16_t* vc, float* ou
   require(n_kv > 0 && n_heads > 0 && n_heads % n_kv == 0, "attention", "n_heads must be a multiple of n_kv");
   require(n_q > 0 && n_q <= 65535 && pos0 >= 0, "attention", "n_q must be in [1, 65535]");
   if (scale == 0.0f) scale = 1.0f / std::sqrt((float)hd);
-  const dim3 grid((unsigned)n_heads, (unsigned)n_q);
-  k_attention<<<grid, kAttnWarps * 32, 0, st>>>(q, kc, vc, out, pos0, n_heads, n_kv, hd, scale, dpos);
+  if (n_q == 1 || dpos) {  // decode (and graph replays): one CTA per head, 8 warps split the keys
+    const dim3 grid((unsigned)n_heads, (unsigned)n_q);
+    k_attention<<<grid, kAttnWarps * 32, 0, st>>>(q, kc, vc, out, pos0, n_heads, n_kv, hd, scale, dpos);
+  } else {  // prefill: K/V tiles in shared memory shared by kQT queries
+    const dim3 grid((unsigned)n_heads, (unsigned)((n_q + kQT - 1) / kQT));
+    k_attention_prefill<<<grid, kQT * 32, 0, st>>>(q, kc, vc, out, n_q, pos0, n_heads, n_kv, hd, scale);
+  }
   check_launch("attention");
 }
 

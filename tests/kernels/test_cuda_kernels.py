@@ -177,7 +177,7 @@ def _attn_ref(q, k, v, scale):
 
 
 @needs_gpu
-@pytest.mark.parametrize("nq,nk", [(1, 1), (1, 37), (1, 600), (9, 9), (7, 40)])
+@pytest.mark.parametrize("nq,nk", [(1, 1), (1, 37), (1, 600), (2, 2), (9, 9), (7, 40), (33, 33), (20, 100), (70, 300)])
 @pytest.mark.parametrize("hd", [64, 128])
 def test_attention(nq, nk, hd, rng):
     H, nkv = 8, 2
