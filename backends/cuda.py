@@ -202,6 +202,8 @@ class CudaSession(Session):
             self.native = None
 
     def describe(self) -> Dict[str, Any]:
+        from xsil.model.llama import peak_rss_bytes
+
         cfg = self.config
         return dict(
             backend="cuda",
@@ -212,7 +214,7 @@ class CudaSession(Session):
             cuda_graphs=bool(self.native.graphs),
             memory=dict(weight_bytes=int(self.native.weight_bytes), kv_bytes=int(self.native.kv_bytes),
                         kv_dtype="f16", n_ctx=self.n_ctx, kv_layout="contiguous per sequence"),
-            load=dict(phases=self.load_s),
+            load=dict(phases_s=dict(self.load_s), peak_rss_bytes=peak_rss_bytes()),
         )
 
 

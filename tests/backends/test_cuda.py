@@ -128,3 +128,18 @@ def test_generate_is_deterministic():
         g.reset()
         b = [e.token_id for e in g.generate([1, 5, 9], max_tokens=8)] if hasattr(g, "generate") else []
         assert a == b
+
+
+def test_native_model_rejects_unsupported_types_before_touching_a_device():
+    cuda_ext = pytest.importorskip("xsil._cuda", reason="xsil._cuda not built")
+    from xsil.backends.cuda import load_weights
+    from xsil.model.gguf import GGUFFile
+    from xsil.model.llama import LlamaConfig
+
+    g = GGUFFile(MODEL)
+    cfg = LlamaConfig.from_gguf(g)
+    w = load_weights(g, cfg)
+    arr, _, rows, cols = w["blk.0.attn_q.weight"]
+    w["blk.0.attn_q.weight"] = (arr, "Q4_K", rows, cols)
+    with pytest.raises(ValueError, match=r"blk\.0\.attn_q\.weight has type Q4_K; the CUDA backend supports .*Q4_0"):
+        cuda_ext.LlamaModel(cfg.as_core(), w, 64, 0)
