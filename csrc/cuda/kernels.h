@@ -57,7 +57,8 @@ struct SplitOut {
 };
 
 // y[M][N] = x[M][K] . W^T. Q4_0/Q8_0 use the quantized activations xq (integer __dp4a dots);
-// F16/F32 read x. M == 1 runs the decode GEMV; M > 1 the register-tiled GEMM (8 rows per tile).
+// F16/F32 read x. M == 1 runs the decode GEMV; M > 1 the shared-memory-tiled GEMM (Q4_0/Q8_0:
+// 8 weight rows x 16 activation rows per CTA) or the register-tiled dense kernel (F16/F32).
 void matmul(const DevMatrix& w, const float* x, DevQ8a xq, float* y, int64_t M, cudaStream_t st);
 void matmul_split(const DevMatrix& w, const float* x, DevQ8a xq, const SplitOut& out, int64_t M, cudaStream_t st);
 

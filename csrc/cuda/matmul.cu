@@ -155,6 +155,85 @@ __global__ void __launch_bounds__(kWarps * 32) k_mm_q8_0(const int8_t* __restric
   }
 }
 
+// Prefill GEMM (M > 1) for Q4_0 / Q8_0, tiled through shared memory: a CTA computes kGW weight rows
+// (one warp each) x kGM activation rows. K is walked in chunks of 32 blocks: the chunk's quantized
+// activations (kGM rows x 32 blocks: quants, scales, sums) are staged in shared memory once and read
+// by every warp; each lane owns one block of the chunk, loads its weight block once and reuses it
+// for the kGM activation rows.
+constexpr int kGW = 8, kGM = 16, kGC = 32;
+
+template <bool Q4>
+__global__ void __launch_bounds__(kGW * 32) k_gemm_q(const uint8_t* __restrict__ wq, const uint16_t* __restrict__ wd,
+                                                    const int8_t* __restrict__ xq, const float* __restrict__ xd,
+                                                    const float* __restrict__ xs, SplitOut out, int N, int K, int M) {
+  __shared__ __align__(16) int8_t sq[kGM][kGC][32];  // 16 KB
+  __shared__ float sd[kGM][kGC], ss[kGM][kGC];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
+  const int n = blockIdx.x * kGW + warp;
+  const int m0 = blockIdx.y * kGM;
+  const int nb = K / 32;
+  const int bytes_per_block = Q4 ? 16 : 32;
+  float acc[kGM];
+#pragma unroll
+  for (int m = 0; m < kGM; ++m) acc[m] = 0.0f;
+  for (int c0 = 0; c0 < nb; c0 += kGC) {
+    __syncthreads();  // the previous chunk has been consumed
+    // stage kGM x kGC activation blocks: 16-byte pieces, 2 per block
+    for (int i = threadIdx.x; i < kGM * kGC * 2; i += blockDim.x) {
+      const int m = i / (kGC * 2), r = i % (kGC * 2), b = r / 2, half = r % 2;
+      int4 v = make_int4(0, 0, 0, 0);
+      if (m0 + m < M && c0 + b < nb) v = *(const int4*)(xq + ((size_t)(m0 + m) * nb + c0 + b) * 32 + half * 16);
+      *(int4*)&sq[m][b][half * 16] = v;
+    }
+    for (int i = threadIdx.x; i < kGM * kGC; i += blockDim.x) {
+      const int m = i / kGC, b = i % kGC;
+      const bool ok = m0 + m < M && c0 + b < nb;
+      sd[m][b] = ok ? xd[(size_t)(m0 + m) * nb + c0 + b] : 0.0f;
+      ss[m][b] = ok ? xs[(size_t)(m0 + m) * nb + c0 + b] : 0.0f;
+    }
+    __syncthreads();
+    const int b = c0 + lane;
+    if (n < N && b < nb) {
+      const uint8_t* wb = wq + ((size_t)n * nb + b) * bytes_per_block;
+      const float dw = h2f(wd[(size_t)n * nb + b]);
+      int w[8];
+      const uint4 w0 = ld_stream16(wb);
+      w[0] = (int)w0.x; w[1] = (int)w0.y; w[2] = (int)w0.z; w[3] = (int)w0.w;
+      if (!Q4) {
+        const uint4 w1 = ld_stream16(wb + 16);
+        w[4] = (int)w1.x; w[5] = (int)w1.y; w[6] = (int)w1.z; w[7] = (int)w1.w;
+      }
+#pragma unroll
+      for (int m = 0; m < kGM; ++m) {
+        const int4 xa = *(const int4*)&sq[m][lane][0], xc = *(const int4*)&sq[m][lane][16];
+        const int xl[4] = {xa.x, xa.y, xa.z, xa.w}, xh[4] = {xc.x, xc.y, xc.z, xc.w};
+        int s = 0;
+        if (Q4) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            s = __dp4a(w[i] & 0x0F0F0F0F, xl[i], s);
+            s = __dp4a((w[i] >> 4) & 0x0F0F0F0F, xh[i], s);
+          }
+          acc[m] += dw * (sd[m][lane] * (float)s - 8.0f * ss[m][lane]);
+        } else {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            s = __dp4a(w[i], xl[i], s);
+            s = __dp4a(w[4 + i], xh[i], s);
+          }
+          acc[m] += dw * sd[m][lane] * (float)s;
+        }
+      }
+    }
+  }
+  if (n >= N) return;
+#pragma unroll
+  for (int m = 0; m < kGM; ++m) {
+    const float v = warp_sum(acc[m]);
+    if (lane == 0 && m0 + m < M) *out_ptr(out, m0 + m, n) = v;
+  }
+}
+
 // Dense fp16 / fp32 weights (tensors that are not block-quantized), fp32 activations.
 template <int MT, bool F16>
 __global__ void __launch_bounds__(kWarps * 32) k_mm_dense(const void* __restrict__ w, const float* __restrict__ x,
@@ -303,10 +382,21 @@ void matmul_split(const DevMatrix& w, const float* x, DevQ8a xq, const SplitOut&
   size_t a, b;
   dev_matrix_sizes(w.fmt, w.N, w.K, &a, &b);
   require(M > 0 && M <= 65535LL * kTileM && w.N < (1LL << 31) && w.K < (1LL << 31), "matmul", "sizes out of range");
-  if (M == 1)
+  if (M == 1) {
     launch_mm<1>(w, x, xq, y, M, st);
-  else
+  } else if (w.fmt == Fmt::Q4_0 || w.fmt == Fmt::Q8_0) {
+    require(M <= 65535LL * kGM, "matmul", "M too large");
+    const dim3 grid(grid1(w.N, kGW), (unsigned)((M + kGM - 1) / kGM));
+    if (w.fmt == Fmt::Q4_0)
+      k_gemm_q<true><<<grid, kGW * 32, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, (int)w.N, (int)w.K,
+                                                (int)M);
+    else
+      k_gemm_q<false><<<grid, kGW * 32, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, (int)w.N, (int)w.K,
+                                                 (int)M);
+    check_launch(w.fmt == Fmt::Q4_0 ? "gemm_q4_0" : "gemm_q8_0");
+  } else {
     launch_mm<kTileM>(w, x, xq, y, M, st);
+  }
 }
 
 void copy_d2d(void* dst, const void* src, size_t bytes, cudaStream_t st) {
