@@ -44,7 +44,7 @@ def _rel(a, b):
 
 @needs_gpu
 @pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0"])
-@pytest.mark.parametrize("M", [1, 3, 8, 17])
+@pytest.mark.parametrize("M", [1, 3, 8, 17, 33])
 @pytest.mark.parametrize("NK", [(64, 256), (130, 1024), (96, 5632)])
 def test_matmul_quant_matches_cpu_integer_path(fmt, M, NK, rng):
     N, K = NK
@@ -54,6 +54,18 @@ def test_matmul_quant_matches_cpu_integer_path(fmt, M, NK, rng):
     got = cuda_ext.matmul(w, fmt, N, K, x)
     assert got.shape == (M, N)
     assert _rel(got, want) < 1e-4
+
+
+@needs_gpu
+@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0"])
+def test_gemm_rows_equal_gemv_bitwise(fmt, rng):
+    # prefill GEMM and decode GEMV keep the same per-lane summation order: batch == step exactly
+    N, K, M = 100, 2048, 19
+    w = _core.quantize(rng.standard_normal((N, K)).astype(np.float32), fmt)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    batch = cuda_ext.matmul(w, fmt, N, K, x)
+    step = np.concatenate([cuda_ext.matmul(w, fmt, N, K, x[i:i + 1]) for i in range(M)])
+    np.testing.assert_array_equal(batch, step)
 
 
 @needs_gpu
