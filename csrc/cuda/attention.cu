@@ -24,31 +24,41 @@ __global__ void k_kv_write(uint16_t* __restrict__ kc, uint16_t* __restrict__ vc,
   }
 }
 
-// One thread per rotated pair of k (same angle computation as k_rope), writing the rotated pair and
-// the matching v pair to the fp16 cache.
-__global__ void k_rope_kv_write(const float* __restrict__ k, const float* __restrict__ v, uint16_t* __restrict__ kc,
-                                uint16_t* __restrict__ vc, int64_t n_tok, int64_t n_kv, int64_t hd, int64_t pos0,
-                                int mode, double base, double fscale, const int64_t* __restrict__ dpos) {
+// One thread per rotated pair of q (when q != nullptr, rotated in place) and of k (rotated and written
+// to the fp16 cache with the matching v pair). Same angle computation as k_rope.
+__global__ void k_rope_qkv(float* __restrict__ q, int64_t n_q_heads, const float* __restrict__ k,
+                           const float* __restrict__ v, uint16_t* __restrict__ kc, uint16_t* __restrict__ vc,
+                           int64_t n_tok, int64_t n_kv, int64_t hd, int64_t pos0, int mode, double base, double fscale,
+                           const int64_t* __restrict__ dpos) {
   if (dpos) pos0 = *dpos;
   const int64_t half = hd / 2;
+  const int64_t nh = n_q_heads + n_kv;  // q heads first, then k heads, per token
   const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (idx >= n_tok * n_kv * half) return;
+  if (idx >= n_tok * nh * half) return;
   const int64_t i = idx % half;
-  const int64_t hv = idx / half;  // t * n_kv + h
-  const int64_t t = hv / n_kv;
+  const int64_t th_idx = idx / half;
+  const int64_t t = th_idx / nh, hh = th_idx % nh;
   const int64_t i0 = mode == 0 ? 2 * i : i;
   const int64_t i1 = mode == 0 ? 2 * i + 1 : i + half;
-  const float* kr = k + hv * hd;
-  const float a = kr[i0], b = kr[i1];
-  float r0 = a, r1 = b;
+  float c = 1.0f, s = 0.0f;
   if (mode >= 0) {
     const double th = (double)(pos0 + t) * fscale * pow(base, -2.0 * (double)i / (double)hd);
     double sd, cd;
     sincos(th, &sd, &cd);
-    const float c = (float)cd, s = (float)sd;
-    r0 = a * c - b * s;
-    r1 = a * s + b * c;
+    c = (float)cd;
+    s = (float)sd;
   }
+  if (hh < n_q_heads) {
+    float* qr = q + (t * n_q_heads + hh) * hd;
+    const float a = qr[i0], b = qr[i1];
+    qr[i0] = a * c - b * s;
+    qr[i1] = a * s + b * c;
+    return;
+  }
+  const int64_t hv = t * n_kv + (hh - n_q_heads);
+  const float* kr = k + hv * hd;
+  const float a = kr[i0], b = kr[i1];
+  const float r0 = mode >= 0 ? a * c - b * s : a, r1 = mode >= 0 ? a * s + b * c : b;
   const int64_t off = (pos0 * n_kv) * hd + hv * hd;  // cache row of position pos0 + t, head h
   kc[off + i0] = f2h(r0);
   kc[off + i1] = f2h(r1);
@@ -202,9 +212,21 @@ void rope_kv_write(const float* k, const float* v, uint16_t* kc, uint16_t* vc, i
   require(rp.mode == RopeMode::None || rp.mode == RopeMode::Normal || rp.mode == RopeMode::Neox, "kv_write",
           "unknown rope mode");
   const int64_t total = n_tok * n_kv * (hd / 2);
-  k_rope_kv_write<<<grid1(total, 256), 256, 0, st>>>(k, v, kc, vc, n_tok, n_kv, hd, pos0, (int)rp.mode,
-                                                     (double)rp.freq_base, (double)rp.freq_scale, dpos);
+  k_rope_qkv<<<grid1(total, 256), 256, 0, st>>>(nullptr, 0, k, v, kc, vc, n_tok, n_kv, hd, pos0, (int)rp.mode,
+                                                (double)rp.freq_base, (double)rp.freq_scale, dpos);
   check_launch("kv_write");
+}
+
+void rope_qkv_write(float* q, int64_t n_q_heads, const float* k, const float* v, uint16_t* kc, uint16_t* vc,
+                    int64_t n_tok, int64_t n_kv, int64_t hd, int64_t pos0, const RopeParams& rp, cudaStream_t st,
+                    const int64_t* dpos) {
+  require(hd > 0 && hd % 2 == 0 && n_tok > 0 && n_kv > 0 && n_q_heads >= 0 && pos0 >= 0, "rope", "bad sizes");
+  require(rp.mode == RopeMode::None || rp.mode == RopeMode::Normal || rp.mode == RopeMode::Neox, "rope",
+          "unknown rope mode");
+  const int64_t total = n_tok * (n_q_heads + n_kv) * (hd / 2);
+  k_rope_qkv<<<grid1(total, 256), 256, 0, st>>>(q, n_q_heads, k, v, kc, vc, n_tok, n_kv, hd, pos0, (int)rp.mode,
+                                                (double)rp.freq_base, (double)rp.freq_scale, dpos);
+  check_launch("rope");
 }
 
 void attention(const float* q, const uint16_t* kc, const uint16_t* vc, float* out, int64_t n_q, int64_t pos0,

@@ -302,6 +302,37 @@ py::tuple py_rope_kv_write(const py::array& k, const py::array& v, int64_t pos0,
   return py::make_tuple(ok, ov);  // raw fp16 bits (view as np.float16)
 }
 
+// Fused RoPE(q, k) + KV write: returns (rotated q, cache k bits, cache v bits) for q [n_tok, H, hd].
+py::tuple py_rope_qkv_write(const py::array& q, const py::array& k, const py::array& v, int64_t pos0,
+                            const std::string& mode, float base, float scale) {
+  auto qa = arr<float>(q);
+  auto ka = arr<float>(k);
+  auto va = arr<float>(v);
+  if (qa.ndim() != 3 || ka.ndim() != 3 || va.ndim() != 3 || ka.size() != va.size() || qa.shape(0) != ka.shape(0) ||
+      qa.shape(2) != ka.shape(2))
+    throw std::invalid_argument("[cuda:rope] q [n_tok, H, hd], k, v [n_tok, n_kv, hd]");
+  RopeParams rp;
+  rp.mode = mode == "normal" ? RopeMode::Normal : mode == "neox" ? RopeMode::Neox : RopeMode::None;
+  rp.freq_base = base;
+  rp.freq_scale = scale;
+  const int64_t T = ka.shape(0), H = ka.shape(1), hd = ka.shape(2), cells = (pos0 + T) * H * hd;
+  DBuf dq(qa.nbytes()), dk(ka.nbytes()), dv(va.nbytes()), kc(cells * 2), vc(cells * 2);
+  up(dq, qa.data(), qa.nbytes());
+  up(dk, ka.data(), ka.nbytes());
+  up(dv, va.data(), va.nbytes());
+  rope_qkv_write(dq.as<float>(), qa.shape(1), dk.as<float>(), dv.as<float>(), kc.as<uint16_t>(), vc.as<uint16_t>(), T,
+                 H, hd, pos0, rp, 0);
+  sync("rope");
+  py::array_t<float> oq({qa.shape(0), qa.shape(1), qa.shape(2)});
+  down(oq.mutable_data(), dq, qa.nbytes());
+  py::array_t<uint16_t> ok({T, H, hd}), ov({T, H, hd});
+  check(cudaMemcpy(ok.mutable_data(), kc.as<uint16_t>() + pos0 * H * hd, T * H * hd * 2, cudaMemcpyDeviceToHost),
+        "download");
+  check(cudaMemcpy(ov.mutable_data(), vc.as<uint16_t>() + pos0 * H * hd, T * H * hd * 2, cudaMemcpyDeviceToHost),
+        "download");
+  return py::make_tuple(oq, ok, ov);
+}
+
 // Bandwidth bench: times `iters` Q4_0 GEMVs (M = 1) over an N x K matrix of random bytes and `iters`
 // device-to-device copies of the same number of bytes, with CUDA events. Returns GB/s of each.
 py::dict bench_gemv(const std::string& fmt, int64_t N, int64_t K, int iters) {
@@ -454,6 +485,8 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("swiglu_q", &py_swiglu_q, py::arg("g"), py::arg("u"));
   m.def("rope_kv_write", &py_rope_kv_write, py::arg("k"), py::arg("v"), py::arg("pos0"), py::arg("mode"),
         py::arg("freq_base") = 10000.0f, py::arg("freq_scale") = 1.0f);
+  m.def("rope_qkv_write", &py_rope_qkv_write, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("pos0"),
+        py::arg("mode"), py::arg("freq_base") = 10000.0f, py::arg("freq_scale") = 1.0f);
   m.def("bench_gemv", &bench_gemv, py::arg("fmt"), py::arg("N"), py::arg("K"), py::arg("iters") = 50);
   py::class_<PyCudaModel>(m, "LlamaModel")
       .def(py::init(&make_model), py::arg("config"), py::arg("weights"), py::arg("n_ctx"), py::arg("device") = 0)

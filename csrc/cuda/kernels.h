@@ -68,6 +68,11 @@ void rms_norm_q(float* x, const float* add, const float* w, float* h, DevQ8a xq,
                 cudaStream_t st);
 // g[r][i] = silu(g[r][i]) * u[r][i] for rows x n, and g quantized to q8a (n a multiple of 32).
 void swiglu_q(float* g, const float* u, DevQ8a xq, int64_t rows, int64_t n, cudaStream_t st);
+// RoPE on q (in place, n_q_heads per token) and on k, fused with the fp16 KV write of k and v at
+// positions pos0.. (or *dpos): one launch for what rope(q) + rope_kv_write do.
+void rope_qkv_write(float* q, int64_t n_q_heads, const float* k, const float* v, uint16_t* kc, uint16_t* vc,
+                    int64_t n_tok, int64_t n_kv, int64_t hd, int64_t pos0, const RopeParams& rp, cudaStream_t st,
+                    const int64_t* dpos = nullptr);
 // RoPE on k (as rope()) fused with the fp16 KV write of k and v at positions pos0.. (or *dpos).
 void rope_kv_write(const float* k, const float* v, uint16_t* kc, uint16_t* vc, int64_t n_tok, int64_t n_kv,
                    int64_t hd, int64_t pos0, const RopeParams& rp, cudaStream_t st, const int64_t* dpos = nullptr);

@@ -342,8 +342,7 @@ void CudaLlama::run_layers(int64_t n, int64_t pos0, bool all_logits, const int64
     if (L.bq) add_bias(q_, L.bq, n, qd, stream_);
     if (L.bk) add_bias(k_, L.bk, n, kd, stream_);
     if (L.bv) add_bias(v_, L.bv, n, kd, stream_);
-    rope(q_, n, c.n_head, c.head_dim, pos0, c.rope, stream_, dpos);
-    rope_kv_write(k_, v_, L.kc, L.vc, n, c.n_head_kv, c.head_dim, pos0, c.rope, stream_, dpos);
+    rope_qkv_write(q_, c.n_head, k_, v_, L.kc, L.vc, n, c.n_head_kv, c.head_dim, pos0, c.rope, stream_, dpos);
     attention(q_, L.kc, L.vc, att_, n, pos0, (int)c.n_head, (int)c.n_head_kv, (int)c.head_dim, 0.0f, stream_, dpos);
     linear(L.wo, att_, false, h_, n);
     norm(x_, h_, L.ffn_norm, n);  // x += attention output

@@ -150,6 +150,21 @@ def test_rope_kv_write_fused(mode, rng):
 
 
 @needs_gpu
+@pytest.mark.parametrize("mode", ["normal", "neox"])
+def test_rope_qkv_write_fused(mode, rng):
+    q = rng.standard_normal((3, 8, 64)).astype(np.float32)
+    k = rng.standard_normal((3, 2, 64)).astype(np.float32)
+    v = rng.standard_normal((3, 2, 64)).astype(np.float32)
+    pos = np.arange(40, 43, dtype=np.int64)
+    qr, kc, vc = cuda_ext.rope_qkv_write(q, k, v, 40, mode)
+    np.testing.assert_allclose(qr, _core.rope(q, pos, mode, 10000.0, 1.0), rtol=1e-5, atol=1e-5)
+    want = _core.rope(k, pos, mode, 10000.0, 1.0)
+    np.testing.assert_allclose(kc.view(np.float16).astype(np.float32), want.astype(np.float16).astype(np.float32),
+                               rtol=2e-3, atol=2e-3)
+    np.testing.assert_array_equal(vc.view(np.float16), v.astype(np.float16))
+
+
+@needs_gpu
 def test_swiglu(rng):
     g = rng.standard_normal(1000).astype(np.float32)
     u = rng.standard_normal(1000).astype(np.float32)
