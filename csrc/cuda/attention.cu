@@ -69,7 +69,8 @@ __global__ void k_rope_qkv(float* __restrict__ q, int64_t n_q_heads, const float
 __global__ void __launch_bounds__(kAttnWarps * 32)
     k_attention(const float* __restrict__ q, const uint16_t* __restrict__ kc, const uint16_t* __restrict__ vc,
                 float* __restrict__ out, int64_t pos0, int n_heads, int n_kv, int hd, float scale,
-                const int64_t* __restrict__ dpos) {
+                const int64_t* __restrict__ dpos, int8_t* __restrict__ oq, float* __restrict__ od,
+                float* __restrict__ os) {
   if (dpos) pos0 = *dpos;
   const int h = blockIdx.x;
   const int64_t qi = blockIdx.y;
@@ -119,11 +120,18 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
     f[w] = sm_m[w] == -INFINITY ? 0.0f : expf(sm_m[w] - M);
     L += sm_l[w] * f[w];
   }
-  float* o = out + (qi * n_heads + h) * hd;
-  for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+  // blockDim (256) >= hd and hd % 32 == 0: thread i owns output element i, warp w owns its 32-block
+  const int64_t e0 = (qi * n_heads + h) * hd;
+  const int i = threadIdx.x;
+  if (i < hd) {
     float a = 0.0f;
     for (int w = 0; w < kAttnWarps; ++w) a += sm_acc[w][i] * f[w];
-    o[i] = a / L;
+    const float val = a / L;
+    out[e0 + i] = val;
+    if (oq) {  // q8a of the output for the next matmul (warp-uniform branch)
+      const int64_t b = (e0 + (i & ~31)) / 32;
+      quant_block_warp(val, lane, oq + b * 32, od + b, os + b);
+    }
   }
 }
 
@@ -230,7 +238,7 @@ void rope_qkv_write(float* q, int64_t n_q_heads, const float* k, const float* v,
 }
 
 void attention(const float* q, const uint16_t* kc, const uint16_t* vc, float* out, int64_t n_q, int64_t pos0,
-               int n_heads, int n_kv, int hd, float scale, cudaStream_t st, const int64_t* dpos) {
+               int n_heads, int n_kv, int hd, float scale, cudaStream_t st, const int64_t* dpos, DevQ8a qout) {
   require(hd >= 32 && hd <= 32 * kMaxE && hd % 32 == 0, "attention",
           "head_dim=" + std::to_string(hd) + " must be a multiple of 32 in [32, 256]");
   require(n_kv > 0 && n_heads > 0 && n_heads % n_kv == 0, "attention", "n_heads must be a multiple of n_kv");
@@ -238,12 +246,15 @@ void attention(const float* q, const uint16_t* kc, const uint16_t* vc, float* ou
   if (scale == 0.0f) scale = 1.0f / std::sqrt((float)hd);
   if (n_q == 1 || dpos) {  // decode (and graph replays): one CTA per head, 8 warps split the keys
     const dim3 grid((unsigned)n_heads, (unsigned)n_q);
-    k_attention<<<grid, kAttnWarps * 32, 0, st>>>(q, kc, vc, out, pos0, n_heads, n_kv, hd, scale, dpos);
+    k_attention<<<grid, kAttnWarps * 32, 0, st>>>(q, kc, vc, out, pos0, n_heads, n_kv, hd, scale, dpos, qout.qs,
+                                                  qout.d, qout.s);
+    check_launch("attention");
   } else {  // prefill: K/V tiles in shared memory shared by kQT queries
     const dim3 grid((unsigned)n_heads, (unsigned)((n_q + kQT - 1) / kQT));
     k_attention_prefill<<<grid, kQT * 32, 0, st>>>(q, kc, vc, out, n_q, pos0, n_heads, n_kv, hd, scale);
+    check_launch("attention");
+    if (qout.qs) quantize_q8a(out, qout, n_q, (int64_t)n_heads * hd, st);
   }
-  check_launch("attention");
 }
 
 }  // namespace xsil::cuda

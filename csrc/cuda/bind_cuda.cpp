@@ -206,7 +206,7 @@ py::array_t<float> py_get_rows(const py::array& w, const std::string& fmt, int64
 
 // q [n_q, n_heads, hd]; k, v [n_keys, n_kv, hd] (stored as fp16 on the device, already rotated);
 // query i sits at position n_keys - n_q + i and sees keys [0, its position].
-py::array_t<float> py_attention(const py::array& q, const py::array& k, const py::array& v, float scale) {
+py::object py_attention(const py::array& q, const py::array& k, const py::array& v, float scale, bool quantized) {
   auto qa = arr<float>(q);
   auto ka = arr<float>(k);
   auto va = arr<float>(v);
@@ -220,12 +220,22 @@ py::array_t<float> py_attention(const py::array& q, const py::array& k, const py
   up(dk, ka.data(), nk * kvd * 4);
   up(dv, va.data(), nk * kvd * 4);
   kv_write(kc.as<uint16_t>(), vc.as<uint16_t>(), dk.as<float>(), dv.as<float>(), 0, nk, kvd, 0);
+  const int64_t ne = nq * H * hd;
+  DBuf oq(ne), od(ne / 32 * 4 + 4), os(ne / 32 * 4 + 4);
+  DevQ8a qo{};
+  if (quantized) qo = DevQ8a{oq.as<int8_t>(), od.as<float>(), os.as<float>()};
   attention(dq.as<float>(), kc.as<uint16_t>(), vc.as<uint16_t>(), dout.as<float>(), nq, nk - nq, (int)H, (int)nkv,
-            (int)hd, scale, 0);
+            (int)hd, scale, 0, nullptr, qo);
   sync("attention");
   py::array_t<float> y({nq, H, hd});
   down(y.mutable_data(), dout, qa.nbytes());
-  return y;
+  if (!quantized) return std::move(y);
+  py::array_t<int8_t> hq(ne);
+  py::array_t<float> hd_(ne / 32), hs(ne / 32);
+  down(hq.mutable_data(), oq, ne);
+  down(hd_.mutable_data(), od, ne / 32 * 4);
+  down(hs.mutable_data(), os, ne / 32 * 4);
+  return py::make_tuple(y, hq, hd_, hs);
 }
 
 // Fused norm: returns (x + add, rmsnorm(x + add) * w, qs, d, s).
@@ -480,7 +490,8 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("freq_scale") = 1.0f);
   m.def("swiglu", &py_swiglu, py::arg("g"), py::arg("u"));
   m.def("get_rows", &py_get_rows, py::arg("w"), py::arg("fmt"), py::arg("n_rows"), py::arg("n"), py::arg("tokens"));
-  m.def("attention", &py_attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale") = 0.0f);
+  m.def("attention", &py_attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale") = 0.0f,
+        py::arg("quantized") = false, "out (or (out, qs, d, s) with quantized=True)");
   m.def("rms_norm_q", &py_rms_norm_q, py::arg("x"), py::arg("add"), py::arg("w"), py::arg("eps"));
   m.def("swiglu_q", &py_swiglu_q, py::arg("g"), py::arg("u"));
   m.def("rope_kv_write", &py_rope_kv_write, py::arg("k"), py::arg("v"), py::arg("pos0"), py::arg("mode"),

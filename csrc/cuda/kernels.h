@@ -97,7 +97,8 @@ void kv_write(uint16_t* kc, uint16_t* vc, const float* k, const float* v, int64_
 // Causal attention: query i (position pos0 + i, i < n_q) attends to cached positions [0, pos0 + i].
 // q/out [n_q][n_heads][hd]; GQA group = n_heads / n_kv. hd <= 256 and a multiple of 32... (checked).
 void attention(const float* q, const uint16_t* kc, const uint16_t* vc, float* out, int64_t n_q, int64_t pos0,
-               int n_heads, int n_kv, int hd, float scale, cudaStream_t st, const int64_t* dpos = nullptr);
+               int n_heads, int n_kv, int hd, float scale, cudaStream_t st, const int64_t* dpos = nullptr,
+               DevQ8a qout = {});  // qout.qs set: also write out quantized to q8a (fused in decode)
 
 // Device memory bandwidth probe: device-to-device copy of `bytes` (for the bench).
 void copy_d2d(void* dst, const void* src, size_t bytes, cudaStream_t st);

@@ -343,8 +343,11 @@ void CudaLlama::run_layers(int64_t n, int64_t pos0, bool all_logits, const int64
     if (L.bk) add_bias(k_, L.bk, n, kd, stream_);
     if (L.bv) add_bias(v_, L.bv, n, kd, stream_);
     rope_qkv_write(q_, c.n_head, k_, v_, L.kc, L.vc, n, c.n_head_kv, c.head_dim, pos0, c.rope, stream_, dpos);
-    attention(q_, L.kc, L.vc, att_, n, pos0, (int)c.n_head, (int)c.n_head_kv, (int)c.head_dim, 0.0f, stream_, dpos);
-    linear(L.wo, att_, false, h_, n);
+    const bool q_att = is_quant(L.wo.fmt);
+    attention(q_, L.kc, L.vc, att_, n, pos0, (int)c.n_head, (int)c.n_head_kv, (int)c.head_dim, 0.0f, stream_, dpos,
+              q_att ? xq_ : none);
+    xq_k_ = q_att ? qd : 0;
+    linear(L.wo, att_, true, h_, n);
     norm(x_, h_, L.ffn_norm, n);  // x += attention output
     if (L.gu_fused) {
       SplitOut o;

@@ -216,6 +216,19 @@ def test_attention(nq, nk, hd, rng):
 
 
 @needs_gpu
+@pytest.mark.parametrize("nq,nk", [(1, 50), (5, 20)])
+def test_attention_quantized_output(nq, nk, rng):
+    q = rng.standard_normal((nq, 8, 64)).astype(np.float32)
+    k = rng.standard_normal((nk, 2, 64)).astype(np.float32)
+    v = rng.standard_normal((nk, 2, 64)).astype(np.float32)
+    out, qs, d, s = cuda_ext.attention(q, k, v, quantized=True)
+    np.testing.assert_array_equal(out, cuda_ext.attention(q, k, v))
+    q2, d2, s2 = cuda_ext.quantize_q8a(out.reshape(nq, -1))
+    np.testing.assert_array_equal(qs, q2.reshape(-1))
+    np.testing.assert_array_equal(d, d2.reshape(-1))
+
+
+@needs_gpu
 def test_errors_name_the_kernel(rng):
     with pytest.raises(ValueError, match="Q4_K"):
         cuda_ext.matmul(np.zeros(144, np.uint8), "Q4_K", 1, 256, np.zeros((1, 256), np.float32))
