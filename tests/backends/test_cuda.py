@@ -143,3 +143,31 @@ def test_native_model_rejects_unsupported_types_before_touching_a_device():
     w["blk.0.attn_q.weight"] = (arr, "Q4_K", rows, cols)
     with pytest.raises(ValueError, match=r"blk\.0\.attn_q\.weight has type Q4_K; the CUDA backend supports .*Q4_0"):
         cuda_ext.LlamaModel(cfg.as_core(), w, 64, 0)
+
+
+@gpu
+@pytest.mark.parametrize("arch,wtype", [("llama", "Q8_0"), ("qwen2", "Q4_0")])
+def test_synthetic_models_match_cpu(tmp_path, arch, wtype):
+    # Q8_0 matrices and neox RoPE (qwen2), each against the cpu backend
+    from xsil.model.default import SyntheticSpec, write_synthetic
+
+    spec = SyntheticSpec(name=f"t-{arch}-{wtype}", n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=512,
+                         n_vocab=512, arch=arch, weight_type=wtype)
+    path = str(tmp_path / "m.gguf")
+    write_synthetic(path, spec)
+    toks = list(range(1, 30))
+    with xsil.Session(path, backend="cpu", n_ctx=64) as c, xsil.Session(path, backend="cuda", n_ctx=64) as g:
+        a = c.forward(toks)
+        b = g.forward(toks)
+        step = np.concatenate([g.forward([t]) for t in toks[:5]])
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.999, cos.min()
+    assert np.abs(a - b).max() / a.std() < 0.05
+
+
+@gpu
+def test_bench_gemv_reports_bandwidth():
+    from xsil import _cuda
+
+    r = _cuda.bench_gemv("Q4_0", 4096, 4096, 5)
+    assert r["gemv_GBps"] > 0 and r["copy_GBps"] > 0 and r["bytes"] == 4096 * 4096 // 2 + 4096 * 128 * 2
