@@ -13,7 +13,7 @@ context shift).
 from __future__ import annotations
 
 import time
-from typing import Any, Dict
+from typing import Any
 
 import numpy as np
 
@@ -31,14 +31,14 @@ _OPTIONS = {
 def _load_ext():
     """xsil._cuda, or (None, reason)."""
     try:
-        from xsil import _cuda  # noqa: PLC0415  (lazy on purpose: never at `import xsil`)
+        from xsil import _cuda
 
         return _cuda, ""
     except ImportError as e:
         return None, f"xsil._cuda not built (this build found no CUDA compiler, or XSIL_CUDA=off): {e}"
 
 
-def device_info() -> Dict[str, Any]:
+def device_info() -> dict[str, Any]:
     """The extension's device query, or ok=False with the reason (never raises)."""
     ext, why = _load_ext()
     if ext is None:
@@ -46,8 +46,9 @@ def device_info() -> Dict[str, Any]:
     try:
         return dict(ext.device_info())
     except Exception as e:  # the query itself never raises; be safe anyway
-        return dict(ok=False, reason=f"CUDA device query failed: {e}", devices=[], driver_version=0,
-                    runtime_version=0)
+        return dict(
+            ok=False, reason=f"CUDA device query failed: {e}", devices=[], driver_version=0, runtime_version=0
+        )
 
 
 class CudaBackend:
@@ -62,10 +63,20 @@ class CudaBackend:
         devs = []
         for d in info["devices"]:
             cc = d["compute_capability"]
-            devs.append(Device(d["name"], "gpu", {
-                "index": d["index"], "memory": d["total_memory"], "compute_capability": f"{cc[0]}.{cc[1]}",
-                "sm_count": d["sm_count"], "driver_version": info["driver_version"],
-                "runtime_version": info["runtime_version"]}))
+            devs.append(
+                Device(
+                    d["name"],
+                    "gpu",
+                    {
+                        "index": d["index"],
+                        "memory": d["total_memory"],
+                        "compute_capability": f"{cc[0]}.{cc[1]}",
+                        "sm_count": d["sm_count"],
+                        "driver_version": info["driver_version"],
+                        "runtime_version": info["runtime_version"],
+                    },
+                )
+            )
         if not devs:
             return Probe(0, "no device")
         # __dp4a (the integer dot of the quantized kernels) needs compute capability >= 6.1; the
@@ -73,31 +84,51 @@ class CudaBackend:
         best = devs[0]
         cc = tuple(int(x) for x in best.detail["compute_capability"].split("."))
         if cc < (8, 0):
-            return Probe(0, f"{best.name} has compute capability {cc[0]}.{cc[1]}; xsil's CUDA build targets >= 8.0",
-                         devs)
+            return Probe(
+                0,
+                f"{best.name} has compute capability {cc[0]}.{cc[1]}; xsil's CUDA build targets >= 8.0",
+                devs,
+            )
         mem = best.detail["memory"] / 2**30
-        return Probe(20, f"{len(devs)} CUDA device(s); using {best.name} ({mem:.0f} GiB, sm_{cc[0]}{cc[1]})", devs)
+        return Probe(
+            20, f"{len(devs)} CUDA device(s); using {best.name} ({mem:.0f} GiB, sm_{cc[0]}{cc[1]})", devs
+        )
 
     def supports(self, spec: ModelSpec) -> Support:
         from xsil.model.llama import SUPPORTED_ARCHS
 
         if spec.arch not in SUPPORTED_ARCHS:
-            return Support(False, f"architecture {spec.arch} not supported (supported: {', '.join(SUPPORTED_ARCHS)})")
+            return Support(
+                False, f"architecture {spec.arch} not supported (supported: {', '.join(SUPPORTED_ARCHS)})"
+            )
         bad = sorted(set(spec.tensor_types) - set(SUPPORTED_TYPES))
         if bad:
-            return Support(False, f"tensor types {', '.join(bad)} not supported by cuda "
-                                  f"(supported: {', '.join(SUPPORTED_TYPES)})")
+            return Support(
+                False,
+                f"tensor types {', '.join(bad)} not supported by cuda "
+                f"(supported: {', '.join(SUPPORTED_TYPES)})",
+            )
         return Support(True)
 
-    def options(self) -> Dict[str, str]:
+    def options(self) -> dict[str, str]:
         return dict(_OPTIONS)
 
-    def open(self, model: str, *, n_ctx: int = 4096, kv_dtype: str = "f16", threads=None, strict: bool = False,
-             **options: Any) -> "CudaSession":
+    def open(
+        self,
+        model: str,
+        *,
+        n_ctx: int = 4096,
+        kv_dtype: str = "f16",
+        threads=None,
+        strict: bool = False,
+        **options: Any,
+    ) -> CudaSession:
         # strict: every op runs on the device; there is nothing to fall back from.
         unknown = sorted(set(options) - set(_OPTIONS))
         if unknown:
-            raise ValueError(f"[cuda] unknown option(s) {', '.join(unknown)}; valid options: {', '.join(_OPTIONS)}")
+            raise ValueError(
+                f"[cuda] unknown option(s) {', '.join(unknown)}; valid options: {', '.join(_OPTIONS)}"
+            )
         dev = options.get("device", 0)
         if isinstance(dev, bool) or not isinstance(dev, (int, np.integer)) or dev < 0:
             raise ValueError(f"[cuda] device={dev!r} must be an int >= 0")
@@ -118,7 +149,7 @@ class CudaBackend:
         return s
 
 
-def load_weights(g, cfg) -> Dict[str, tuple]:
+def load_weights(g, cfg) -> dict[str, tuple]:
     """weights[name] = (array of GGUF bytes / values, type, rows, cols) for the CUDA model; raises
     GGUFError naming the tensor for a type the CUDA backend does not support."""
     from xsil.model.llama import tensor_names
@@ -132,8 +163,10 @@ def load_weights(g, cfg) -> Dict[str, tuple]:
     for name in names + [n for n in optional if n in g.tensors]:
         ti = g.tensor_info(name)
         if ti.type_name not in SUPPORTED_TYPES:
-            raise GGUFError(f"tensor {name!r} has type {ti.type_name}; the cuda backend supports "
-                            f"{', '.join(SUPPORTED_TYPES)}")
+            raise GGUFError(
+                f"tensor {name!r} has type {ti.type_name}; the cuda backend supports "
+                f"{', '.join(SUPPORTED_TYPES)}"
+            )
         if len(ti.dims) > 2:
             raise GGUFError(f"tensor {name!r} has {len(ti.dims)} dims; expected 1 or 2")
         rows = ti.dims[1] if len(ti.dims) == 2 else 1
@@ -201,7 +234,7 @@ class CudaSession(Session):
             self.native.close()
             self.native = None
 
-    def describe(self) -> Dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         from xsil.model.llama import peak_rss_bytes
 
         cfg = self.config
@@ -209,12 +242,17 @@ class CudaSession(Session):
             backend="cuda",
             device=self.device_name,
             device_index=self.device_index,
-            model=dict(path=self.path, arch=cfg.arch, n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_vocab=cfg.n_vocab),
+            model=dict(
+                path=self.path, arch=cfg.arch, n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_vocab=cfg.n_vocab
+            ),
             placement={"all ops": f"cuda:{self.device_index} ({self.device_name})"},
             cuda_graphs=bool(self.native.graphs),
-            memory=dict(weight_bytes=int(self.native.weight_bytes), kv_bytes=int(self.native.kv_bytes),
-                        kv_dtype="f16", n_ctx=self.n_ctx, kv_layout="contiguous per sequence"),
+            memory=dict(
+                weight_bytes=int(self.native.weight_bytes),
+                kv_bytes=int(self.native.kv_bytes),
+                kv_dtype="f16",
+                n_ctx=self.n_ctx,
+                kv_layout="contiguous per sequence",
+            ),
             load=dict(phases_s=dict(self.load_s), peak_rss_bytes=peak_rss_bytes()),
         )
-
-

@@ -17,8 +17,13 @@ def gemv_rows():
     rows = []
     # 16384 x 16384 Q4_0 (151 MB of quants, 3x the H100's 50 MB L2): the bandwidth-bound case.
     # The TinyLlama shapes fit in L2 when repeated, so they are shown for latency, not bandwidth.
-    for fmt, n, k in [("Q4_0", 16384, 16384), ("Q8_0", 16384, 16384), ("Q4_0", 5632, 2048), ("Q4_0", 2048, 5632),
-                      ("Q4_0", 32000, 2048)]:
+    for fmt, n, k in [
+        ("Q4_0", 16384, 16384),
+        ("Q8_0", 16384, 16384),
+        ("Q4_0", 5632, 2048),
+        ("Q4_0", 2048, 5632),
+        ("Q4_0", 32000, 2048),
+    ]:
         r = _cuda.bench_gemv(fmt, n, k, 50)
         rows.append((fmt, n, k, r))
     return rows
@@ -27,7 +32,9 @@ def gemv_rows():
 def decode_xsil(path: str, n_prompt: int = 16, n_decode: int = 128, graphs: bool = True):
     import xsil
 
-    with xsil.Session(path, backend="cuda", n_ctx=n_prompt + n_decode + 8, strict=True, cuda_graphs=graphs) as s:
+    with xsil.Session(
+        path, backend="cuda", n_ctx=n_prompt + n_decode + 8, strict=True, cuda_graphs=graphs
+    ) as s:
         t0 = time.perf_counter()
         s.forward(list(range(1, n_prompt + 1)))
         t_prefill = time.perf_counter() - t0
@@ -54,7 +61,7 @@ def decode_torch(cfg, n_decode: int = 128):
     g = torch.Generator(device=dev).manual_seed(0)
 
     def w(n, k):
-        return (torch.randn(n, k, device=dev, generator=g, dtype=torch.float16) * 0.02)
+        return torch.randn(n, k, device=dev, generator=g, dtype=torch.float16) * 0.02
 
     layers = [[w(qd, E), w(kd, E), w(kd, E), w(E, qd), w(F, E), w(F, E), w(E, F)] for _ in range(L)]
     out = w(V, E)
@@ -84,7 +91,6 @@ def decode_torch(cfg, n_decode: int = 128):
 
 
 def main() -> int:
-    import xsil
     from xsil.backends.cuda import device_info
 
     info = device_info()
@@ -92,11 +98,19 @@ def main() -> int:
     if not info["ok"]:
         print("no usable GPU:", info["reason"])
         return 1
-    print("\n== Q4_0 / Q8_0 GEMV (M=1, incl. activation quantization) vs device-to-device copy ==", flush=True)
-    print(f"{'fmt':5} {'N':>6} {'K':>6} {'MB':>7} {'gemv us':>9} {'gemv GB/s':>10} {'copy GB/s':>10} {'% copy':>7}")
+    print(
+        "\n== Q4_0 / Q8_0 GEMV (M=1, incl. activation quantization) vs device-to-device copy ==", flush=True
+    )
+    print(
+        f"{'fmt':5} {'N':>6} {'K':>6} {'MB':>7} {'gemv us':>9} {'gemv GB/s':>10} "
+        f"{'copy GB/s':>10} {'% copy':>7}"
+    )
     for fmt, n, k, r in gemv_rows():
-        print(f"{fmt:5} {n:6d} {k:6d} {r['bytes'] / 1e6:7.1f} {r['gemv_us']:9.1f} {r['gemv_GBps']:10.0f} "
-              f"{r['copy_GBps']:10.0f} {100 * r['gemv_GBps'] / r['copy_GBps']:6.0f}%", flush=True)
+        print(
+            f"{fmt:5} {n:6d} {k:6d} {r['bytes'] / 1e6:7.1f} {r['gemv_us']:9.1f} {r['gemv_GBps']:10.0f} "
+            f"{r['copy_GBps']:10.0f} {100 * r['gemv_GBps'] / r['copy_GBps']:6.0f}%",
+            flush=True,
+        )
 
     from xsil.model.default import TINYLLAMA, synthetic_model_path
     from xsil.model.gguf import GGUFFile
@@ -104,8 +118,11 @@ def main() -> int:
 
     t0 = time.perf_counter()
     path = synthetic_model_path(TINYLLAMA)
-    print(f"\nTinyLlama-shaped model: {path} ({os.path.getsize(path) / 1e6:.0f} MB, "
-          f"{time.perf_counter() - t0:.1f} s to get)", flush=True)
+    print(
+        f"\nTinyLlama-shaped model: {path} ({os.path.getsize(path) / 1e6:.0f} MB, "
+        f"{time.perf_counter() - t0:.1f} s to get)",
+        flush=True,
+    )
     g = GGUFFile(path)
     cfg = LlamaConfig.from_gguf(g)
     g.close()
@@ -123,8 +140,11 @@ def main() -> int:
     print(f"{'xsil cuda (Q4_0, fp16 KV)':34} {tps:8.1f} {1e3 / tps:8.2f} {wb * tps / 1e9:15.0f}")
     print(f"{'xsil cuda, no CUDA graph':34} {tps_nog:8.1f} {1e3 / tps_nog:8.2f} {wb * tps_nog / 1e9:15.0f}")
     print(f"{'torch fp16 matmul chain':34} {base:8.1f} {1e3 / base:8.2f}")
-    print(f"speedup vs fp16 baseline: {tps / base:.2f}x (target >= 3x); prefill 16 tokens: {t_pre * 1e3:.1f} ms "
-          f"(first call, incl. allocation)")
+    print(
+        f"speedup vs fp16 baseline: {tps / base:.2f}x (target >= 3x); "
+        f"prefill 16 tokens: {t_pre * 1e3:.1f} ms "
+        f"(first call, incl. allocation)"
+    )
     return 0
 
 

@@ -26,8 +26,10 @@ def test_probe_is_data_and_names_the_reason():
     p = _backend().probe()
     assert isinstance(p.score, int) and p.reason
     if p.score == 0:
-        assert any(w in p.reason for w in ("not built", "no CUDA driver", "no device", "driver", "compute capability",
-                                          "CUDA")), p.reason
+        assert any(
+            w in p.reason
+            for w in ("not built", "no CUDA driver", "no device", "driver", "compute capability", "CUDA")
+        ), p.reason
     else:
         assert p.devices and p.devices[0].kind == "gpu"
 
@@ -41,8 +43,12 @@ def test_registry_lists_cuda_with_the_probe_reason():
 def test_import_xsil_does_not_import_the_extension():
     import subprocess
 
-    out = subprocess.run([sys.executable, "-c", "import sys, xsil; print('xsil._cuda' in sys.modules)"],
-                         capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys, xsil; print('xsil._cuda' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert out[-1] == "False"
 
 
@@ -79,14 +85,19 @@ def test_supports_lists_the_types():
     assert not b.supports(ModelSpec(MODEL, "gpt2", ["F32"], 1, 1, 1, 1)).ok
 
 
-gpu = pytest.mark.skipif(not registry.probe("cuda").available, reason=f"cuda: {registry.probe('cuda').reason}")
+gpu = pytest.mark.skipif(
+    not registry.probe("cuda").available, reason=f"cuda: {registry.probe('cuda').reason}"
+)
 
 
 @gpu
 def test_session_matches_cpu():
     o = np.load(os.path.join(ORACLE, "tiny.npz"))
     toks = o["tokens"]
-    with xsil.Session(MODEL, backend="cpu", n_ctx=256) as c, xsil.Session(MODEL, backend="cuda", n_ctx=256) as g:
+    with (
+        xsil.Session(MODEL, backend="cpu", n_ctx=256) as c,
+        xsil.Session(MODEL, backend="cuda", n_ctx=256) as g,
+    ):
         a = c.forward(toks)
         b = g.forward(toks)
         assert g.n_past == len(toks)
@@ -105,7 +116,7 @@ def test_graph_decode_equals_plain_decode():
     for graphs in (True, False):
         with xsil.Session(MODEL, backend="cuda", n_ctx=64, cuda_graphs=graphs) as g:
             g.forward(toks[:4])
-            outs.append(np.concatenate([g.forward(toks[i:i + 1]) for i in range(4, len(toks))]))
+            outs.append(np.concatenate([g.forward(toks[i : i + 1]) for i in range(4, len(toks))]))
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
@@ -141,7 +152,9 @@ def test_native_model_rejects_unsupported_types_before_touching_a_device():
     w = load_weights(g, cfg)
     arr, _, rows, cols = w["blk.0.attn_q.weight"]
     w["blk.0.attn_q.weight"] = (arr, "Q4_K", rows, cols)
-    with pytest.raises(ValueError, match=r"blk\.0\.attn_q\.weight has type Q4_K; the CUDA backend supports .*Q4_0"):
+    with pytest.raises(
+        ValueError, match=r"blk\.0\.attn_q\.weight has type Q4_K; the CUDA backend supports .*Q4_0"
+    ):
         cuda_ext.LlamaModel(cfg.as_core(), w, 64, 0)
 
 
@@ -151,15 +164,23 @@ def test_synthetic_models_match_cpu(tmp_path, arch, wtype):
     # Q8_0 matrices and neox RoPE (qwen2), each against the cpu backend
     from xsil.model.default import SyntheticSpec, write_synthetic
 
-    spec = SyntheticSpec(name=f"t-{arch}-{wtype}", n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=512,
-                         n_vocab=512, arch=arch, weight_type=wtype)
+    spec = SyntheticSpec(
+        name=f"t-{arch}-{wtype}",
+        n_embd=256,
+        n_layer=2,
+        n_head=4,
+        n_head_kv=2,
+        n_ff=512,
+        n_vocab=512,
+        arch=arch,
+        weight_type=wtype,
+    )
     path = str(tmp_path / "m.gguf")
     write_synthetic(path, spec)
     toks = list(range(1, 30))
     with xsil.Session(path, backend="cpu", n_ctx=64) as c, xsil.Session(path, backend="cuda", n_ctx=64) as g:
         a = c.forward(toks)
         b = g.forward(toks)
-        step = np.concatenate([g.forward([t]) for t in toks[:5]])
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() > 0.999, cos.min()
     assert np.abs(a - b).max() / a.std() < 0.05

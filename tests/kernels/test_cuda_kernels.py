@@ -6,7 +6,6 @@ import sys
 import numpy as np
 import pytest
 
-import xsil
 from xsil import _core
 
 cuda_ext = pytest.importorskip("xsil._cuda", reason="xsil._cuda not built (no CUDA compiler at build time)")
@@ -24,7 +23,9 @@ def test_import_xsil_does_not_load_cuda():
     import subprocess
 
     code = "import sys, xsil, xsil.registry; print('xsil._cuda' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out.splitlines()[-1] == "False"
 
 
@@ -64,7 +65,7 @@ def test_gemm_rows_equal_gemv_bitwise(fmt, rng):
     w = _core.quantize(rng.standard_normal((N, K)).astype(np.float32), fmt)
     x = rng.standard_normal((M, K)).astype(np.float32)
     batch = cuda_ext.matmul(w, fmt, N, K, x)
-    step = np.concatenate([cuda_ext.matmul(w, fmt, N, K, x[i:i + 1]) for i in range(M)])
+    step = np.concatenate([cuda_ext.matmul(w, fmt, N, K, x[i : i + 1]) for i in range(M)])
     np.testing.assert_array_equal(batch, step)
 
 
@@ -130,7 +131,7 @@ def test_rms_norm_q_fused(rng):
 def test_swiglu_q_fused(rng):
     g = rng.standard_normal((2, 5632)).astype(np.float32)
     u = rng.standard_normal((2, 5632)).astype(np.float32)
-    y, qs, d, s = cuda_ext.swiglu_q(g, u)
+    y, qs, d, _s = cuda_ext.swiglu_q(g, u)
     np.testing.assert_allclose(y, g / (1 + np.exp(-g)) * u, rtol=1e-5, atol=1e-6)
     q2, d2, _ = cuda_ext.quantize_q8a(y)
     np.testing.assert_array_equal(qs, q2)
@@ -144,8 +145,12 @@ def test_rope_kv_write_fused(mode, rng):
     v = rng.standard_normal((3, 4, 64)).astype(np.float32)
     kc, vc = cuda_ext.rope_kv_write(k, v, 17, mode)
     want = _core.rope(k, np.arange(17, 20, dtype=np.int64), mode, 10000.0, 1.0)
-    np.testing.assert_allclose(kc.view(np.float16).astype(np.float32), want.astype(np.float16).astype(np.float32),
-                               rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(
+        kc.view(np.float16).astype(np.float32),
+        want.astype(np.float16).astype(np.float32),
+        rtol=2e-3,
+        atol=2e-3,
+    )
     np.testing.assert_array_equal(vc.view(np.float16), v.astype(np.float16))
 
 
@@ -159,8 +164,12 @@ def test_rope_qkv_write_fused(mode, rng):
     qr, kc, vc = cuda_ext.rope_qkv_write(q, k, v, 40, mode)
     np.testing.assert_allclose(qr, _core.rope(q, pos, mode, 10000.0, 1.0), rtol=1e-5, atol=1e-5)
     want = _core.rope(k, pos, mode, 10000.0, 1.0)
-    np.testing.assert_allclose(kc.view(np.float16).astype(np.float32), want.astype(np.float16).astype(np.float32),
-                               rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(
+        kc.view(np.float16).astype(np.float32),
+        want.astype(np.float16).astype(np.float32),
+        rtol=2e-3,
+        atol=2e-3,
+    )
     np.testing.assert_array_equal(vc.view(np.float16), v.astype(np.float16))
 
 
@@ -188,7 +197,7 @@ def test_get_rows(fmt, rng):
 
 
 def _attn_ref(q, k, v, scale):
-    nq, H, hd = q.shape
+    nq, H, _hd = q.shape
     nk, nkv, _ = k.shape
     k = k.astype(np.float16).astype(np.float64)
     v = v.astype(np.float16).astype(np.float64)
@@ -204,7 +213,9 @@ def _attn_ref(q, k, v, scale):
 
 
 @needs_gpu
-@pytest.mark.parametrize("nq,nk", [(1, 1), (1, 37), (1, 600), (2, 2), (9, 9), (7, 40), (33, 33), (20, 100), (70, 300)])
+@pytest.mark.parametrize(
+    "nq,nk", [(1, 1), (1, 37), (1, 600), (2, 2), (9, 9), (7, 40), (33, 33), (20, 100), (70, 300)]
+)
 @pytest.mark.parametrize("hd", [64, 128])
 def test_attention(nq, nk, hd, rng):
     H, nkv = 8, 2
@@ -221,9 +232,9 @@ def test_attention_quantized_output(nq, nk, rng):
     q = rng.standard_normal((nq, 8, 64)).astype(np.float32)
     k = rng.standard_normal((nk, 2, 64)).astype(np.float32)
     v = rng.standard_normal((nk, 2, 64)).astype(np.float32)
-    out, qs, d, s = cuda_ext.attention(q, k, v, quantized=True)
+    out, qs, d, _s = cuda_ext.attention(q, k, v, quantized=True)
     np.testing.assert_array_equal(out, cuda_ext.attention(q, k, v))
-    q2, d2, s2 = cuda_ext.quantize_q8a(out.reshape(nq, -1))
+    q2, d2, _s2 = cuda_ext.quantize_q8a(out.reshape(nq, -1))
     np.testing.assert_array_equal(qs, q2.reshape(-1))
     np.testing.assert_array_equal(d, d2.reshape(-1))
 
