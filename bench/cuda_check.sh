@@ -6,6 +6,7 @@
 #   3. benchmarks Q4_0 GEMV bandwidth vs a device-to-device copy, and decode tok/s on the
 #      TinyLlama-shaped synthetic model vs an fp16 PyTorch matmul chain (bench/cuda_bench.py).
 # Output goes to stdout and, when $OUT is set (the device tool), to $OUT/cuda_check.log.
+# SANITIZE=1 also runs the kernel tests under compute-sanitizer memcheck (adds minutes).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG=${OUT:-/tmp}/cuda_check.log
@@ -41,6 +42,12 @@ $PY -c "import xsil, sys; print('cuda imported by import xsil:', 'xsil._cuda' in
 echo "== tests =="
 timeout 150 $PY -m pytest -q -p no:cacheprovider --tb=short -rfE "$SRC/tests/kernels/test_cuda_kernels.py" "$SRC/tests/backends/test_cuda.py" 2>&1 | tail -80
 timeout 90 $PY -m pytest -q -p no:cacheprovider --tb=short -rfE "$SRC/tests/backends/test_conformance.py" -k cuda 2>&1 | tail -30
+
+if [ "${SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null; then
+  echo "== compute-sanitizer memcheck (kernel tests, slow) =="
+  timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m pytest -q -p no:cacheprovider -x \
+    "$SRC/tests/kernels/test_cuda_kernels.py" 2>&1 | tail -30
+fi
 
 echo "== bench =="
 timeout 200 $PY "$SRC/bench/cuda_bench.py"
