@@ -21,7 +21,9 @@ $PY -c "import sys, numpy; print(sys.version.split()[0], 'numpy', numpy.__versio
 echo "== build (XSIL_CUDA=on, sm_90) =="
 t0=$(date +%s)
 SRC=$PWD
-if ! XSIL_CUDA=on XSIL_CUDA_ARCHS=90-real $PY -m pip install -q --no-build-isolation --no-deps --no-index . ; then
+if ! XSIL_CUDA=on XSIL_CUDA_ARCHS=90-real $PY -m pip install -q --no-build-isolation --no-deps --no-index . \
+    >/tmp/xsil-pip.log 2>&1; then
+  grep -E "Error|error:" /tmp/xsil-pip.log | tail -3
   # No scikit-build-core (or pip refuses): build the two extensions with CMake and assemble the
   # package by hand on PYTHONPATH, as the wheel would lay it out.
   echo "pip build failed; falling back to a plain CMake build"
