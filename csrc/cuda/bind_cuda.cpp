@@ -349,8 +349,9 @@ py::dict bench_gemv(const std::string& fmt, int64_t N, int64_t K, int iters) {
   const Fmt f = parse_fmt(fmt);
   size_t qb, db;
   dev_matrix_sizes(f, N, K, &qb, &db);
-  DBuf dq(qb), dd(db), dx(K * 4), dy(N * 4), xqs(K), xd(K / 32 * 4 + 4), xs(K / 32 * 4 + 4), cpy(qb + db);
+  DBuf dq(qb), dd(db), dx(K * 4), dy(N * 4), xqs(K), xd(K / 32 * 4 + 4), xs(K / 32 * 4 + 4), csrc(qb + db), cpy(qb + db);
   check(cudaMemset(dq.p, 0x5a, qb), "memset");
+  check(cudaMemset(csrc.p, 0x5a, qb + db), "memset");
   {
     std::vector<uint16_t> hd(db / 2, 0x2000);  // small fp16 scales
     up(dd, hd.data(), db);
@@ -376,7 +377,7 @@ py::dict bench_gemv(const std::string& fmt, int64_t N, int64_t K, int iters) {
     quantize_q8a(dx.as<float>(), q, 1, K, 0);
     matmul(dm, dx.as<float>(), q, dy.as<float>(), 1, 0);
   });
-  const float ms_copy = time_it([&] { copy_d2d(cpy.p, dq.p, qb + db, 0); });
+  const float ms_copy = time_it([&] { copy_d2d(cpy.p, csrc.p, qb + db, 0); });
   cudaEventDestroy(a);
   cudaEventDestroy(b);
   py::dict r;
