@@ -25,6 +25,11 @@ TOLERANCE = {
     # batch-vs-step 1.7%; the top token flips at 2 of 48 positions, exactly the two where llama.cpp's
     # own top-2 gap is smallest (2.1% and 2.3% of the logit std).
     "qnn": dict(batch_vs_step=0.05, cos=0.998, argmax_tie=0.03),
+    # cuda: the same integer path as cpu (activations quantized per 32 to int8 with an fp32 scale,
+    # __dp4a dots, fp16 K/V); only the summation order differs (warp reductions, fp32 norms), and
+    # decode and prefill run the same kernels, so it is held to cpu's bounds. Not yet measured on a
+    # GPU at the time of writing (see docs/backends.md).
+    "cuda": dict(batch_vs_step=0.02, cos=0.9995),
 }
 DEFAULT_TOL = dict(batch_vs_step=0.05, cos=0.999)
 

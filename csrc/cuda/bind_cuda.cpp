@@ -1,0 +1,521 @@
+// xsil._cuda: the CUDA backend's extension. Importing it loads no CUDA library beyond the statically
+// linked runtime; the driver (libcuda) is opened at the first runtime call, so device_info() on a
+// machine without a driver or device returns the reason instead of raising.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include "cuda/kernels.h"
+#include "cuda/model.h"
+
+namespace py = pybind11;
+using namespace xsil;
+using namespace xsil::cuda;
+
+namespace {
+
+py::dict device_info() {
+  py::dict r;
+  int drv = 0, rt = 0;
+  cudaDriverGetVersion(&drv);
+  cudaRuntimeGetVersion(&rt);
+  r["driver_version"] = drv;
+  r["runtime_version"] = rt;
+  py::list devs;
+  int count = 0;
+  cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess) {
+    cudaGetLastError();  // clear
+    std::string why = (e == cudaErrorInsufficientDriver && drv == 0) ? "no CUDA driver"
+                      : e == cudaErrorNoDevice                      ? "no device"
+                      : e == cudaErrorInsufficientDriver            ? "CUDA driver too old for this runtime"
+                                                                    : "CUDA unusable";
+    r["ok"] = false;
+    r["reason"] = (why == "no CUDA driver")
+                      ? why + " (libcuda could not be loaded: no NVIDIA driver on this machine; the runtime reports " +
+                            cudaGetErrorName(e) + ")"
+                      : why + " (" + cudaGetErrorName(e) + ": " + cudaGetErrorString(e) + ")";
+    r["devices"] = devs;
+    return r;
+  }
+  for (int i = 0; i < count; ++i) {
+    cudaDeviceProp p{};
+    if (cudaGetDeviceProperties(&p, i) != cudaSuccess) {
+      cudaGetLastError();
+      continue;
+    }
+    py::dict d;
+    d["index"] = i;
+    d["name"] = std::string(p.name);
+    d["total_memory"] = (int64_t)p.totalGlobalMem;
+    d["compute_capability"] = py::make_tuple(p.major, p.minor);
+    d["sm_count"] = p.multiProcessorCount;
+    d["l2_bytes"] = p.l2CacheSize;
+    devs.append(d);
+  }
+  r["ok"] = count > 0;
+  r["reason"] = count > 0 ? std::to_string(count) + " CUDA device(s)" : std::string("no device");
+  r["devices"] = devs;
+  return r;
+}
+
+// RAII device buffer for the kernel-test entry points.
+struct DBuf {
+  void* p = nullptr;
+  explicit DBuf(size_t n) { check(cudaMalloc(&p, std::max<size_t>(n, 16)), "cudaMalloc"); }
+  ~DBuf() { if (p) cudaFree(p); }
+  template <class T> T* as() const { return (T*)p; }
+};
+
+template <class T>
+py::array_t<T, py::array::c_style | py::array::forcecast> arr(const py::array& a) {
+  return py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(a);
+}
+
+void up(DBuf& b, const void* h, size_t n) { check(cudaMemcpy(b.p, h, n, cudaMemcpyHostToDevice), "upload"); }
+void down(void* h, const DBuf& b, size_t n) { check(cudaMemcpy(h, b.p, n, cudaMemcpyDeviceToHost), "download"); }
+void sync(const char* k) { check(cudaDeviceSynchronize(), k); }
+
+Fmt parse_fmt(const std::string& f) {
+  if (f == "F32") return Fmt::F32;
+  if (f == "F16") return Fmt::F16;
+  if (f == "Q4_0") return Fmt::Q4_0;
+  if (f == "Q8_0") return Fmt::Q8_0;
+  throw std::invalid_argument("[cuda] weight type '" + f + "' is not supported (supported: F32, F16, Q4_0, Q8_0)");
+}
+
+// y[M, N] = x[M, K] . W^T, W given as GGUF rows (uint8 bytes).
+py::array_t<float> py_matmul(const py::array& w, const std::string& fmt, int64_t N, int64_t K, const py::array& x) {
+  const Fmt f = parse_fmt(fmt);
+  auto xa = arr<float>(x);
+  if (xa.ndim() != 2 || xa.shape(1) != K) throw std::invalid_argument("[cuda:matmul] x must be [M, K]");
+  const int64_t M = xa.shape(0);
+  auto wa = py::array::ensure(w, py::array::c_style);
+  size_t qb, db;
+  dev_matrix_sizes(f, N, K, &qb, &db);
+  const int64_t want = f == Fmt::Q4_0 ? N * K / 32 * 18 : f == Fmt::Q8_0 ? N * K / 32 * 34 : (int64_t)qb;
+  if (wa.nbytes() != want)
+    throw std::invalid_argument("[cuda:matmul] w has " + std::to_string(wa.nbytes()) + " bytes, expected " +
+                                std::to_string(want));
+  std::vector<uint8_t> hq(qb);
+  std::vector<uint16_t> hd(db / 2 + 1);
+  repack_host(f, wa.data(), N, K, hq.data(), hd.data());
+  DBuf dq(qb), dd(db), dx(M * K * 4), dy(M * N * 4), xqs(M * K), xd(M * K / 32 * 4 + 4), xs(M * K / 32 * 4 + 4);
+  up(dq, hq.data(), qb);
+  if (db) up(dd, hd.data(), db);
+  up(dx, xa.data(), M * K * 4);
+  DevMatrix dm{f, N, K, dq.p, dd.as<uint16_t>()};
+  DevQ8a q{xqs.as<int8_t>(), xd.as<float>(), xs.as<float>()};
+  if (f == Fmt::Q4_0 || f == Fmt::Q8_0) quantize_q8a(dx.as<float>(), q, M, K, 0);
+  matmul(dm, dx.as<float>(), q, dy.as<float>(), M, 0);
+  sync("matmul");
+  py::array_t<float> y({(py::ssize_t)M, (py::ssize_t)N});
+  down(y.mutable_data(), dy, M * N * 4);
+  return y;
+}
+
+py::tuple py_quantize(const py::array& x) {
+  auto xa = arr<float>(x);
+  if (xa.ndim() != 2 || xa.shape(1) % 32) throw std::invalid_argument("[cuda:quantize_q8a] x must be [M, K], K % 32 == 0");
+  const int64_t M = xa.shape(0), K = xa.shape(1);
+  DBuf dx(M * K * 4), qs(M * K), d(M * K / 32 * 4), s(M * K / 32 * 4);
+  up(dx, xa.data(), M * K * 4);
+  quantize_q8a(dx.as<float>(), DevQ8a{qs.as<int8_t>(), d.as<float>(), s.as<float>()}, M, K, 0);
+  sync("quantize_q8a");
+  py::array_t<int8_t> hq({(py::ssize_t)M, (py::ssize_t)K});
+  py::array_t<float> hd({(py::ssize_t)M, (py::ssize_t)(K / 32)}), hs({(py::ssize_t)M, (py::ssize_t)(K / 32)});
+  down(hq.mutable_data(), qs, M * K);
+  down(hd.mutable_data(), d, M * K / 32 * 4);
+  down(hs.mutable_data(), s, M * K / 32 * 4);
+  return py::make_tuple(hq, hd, hs);
+}
+
+py::array_t<float> py_rms_norm(const py::array& x, const py::array& w, float eps) {
+  auto xa = arr<float>(x);
+  auto wa = arr<float>(w);
+  if (xa.ndim() != 2 || wa.ndim() != 1 || wa.shape(0) != xa.shape(1))
+    throw std::invalid_argument("[cuda:rms_norm] x must be [rows, n] and w [n]");
+  const int64_t R = xa.shape(0), n = xa.shape(1);
+  DBuf dx(R * n * 4), dw(n * 4), dy(R * n * 4);
+  up(dx, xa.data(), R * n * 4);
+  up(dw, wa.data(), n * 4);
+  rms_norm(dx.as<float>(), dw.as<float>(), dy.as<float>(), R, n, eps, 0);
+  sync("rms_norm");
+  py::array_t<float> y({(py::ssize_t)R, (py::ssize_t)n});
+  down(y.mutable_data(), dy, R * n * 4);
+  return y;
+}
+
+py::array_t<float> py_rope(const py::array& x, int64_t pos0, const std::string& mode, float base, float scale) {
+  auto xa = arr<float>(x);
+  if (xa.ndim() != 3) throw std::invalid_argument("[cuda:rope] x must be [n_tok, n_vec, head_dim]");
+  RopeParams rp;
+  rp.mode = mode == "normal" ? RopeMode::Normal : mode == "neox" ? RopeMode::Neox : RopeMode::None;
+  if (mode != "normal" && mode != "neox") throw std::invalid_argument("[cuda:rope] mode must be 'normal' or 'neox'");
+  rp.freq_base = base;
+  rp.freq_scale = scale;
+  const size_t bytes = xa.nbytes();
+  DBuf dx(bytes);
+  up(dx, xa.data(), bytes);
+  rope(dx.as<float>(), xa.shape(0), xa.shape(1), xa.shape(2), pos0, rp, 0);
+  sync("rope");
+  py::array_t<float> y({xa.shape(0), xa.shape(1), xa.shape(2)});
+  down(y.mutable_data(), dx, bytes);
+  return y;
+}
+
+py::array_t<float> py_swiglu(const py::array& g, const py::array& u) {
+  auto ga = arr<float>(g);
+  auto ua = arr<float>(u);
+  if (ga.size() != ua.size() || ga.size() == 0) throw std::invalid_argument("[cuda:swiglu] g and u must match");
+  const int64_t n = ga.size();
+  DBuf dg(n * 4), du(n * 4);
+  up(dg, ga.data(), n * 4);
+  up(du, ua.data(), n * 4);
+  swiglu(dg.as<float>(), du.as<float>(), n, 0);
+  sync("swiglu");
+  py::array_t<float> y(n);
+  down(y.mutable_data(), dg, n * 4);
+  return y;
+}
+
+py::array_t<float> py_get_rows(const py::array& w, const std::string& fmt, int64_t n_rows, int64_t n,
+                               const py::array& tokens) {
+  const Fmt f = parse_fmt(fmt);
+  auto ta = arr<int32_t>(tokens);
+  auto wa = py::array::ensure(w, py::array::c_style);
+  const int64_t want = f == Fmt::Q4_0 ? n_rows * n / 32 * 18 : f == Fmt::Q8_0 ? n_rows * n / 32 * 34
+                     : f == Fmt::F16 ? n_rows * n * 2 : n_rows * n * 4;
+  if (wa.nbytes() != want) throw std::invalid_argument("[cuda:get_rows] w has the wrong size");
+  const int64_t T = ta.size();
+  for (int64_t i = 0; i < T; ++i)
+    if (ta.data()[i] < 0 || ta.data()[i] >= n_rows) throw std::invalid_argument("[cuda:get_rows] token out of range");
+  DBuf dw(want), dt(T * 4), dy(T * n * 4);
+  up(dw, wa.data(), want);
+  up(dt, ta.data(), T * 4);
+  get_rows(dw.p, f, n_rows, n, dt.as<int32_t>(), T, dy.as<float>(), 0);
+  sync("get_rows");
+  py::array_t<float> y({(py::ssize_t)T, (py::ssize_t)n});
+  down(y.mutable_data(), dy, T * n * 4);
+  return y;
+}
+
+// q [n_q, n_heads, hd]; k, v [n_keys, n_kv, hd] (stored as fp16 on the device, already rotated);
+// query i sits at position n_keys - n_q + i and sees keys [0, its position].
+py::object py_attention(const py::array& q, const py::array& k, const py::array& v, float scale, bool quantized) {
+  auto qa = arr<float>(q);
+  auto ka = arr<float>(k);
+  auto va = arr<float>(v);
+  if (qa.ndim() != 3 || ka.ndim() != 3 || va.ndim() != 3 || ka.shape(0) != va.shape(0) || ka.shape(1) != va.shape(1) ||
+      ka.shape(2) != qa.shape(2) || va.shape(2) != qa.shape(2) || ka.shape(0) < qa.shape(0))
+    throw std::invalid_argument("[cuda:attention] q [n_q, H, hd], k/v [n_keys >= n_q, n_kv, hd]");
+  const int64_t nq = qa.shape(0), H = qa.shape(1), hd = qa.shape(2), nk = ka.shape(0), nkv = ka.shape(1);
+  const int64_t kvd = nkv * hd;
+  DBuf dq(qa.nbytes()), dk(nk * kvd * 4), dv(nk * kvd * 4), kc(nk * kvd * 2), vc(nk * kvd * 2), dout(qa.nbytes());
+  up(dq, qa.data(), qa.nbytes());
+  up(dk, ka.data(), nk * kvd * 4);
+  up(dv, va.data(), nk * kvd * 4);
+  kv_write(kc.as<uint16_t>(), vc.as<uint16_t>(), dk.as<float>(), dv.as<float>(), 0, nk, kvd, 0);
+  const int64_t ne = nq * H * hd;
+  DBuf oq(ne), od(ne / 32 * 4 + 4), os(ne / 32 * 4 + 4);
+  DevQ8a qo{};
+  if (quantized) qo = DevQ8a{oq.as<int8_t>(), od.as<float>(), os.as<float>()};
+  attention(dq.as<float>(), kc.as<uint16_t>(), vc.as<uint16_t>(), dout.as<float>(), nq, nk - nq, (int)H, (int)nkv,
+            (int)hd, scale, 0, nullptr, qo);
+  sync("attention");
+  py::array_t<float> y({nq, H, hd});
+  down(y.mutable_data(), dout, qa.nbytes());
+  if (!quantized) return std::move(y);
+  py::array_t<int8_t> hq(ne);
+  py::array_t<float> hd_(ne / 32), hs(ne / 32);
+  down(hq.mutable_data(), oq, ne);
+  down(hd_.mutable_data(), od, ne / 32 * 4);
+  down(hs.mutable_data(), os, ne / 32 * 4);
+  return py::make_tuple(y, hq, hd_, hs);
+}
+
+// Fused norm: returns (x + add, rmsnorm(x + add) * w, qs, d, s).
+py::tuple py_rms_norm_q(const py::array& x, const py::array& add, const py::array& w, float eps) {
+  auto xa = arr<float>(x);
+  auto aa = arr<float>(add);
+  auto wa = arr<float>(w);
+  if (xa.ndim() != 2 || aa.ndim() != 2 || aa.shape(0) != xa.shape(0) || aa.shape(1) != xa.shape(1) || wa.ndim() != 1 ||
+      wa.shape(0) != xa.shape(1) || xa.shape(1) % 32)
+    throw std::invalid_argument("[cuda:rms_norm] x, add [rows, n] (n % 32 == 0), w [n]");
+  const int64_t R = xa.shape(0), n = xa.shape(1);
+  DBuf dx(R * n * 4), da(R * n * 4), dw(n * 4), dy(R * n * 4), qs(R * n), d(R * n / 32 * 4), s(R * n / 32 * 4);
+  up(dx, xa.data(), R * n * 4);
+  up(da, aa.data(), R * n * 4);
+  up(dw, wa.data(), n * 4);
+  rms_norm_q(dx.as<float>(), da.as<float>(), dw.as<float>(), dy.as<float>(),
+             DevQ8a{qs.as<int8_t>(), d.as<float>(), s.as<float>()}, R, n, eps, 0);
+  sync("rms_norm");
+  py::array_t<float> hx({R, n}), hy({R, n}), hd({R, n / 32}), hs({R, n / 32});
+  py::array_t<int8_t> hq({R, n});
+  down(hx.mutable_data(), dx, R * n * 4);
+  down(hy.mutable_data(), dy, R * n * 4);
+  down(hq.mutable_data(), qs, R * n);
+  down(hd.mutable_data(), d, R * n / 32 * 4);
+  down(hs.mutable_data(), s, R * n / 32 * 4);
+  return py::make_tuple(hx, hy, hq, hd, hs);
+}
+
+// Fused SwiGLU + quantization: returns (silu(g) * u, qs, d, s) for g, u [rows, n].
+py::tuple py_swiglu_q(const py::array& g, const py::array& u) {
+  auto ga = arr<float>(g);
+  auto ua = arr<float>(u);
+  if (ga.ndim() != 2 || ua.ndim() != 2 || ga.shape(0) != ua.shape(0) || ga.shape(1) != ua.shape(1) || ga.shape(1) % 32)
+    throw std::invalid_argument("[cuda:swiglu] g, u [rows, n], n % 32 == 0");
+  const int64_t R = ga.shape(0), n = ga.shape(1);
+  DBuf dg(R * n * 4), du(R * n * 4), qs(R * n), d(R * n / 32 * 4), s(R * n / 32 * 4);
+  up(dg, ga.data(), R * n * 4);
+  up(du, ua.data(), R * n * 4);
+  swiglu_q(dg.as<float>(), du.as<float>(), DevQ8a{qs.as<int8_t>(), d.as<float>(), s.as<float>()}, R, n, 0);
+  sync("swiglu");
+  py::array_t<float> hg({R, n}), hd({R, n / 32}), hs({R, n / 32});
+  py::array_t<int8_t> hq({R, n});
+  down(hg.mutable_data(), dg, R * n * 4);
+  down(hq.mutable_data(), qs, R * n);
+  down(hd.mutable_data(), d, R * n / 32 * 4);
+  down(hs.mutable_data(), s, R * n / 32 * 4);
+  return py::make_tuple(hg, hq, hd, hs);
+}
+
+// Fused RoPE(k) + fp16 KV write at positions pos0..: returns the cache rows (k, v) as float32
+// [n_tok, n_kv, hd] read back from fp16.
+py::tuple py_rope_kv_write(const py::array& k, const py::array& v, int64_t pos0, const std::string& mode, float base,
+                           float scale) {
+  auto ka = arr<float>(k);
+  auto va = arr<float>(v);
+  if (ka.ndim() != 3 || va.ndim() != 3 || ka.size() != va.size())
+    throw std::invalid_argument("[cuda:kv_write] k, v [n_tok, n_kv, hd]");
+  RopeParams rp;
+  rp.mode = mode == "normal" ? RopeMode::Normal : mode == "neox" ? RopeMode::Neox : RopeMode::None;
+  rp.freq_base = base;
+  rp.freq_scale = scale;
+  const int64_t T = ka.shape(0), H = ka.shape(1), hd = ka.shape(2), cells = (pos0 + T) * H * hd;
+  DBuf dk(ka.nbytes()), dv(va.nbytes()), kc(cells * 2), vc(cells * 2);
+  up(dk, ka.data(), ka.nbytes());
+  up(dv, va.data(), va.nbytes());
+  rope_kv_write(dk.as<float>(), dv.as<float>(), kc.as<uint16_t>(), vc.as<uint16_t>(), T, H, hd, pos0, rp, 0);
+  sync("kv_write");
+  std::vector<uint16_t> hk(T * H * hd), hv(T * H * hd);
+  check(cudaMemcpy(hk.data(), kc.as<uint16_t>() + pos0 * H * hd, hk.size() * 2, cudaMemcpyDeviceToHost), "download");
+  check(cudaMemcpy(hv.data(), vc.as<uint16_t>() + pos0 * H * hd, hv.size() * 2, cudaMemcpyDeviceToHost), "download");
+  py::array_t<uint16_t> ok({T, H, hd}), ov({T, H, hd});
+  std::memcpy(ok.mutable_data(), hk.data(), hk.size() * 2);
+  std::memcpy(ov.mutable_data(), hv.data(), hv.size() * 2);
+  return py::make_tuple(ok, ov);  // raw fp16 bits (view as np.float16)
+}
+
+// Fused RoPE(q, k) + KV write: returns (rotated q, cache k bits, cache v bits) for q [n_tok, H, hd].
+py::tuple py_rope_qkv_write(const py::array& q, const py::array& k, const py::array& v, int64_t pos0,
+                            const std::string& mode, float base, float scale) {
+  auto qa = arr<float>(q);
+  auto ka = arr<float>(k);
+  auto va = arr<float>(v);
+  if (qa.ndim() != 3 || ka.ndim() != 3 || va.ndim() != 3 || ka.size() != va.size() || qa.shape(0) != ka.shape(0) ||
+      qa.shape(2) != ka.shape(2))
+    throw std::invalid_argument("[cuda:rope] q [n_tok, H, hd], k, v [n_tok, n_kv, hd]");
+  RopeParams rp;
+  rp.mode = mode == "normal" ? RopeMode::Normal : mode == "neox" ? RopeMode::Neox : RopeMode::None;
+  rp.freq_base = base;
+  rp.freq_scale = scale;
+  const int64_t T = ka.shape(0), H = ka.shape(1), hd = ka.shape(2), cells = (pos0 + T) * H * hd;
+  DBuf dq(qa.nbytes()), dk(ka.nbytes()), dv(va.nbytes()), kc(cells * 2), vc(cells * 2);
+  up(dq, qa.data(), qa.nbytes());
+  up(dk, ka.data(), ka.nbytes());
+  up(dv, va.data(), va.nbytes());
+  rope_qkv_write(dq.as<float>(), qa.shape(1), dk.as<float>(), dv.as<float>(), kc.as<uint16_t>(), vc.as<uint16_t>(), T,
+                 H, hd, pos0, rp, 0);
+  sync("rope");
+  py::array_t<float> oq({qa.shape(0), qa.shape(1), qa.shape(2)});
+  down(oq.mutable_data(), dq, qa.nbytes());
+  py::array_t<uint16_t> ok({T, H, hd}), ov({T, H, hd});
+  check(cudaMemcpy(ok.mutable_data(), kc.as<uint16_t>() + pos0 * H * hd, T * H * hd * 2, cudaMemcpyDeviceToHost),
+        "download");
+  check(cudaMemcpy(ov.mutable_data(), vc.as<uint16_t>() + pos0 * H * hd, T * H * hd * 2, cudaMemcpyDeviceToHost),
+        "download");
+  return py::make_tuple(oq, ok, ov);
+}
+
+// Bandwidth bench: times `iters` Q4_0 GEMVs (M = 1) over an N x K matrix of random bytes and `iters`
+// device-to-device copies of the same number of bytes, with CUDA events. Returns GB/s of each.
+py::dict bench_gemv(const std::string& fmt, int64_t N, int64_t K, int iters) {
+  const Fmt f = parse_fmt(fmt);
+  size_t qb, db;
+  dev_matrix_sizes(f, N, K, &qb, &db);
+  DBuf dq(qb), dd(db), dx(K * 4), dy(N * 4), xqs(K), xd(K / 32 * 4 + 4), xs(K / 32 * 4 + 4), csrc(qb + db), cpy(qb + db);
+  check(cudaMemset(dq.p, 0x5a, qb), "memset");
+  check(cudaMemset(csrc.p, 0x5a, qb + db), "memset");
+  {
+    std::vector<uint16_t> hd(db / 2, 0x2000);  // small fp16 scales
+    up(dd, hd.data(), db);
+    std::vector<float> hx(K, 0.5f);
+    up(dx, hx.data(), K * 4);
+  }
+  DevMatrix dm{f, N, K, dq.p, dd.as<uint16_t>()};
+  DevQ8a q{xqs.as<int8_t>(), xd.as<float>(), xs.as<float>()};
+  cudaEvent_t a, b;
+  check(cudaEventCreate(&a), "event");
+  check(cudaEventCreate(&b), "event");
+  auto time_it = [&](auto&& fn) {
+    for (int i = 0; i < 3; ++i) fn();
+    check(cudaEventRecord(a, 0), "event");
+    for (int i = 0; i < iters; ++i) fn();
+    check(cudaEventRecord(b, 0), "event");
+    check(cudaEventSynchronize(b), "event");
+    float ms = 0;
+    check(cudaEventElapsedTime(&ms, a, b), "event");
+    return ms / iters;
+  };
+  const float ms_gemv = time_it([&] {
+    quantize_q8a(dx.as<float>(), q, 1, K, 0);
+    matmul(dm, dx.as<float>(), q, dy.as<float>(), 1, 0);
+  });
+  const float ms_copy = time_it([&] { copy_d2d(cpy.p, csrc.p, qb + db, 0); });
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  py::dict r;
+  const double bytes = (double)(qb + db);
+  r["bytes"] = bytes;
+  r["gemv_us"] = ms_gemv * 1e3;
+  r["gemv_GBps"] = bytes / (ms_gemv * 1e-3) / 1e9;
+  // a copy reads and writes each byte: count both directions, as bandwidth tests do
+  r["copy_us"] = ms_copy * 1e3;
+  r["copy_GBps"] = 2 * bytes / (ms_copy * 1e-3) / 1e9;
+  return r;
+}
+
+// --- model ---------------------------------------------------------------------------------------
+struct PyCudaModel {
+  std::unique_ptr<CudaLlama> m;
+};
+
+HostWeight hw(const py::dict& weights, const std::string& name, bool optional, py::list& keep) {
+  HostWeight w;
+  if (!weights.contains(name)) {
+    if (optional) return w;
+    throw std::invalid_argument("[model] tensor " + name + " is missing");
+  }
+  py::tuple t = weights[py::str(name)].cast<py::tuple>();
+  if (t.size() != 4) throw std::invalid_argument("[model] weights[" + name + "] must be (data, fmt, rows, cols)");
+  const std::string f = t[1].cast<std::string>();
+  if (f != "F32" && f != "F16" && f != "Q4_0" && f != "Q8_0")
+    throw std::invalid_argument("[model] tensor " + name + " has type " + f +
+                                "; the CUDA backend supports F32, F16, Q4_0, Q8_0");
+  w.fmt = parse_fmt(f);
+  w.rows = t[2].cast<int64_t>();
+  w.cols = t[3].cast<int64_t>();
+  py::array a = py::array::ensure(t[0], py::array::c_style);
+  if (!a) throw std::invalid_argument("[model] tensor " + name + " must be a C-contiguous array");
+  w.data = a.data();
+  w.nbytes = a.nbytes();
+  keep.append(a);
+  return w;
+}
+
+std::unique_ptr<PyCudaModel> make_model(const py::dict& cfgd, const py::dict& weights, int64_t n_ctx, int device) {
+  CudaLlamaConfig c;
+  c.n_embd = cfgd["n_embd"].cast<int64_t>();
+  c.n_layer = cfgd["n_layer"].cast<int64_t>();
+  c.n_head = cfgd["n_head"].cast<int64_t>();
+  c.n_head_kv = cfgd["n_head_kv"].cast<int64_t>();
+  c.head_dim = cfgd["head_dim"].cast<int64_t>();
+  c.n_ff = cfgd["n_ff"].cast<int64_t>();
+  c.n_vocab = cfgd["n_vocab"].cast<int64_t>();
+  c.rms_eps = cfgd["rms_eps"].cast<float>();
+  c.rope.mode = cfgd["rope_mode"].cast<std::string>() == "neox" ? RopeMode::Neox : RopeMode::Normal;
+  c.rope.freq_base = cfgd["rope_freq_base"].cast<float>();
+  c.rope.freq_scale = cfgd["rope_freq_scale"].cast<float>();
+  if (c.n_layer <= 0 || c.n_layer > 4096) throw std::invalid_argument("[model] n_layer out of range");
+  py::list keep;
+  HostWeight tok = hw(weights, "token_embd.weight", false, keep);
+  HostWeight onorm = hw(weights, "output_norm.weight", false, keep);
+  HostWeight out = hw(weights, "output.weight", true, keep);
+  std::vector<HostLayer> layers(c.n_layer);
+  for (int64_t i = 0; i < c.n_layer; ++i) {
+    const std::string b = "blk." + std::to_string(i) + ".";
+    HostLayer& L = layers[i];
+    L.attn_norm = hw(weights, b + "attn_norm.weight", false, keep);
+    L.wq = hw(weights, b + "attn_q.weight", false, keep);
+    L.wk = hw(weights, b + "attn_k.weight", false, keep);
+    L.wv = hw(weights, b + "attn_v.weight", false, keep);
+    L.wo = hw(weights, b + "attn_output.weight", false, keep);
+    L.bq = hw(weights, b + "attn_q.bias", true, keep);
+    L.bk = hw(weights, b + "attn_k.bias", true, keep);
+    L.bv = hw(weights, b + "attn_v.bias", true, keep);
+    L.ffn_norm = hw(weights, b + "ffn_norm.weight", false, keep);
+    L.w_gate = hw(weights, b + "ffn_gate.weight", false, keep);
+    L.w_up = hw(weights, b + "ffn_up.weight", false, keep);
+    L.w_down = hw(weights, b + "ffn_down.weight", false, keep);
+  }
+  auto pm = std::make_unique<PyCudaModel>();
+  {
+    py::gil_scoped_release nogil;
+    pm->m = std::make_unique<CudaLlama>(c, tok, onorm, out, layers, n_ctx, device);
+  }
+  return pm;  // weights are on the device: the host arrays are no longer needed
+}
+
+py::array_t<float> model_forward(PyCudaModel& pm, const py::array& tokens, bool all_logits) {
+  if (!pm.m) throw std::runtime_error("[cuda] model is closed");
+  auto ta = arr<int32_t>(tokens);
+  if (ta.ndim() != 1 || ta.shape(0) < 1) throw std::invalid_argument("[forward] tokens must be a non-empty 1-D array");
+  const int64_t n = ta.shape(0), V = pm.m->config().n_vocab;
+  py::array_t<float> out = all_logits ? py::array_t<float>({(py::ssize_t)n, (py::ssize_t)V})
+                                      : py::array_t<float>({(py::ssize_t)V});
+  float* po = out.mutable_data();
+  const int32_t* pt = ta.data();
+  {
+    py::gil_scoped_release nogil;
+    pm.m->forward(pt, n, po, all_logits);
+  }
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cuda, m) {
+  m.doc() = "xsil CUDA backend: device query, kernels (for tests) and the device-resident Llama forward";
+  m.def("device_info", &device_info, "CUDA driver/runtime versions and devices; never raises (ok/reason)");
+  m.def("matmul", &py_matmul, py::arg("w"), py::arg("fmt"), py::arg("N"), py::arg("K"), py::arg("x"),
+        "y = x . W^T on the device (W: GGUF rows as bytes)");
+  m.def("quantize_q8a", &py_quantize, py::arg("x"), "(qs, d, s) of x quantized per 32 on the device");
+  m.def("rms_norm", &py_rms_norm, py::arg("x"), py::arg("w"), py::arg("eps"));
+  m.def("rope", &py_rope, py::arg("x"), py::arg("pos0"), py::arg("mode"), py::arg("freq_base") = 10000.0f,
+        py::arg("freq_scale") = 1.0f);
+  m.def("swiglu", &py_swiglu, py::arg("g"), py::arg("u"));
+  m.def("get_rows", &py_get_rows, py::arg("w"), py::arg("fmt"), py::arg("n_rows"), py::arg("n"), py::arg("tokens"));
+  m.def("attention", &py_attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale") = 0.0f,
+        py::arg("quantized") = false, "out (or (out, qs, d, s) with quantized=True)");
+  m.def("rms_norm_q", &py_rms_norm_q, py::arg("x"), py::arg("add"), py::arg("w"), py::arg("eps"));
+  m.def("swiglu_q", &py_swiglu_q, py::arg("g"), py::arg("u"));
+  m.def("rope_kv_write", &py_rope_kv_write, py::arg("k"), py::arg("v"), py::arg("pos0"), py::arg("mode"),
+        py::arg("freq_base") = 10000.0f, py::arg("freq_scale") = 1.0f);
+  m.def("rope_qkv_write", &py_rope_qkv_write, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("pos0"),
+        py::arg("mode"), py::arg("freq_base") = 10000.0f, py::arg("freq_scale") = 1.0f);
+  m.def("bench_gemv", &bench_gemv, py::arg("fmt"), py::arg("N"), py::arg("K"), py::arg("iters") = 50);
+  py::class_<PyCudaModel>(m, "LlamaModel")
+      .def(py::init(&make_model), py::arg("config"), py::arg("weights"), py::arg("n_ctx"), py::arg("device") = 0)
+      .def("forward", &model_forward, py::arg("tokens"), py::arg("all_logits") = true)
+      .def("reset", [](PyCudaModel& p) { if (p.m) p.m->reset(); })
+      .def("truncate", [](PyCudaModel& p, int64_t n) { if (p.m) p.m->truncate(n); })
+      .def("close", [](PyCudaModel& p) {
+        py::gil_scoped_release nogil;
+        p.m.reset();
+      })
+      .def_property(
+          "graphs", [](const PyCudaModel& p) { return p.m && p.m->graphs(); },
+          [](PyCudaModel& p, bool on) { if (p.m) p.m->set_graphs(on); },
+          "decode replays a captured CUDA graph of the whole forward (default True)")
+      .def_property_readonly("n_past", [](const PyCudaModel& p) { return p.m ? p.m->n_past() : 0; })
+      .def_property_readonly("n_ctx", [](const PyCudaModel& p) { return p.m ? p.m->n_ctx() : 0; })
+      .def_property_readonly("weight_bytes", [](const PyCudaModel& p) { return p.m ? p.m->weight_bytes() : 0; })
+      .def_property_readonly("kv_bytes", [](const PyCudaModel& p) { return p.m ? p.m->kv_bytes() : 0; })
+      .def_property_readonly("device", [](const PyCudaModel& p) { return p.m ? p.m->device() : -1; });
+}

@@ -1,0 +1,106 @@
+// xsil CUDA kernels: host-side launchers (plain C++ declarations, callable from .cpp files).
+// Every pointer is a device pointer unless named host_*. Every launcher validates its sizes
+// (std::invalid_argument) and turns a launch error into std::runtime_error naming the kernel.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "xsil/blocks.h"
+#include "xsil/params.h"
+
+namespace xsil::cuda {
+
+// Throws std::runtime_error("[cuda:<what>] <name>: <message>") when e is an error.
+inline void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess)
+    throw std::runtime_error(std::string("[cuda:") + what + "] " + cudaGetErrorName(e) + ": " +
+                             cudaGetErrorString(e));
+}
+// After a launch: reports a bad configuration at once (not on the next synchronizing call).
+inline void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
+
+// Device-side weight layout of a block-quantized matrix W[N, K] (repacked once at upload from
+// GGUF rows into structure-of-arrays so every quant load is an aligned 16-byte load):
+//   Q4_0: qs = N * K/2 bytes (row n, block b: 16 bytes at (n * K/32 + b) * 16, GGUF nibble order),
+//         d  = N * K/32 fp16 scales.
+//   Q8_0: qs = N * K bytes (32 per block), d = N * K/32 fp16.
+//   F16 / F32: dense rows, qs = the data, d unused.
+struct DevMatrix {
+  Fmt fmt = Fmt::F32;
+  int64_t N = 0, K = 0;
+  const void* qs = nullptr;
+  const uint16_t* d = nullptr;
+};
+// Bytes of each part for a format (throws for unsupported formats / K not a multiple of 32).
+void dev_matrix_sizes(Fmt fmt, int64_t N, int64_t K, size_t* qs_bytes, size_t* d_bytes);
+// Host-side repack of GGUF rows (host_src, N rows) into the SoA layout (host_qs / host_d).
+void repack_host(Fmt fmt, const void* host_src, int64_t N, int64_t K, void* host_qs, uint16_t* host_d);
+
+// Quantized activations (block_q8a semantics, SoA): qs [M][K] int8, d/s [M][K/32] fp32.
+struct DevQ8a {
+  int8_t* qs = nullptr;
+  float* d = nullptr;
+  float* s = nullptr;
+};
+// x[M][K] fp32 -> q8a: d = amax/127, q = round(x/d) (half away from zero), s = d * sum(q).
+void quantize_q8a(const float* x, DevQ8a xq, int64_t M, int64_t K, cudaStream_t st);
+
+// Output of a matmul whose weight rows are several matrices stacked at upload (Q|K|V, gate|up):
+// rows [n0[s], n0[s+1]) go to y[s], a dense [M][n0[s+1] - n0[s]] array. One segment = plain y[M][N].
+struct SplitOut {
+  float* y[3] = {nullptr, nullptr, nullptr};
+  int n0[4] = {0, 0, 0, 0};
+  int segs = 1;
+};
+
+// y[M][N] = x[M][K] . W^T. Q4_0/Q8_0 use the quantized activations xq (integer __dp4a dots);
+// F16/F32 read x. M == 1 runs the decode GEMV; M > 1 the shared-memory-tiled GEMM (Q4_0/Q8_0:
+// 8 weight rows x 16 activation rows per CTA) or the register-tiled dense kernel (F16/F32).
+void matmul(const DevMatrix& w, const float* x, DevQ8a xq, float* y, int64_t M, cudaStream_t st);
+void matmul_split(const DevMatrix& w, const float* x, DevQ8a xq, const SplitOut& out, int64_t M, cudaStream_t st);
+
+// Fused norm: optionally x += add (in place, residual), then h = rmsnorm(x) * w, and (when xq.qs) h
+// quantized to q8a in the same pass. n must be a multiple of 32 when quantizing.
+void rms_norm_q(float* x, const float* add, const float* w, float* h, DevQ8a xq, int64_t rows, int64_t n, float eps,
+                cudaStream_t st);
+// g[r][i] = silu(g[r][i]) * u[r][i] for rows x n, and g quantized to q8a (n a multiple of 32).
+void swiglu_q(float* g, const float* u, DevQ8a xq, int64_t rows, int64_t n, cudaStream_t st);
+// RoPE on q (in place, n_q_heads per token) and on k, fused with the fp16 KV write of k and v at
+// positions pos0.. (or *dpos): one launch for what rope(q) + rope_kv_write do.
+void rope_qkv_write(float* q, int64_t n_q_heads, const float* k, const float* v, uint16_t* kc, uint16_t* vc,
+                    int64_t n_tok, int64_t n_kv, int64_t hd, int64_t pos0, const RopeParams& rp, cudaStream_t st,
+                    const int64_t* dpos = nullptr);
+// RoPE on k (as rope()) fused with the fp16 KV write of k and v at positions pos0.. (or *dpos).
+void rope_kv_write(const float* k, const float* v, uint16_t* kc, uint16_t* vc, int64_t n_tok, int64_t n_kv,
+                   int64_t hd, int64_t pos0, const RopeParams& rp, cudaStream_t st, const int64_t* dpos = nullptr);
+
+void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t n, float eps, cudaStream_t st);
+// x[t][h][hd] rotated in place at positions pos0 + t (t < n_tok), h < n_vec.
+// dpos (optional, device): when given, the kernels read pos0 from it instead (so a captured CUDA graph
+// can be replayed at every decode position); the same holds for kv_write and attention.
+void rope(float* x, int64_t n_tok, int64_t n_vec, int64_t hd, int64_t pos0, const RopeParams& rp,
+          cudaStream_t st, const int64_t* dpos = nullptr);
+void swiglu(float* g, const float* u, int64_t count, cudaStream_t st);           // g = silu(g) * u
+void add_inplace(float* y, const float* x, int64_t count, cudaStream_t st);      // y += x
+void add_bias(float* y, const float* b, int64_t rows, int64_t n, cudaStream_t st);  // y[r] += b
+// out[i][:] = row tokens[i] of W[rows, n] in GGUF layout (F32, F16, Q4_0, Q8_0), dequantized to fp32.
+void get_rows(const void* w, Fmt fmt, int64_t n_rows, int64_t n, const int32_t* tokens, int64_t n_tok,
+              float* out, cudaStream_t st);
+
+// Contiguous fp16 KV cache of one sequence and one layer: k/v [n_ctx][kvd], kvd = n_kv * hd.
+// Writes n_tok rows at positions pos0.. (k is expected already rotated).
+void kv_write(uint16_t* kc, uint16_t* vc, const float* k, const float* v, int64_t pos0, int64_t n_tok,
+              int64_t kvd, cudaStream_t st, const int64_t* dpos = nullptr);
+// Causal attention: query i (position pos0 + i, i < n_q) attends to cached positions [0, pos0 + i].
+// q/out [n_q][n_heads][hd]; GQA group = n_heads / n_kv. hd <= 256 and a multiple of 32... (checked).
+void attention(const float* q, const uint16_t* kc, const uint16_t* vc, float* out, int64_t n_q, int64_t pos0,
+               int n_heads, int n_kv, int hd, float scale, cudaStream_t st, const int64_t* dpos = nullptr,
+               DevQ8a qout = {});  // qout.qs set: also write out quantized to q8a (fused in decode)
+
+// Device memory bandwidth probe: device-to-device copy of `bytes` (for the bench).
+void copy_d2d(void* dst, const void* src, size_t bytes, cudaStream_t st);
+
+}  // namespace xsil::cuda

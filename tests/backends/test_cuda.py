@@ -1,0 +1,194 @@
+"""The cuda backend: probe/options checks that run everywhere; the model checks need a GPU and skip
+with the probe's reason elsewhere."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import xsil
+from xsil import registry
+from xsil.backend import ModelSpec
+from xsil.errors import BackendError, ContextOverflowError
+
+ORACLE = os.path.join(os.path.dirname(__file__), "..", "data", "oracle")
+MODEL = os.path.join(ORACLE, "tiny.gguf")
+
+
+def _backend():
+    from xsil.backends.cuda import CudaBackend
+
+    return CudaBackend()
+
+
+def test_probe_is_data_and_names_the_reason():
+    p = _backend().probe()
+    assert isinstance(p.score, int) and p.reason
+    if p.score == 0:
+        assert any(
+            w in p.reason
+            for w in ("not built", "no CUDA driver", "no device", "driver", "compute capability", "CUDA")
+        ), p.reason
+    else:
+        assert p.devices and p.devices[0].kind == "gpu"
+
+
+def test_registry_lists_cuda_with_the_probe_reason():
+    assert "cuda" in registry.names()
+    p = registry.probe("cuda", refresh=True)
+    assert p.reason == _backend().probe().reason
+
+
+def test_import_xsil_does_not_import_the_extension():
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys, xsil; print('xsil._cuda' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out[-1] == "False"
+
+
+def test_options_validation_before_any_device_work():
+    b = _backend()
+    assert "device" in b.options()
+    with pytest.raises(ValueError, match="unknown option"):
+        b.open(MODEL, bogus=1)
+    with pytest.raises(ValueError, match="kv_dtype"):
+        b.open(MODEL, kv_dtype="q8_0")
+    with pytest.raises(ValueError, match="device"):
+        b.open(MODEL, device=-1)
+    with pytest.raises(ValueError, match="n_ctx"):
+        b.open(MODEL, n_ctx=0)
+    with pytest.raises(ValueError, match="cuda_graphs"):
+        b.open(MODEL, cuda_graphs="yes")
+
+
+def test_open_without_gpu_raises_with_the_reason():
+    b = _backend()
+    p = b.probe()
+    if p.available:
+        pytest.skip("a GPU is present")
+    with pytest.raises(BackendError, match="cuda"):
+        b.open(MODEL)
+
+
+def test_supports_lists_the_types():
+    b = _backend()
+    ok = ModelSpec(MODEL, "llama", ["F32", "Q4_0", "Q8_0"], 1, 1, 1, 1)
+    assert b.supports(ok).ok
+    bad = b.supports(ModelSpec(MODEL, "llama", ["F32", "Q4_K"], 1, 1, 1, 1))
+    assert not bad.ok and "Q4_K" in bad.reason and "Q4_0" in bad.reason
+    assert not b.supports(ModelSpec(MODEL, "gpt2", ["F32"], 1, 1, 1, 1)).ok
+
+
+gpu = pytest.mark.skipif(
+    not registry.probe("cuda").available, reason=f"cuda: {registry.probe('cuda').reason}"
+)
+
+
+@gpu
+def test_session_matches_cpu():
+    o = np.load(os.path.join(ORACLE, "tiny.npz"))
+    toks = o["tokens"]
+    with (
+        xsil.Session(MODEL, backend="cpu", n_ctx=256) as c,
+        xsil.Session(MODEL, backend="cuda", n_ctx=256) as g,
+    ):
+        a = c.forward(toks)
+        b = g.forward(toks)
+        assert g.n_past == len(toks)
+        cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        assert cos.min() > 0.9995
+        assert np.abs(a - b).max() / a.std() < 0.02
+        d = g.describe()
+        assert d["backend"] == "cuda" and d["memory"]["weight_bytes"] > 0
+
+
+@gpu
+def test_graph_decode_equals_plain_decode():
+    o = np.load(os.path.join(ORACLE, "tiny.npz"))
+    toks = o["tokens"][:20]
+    outs = []
+    for graphs in (True, False):
+        with xsil.Session(MODEL, backend="cuda", n_ctx=64, cuda_graphs=graphs) as g:
+            g.forward(toks[:4])
+            outs.append(np.concatenate([g.forward(toks[i : i + 1]) for i in range(4, len(toks))]))
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@gpu
+def test_context_overflow_and_reset():
+    with xsil.Session(MODEL, backend="cuda", n_ctx=8) as g:
+        g.forward(list(range(1, 9)))
+        with pytest.raises(ContextOverflowError):
+            g.forward([1])
+        assert g.n_past == 8
+        g.reset()
+        assert g.n_past == 0
+        assert g.forward([1, 2]).shape[0] == 2
+
+
+@gpu
+def test_generate_is_deterministic():
+    with xsil.Session(MODEL, backend="cuda", n_ctx=64) as g:
+        a = [e.token_id for e in g.generate([1, 5, 9], max_tokens=8)] if hasattr(g, "generate") else []
+        g.reset()
+        b = [e.token_id for e in g.generate([1, 5, 9], max_tokens=8)] if hasattr(g, "generate") else []
+        assert a == b
+
+
+def test_native_model_rejects_unsupported_types_before_touching_a_device():
+    cuda_ext = pytest.importorskip("xsil._cuda", reason="xsil._cuda not built")
+    from xsil.backends.cuda import load_weights
+    from xsil.model.gguf import GGUFFile
+    from xsil.model.llama import LlamaConfig
+
+    g = GGUFFile(MODEL)
+    cfg = LlamaConfig.from_gguf(g)
+    w = load_weights(g, cfg)
+    arr, _, rows, cols = w["blk.0.attn_q.weight"]
+    w["blk.0.attn_q.weight"] = (arr, "Q4_K", rows, cols)
+    with pytest.raises(
+        ValueError, match=r"blk\.0\.attn_q\.weight has type Q4_K; the CUDA backend supports .*Q4_0"
+    ):
+        cuda_ext.LlamaModel(cfg.as_core(), w, 64, 0)
+
+
+@gpu
+@pytest.mark.parametrize("arch,wtype", [("llama", "Q8_0"), ("qwen2", "Q4_0")])
+def test_synthetic_models_match_cpu(tmp_path, arch, wtype):
+    # Q8_0 matrices and neox RoPE (qwen2), each against the cpu backend
+    from xsil.model.default import SyntheticSpec, write_synthetic
+
+    spec = SyntheticSpec(
+        name=f"t-{arch}-{wtype}",
+        n_embd=256,
+        n_layer=2,
+        n_head=4,
+        n_head_kv=2,
+        n_ff=512,
+        n_vocab=512,
+        arch=arch,
+        weight_type=wtype,
+    )
+    path = str(tmp_path / "m.gguf")
+    write_synthetic(path, spec)
+    toks = list(range(1, 30))
+    with xsil.Session(path, backend="cpu", n_ctx=64) as c, xsil.Session(path, backend="cuda", n_ctx=64) as g:
+        a = c.forward(toks)
+        b = g.forward(toks)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.999, cos.min()
+    assert np.abs(a - b).max() / a.std() < 0.05
+
+
+@gpu
+def test_bench_gemv_reports_bandwidth():
+    from xsil import _cuda
+
+    r = _cuda.bench_gemv("Q4_0", 4096, 4096, 5)
+    assert r["gemv_GBps"] > 0 and r["copy_GBps"] > 0 and r["bytes"] == 4096 * 4096 // 2 + 4096 * 128 * 2

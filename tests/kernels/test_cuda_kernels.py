@@ -1,0 +1,250 @@
+"""xsil._cuda kernels against the CPU core / NumPy. Skip (with the probe's reason) without a GPU; the
+import-and-probe checks run everywhere the extension is built."""
+
+import sys
+
+import numpy as np
+import pytest
+
+from xsil import _core
+
+cuda_ext = pytest.importorskip("xsil._cuda", reason="xsil._cuda not built (no CUDA compiler at build time)")
+
+
+def _gpu_reason():
+    info = cuda_ext.device_info()
+    return None if info["ok"] else info["reason"]
+
+
+needs_gpu = pytest.mark.skipif(_gpu_reason() is not None, reason=f"cuda: {_gpu_reason()}")
+
+
+def test_import_xsil_does_not_load_cuda():
+    import subprocess
+
+    code = "import sys, xsil, xsil.registry; print('xsil._cuda' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out.splitlines()[-1] == "False"
+
+
+def test_device_info_never_raises():
+    info = cuda_ext.device_info()
+    assert set(info) >= {"ok", "reason", "devices", "driver_version", "runtime_version"}
+    assert isinstance(info["reason"], str) and info["reason"]
+    assert info["runtime_version"] > 0
+    if not info["ok"]:
+        assert info["devices"] == []
+        assert any(w in info["reason"] for w in ("no CUDA driver", "no device", "driver", "CUDA"))
+
+
+def _rel(a, b):
+    return float(np.abs(a - b).max() / (np.abs(b).max() + 1e-30))
+
+
+@needs_gpu
+@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0"])
+@pytest.mark.parametrize("M", [1, 3, 8, 17, 33])
+@pytest.mark.parametrize("NK", [(64, 256), (130, 1024), (96, 5632)])
+def test_matmul_quant_matches_cpu_integer_path(fmt, M, NK, rng):
+    N, K = NK
+    w = _core.quantize(rng.standard_normal((N, K)).astype(np.float32), fmt)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    want = _core.matmul(x, w, fmt)  # int8 activations per 32, as the CUDA kernels
+    got = cuda_ext.matmul(w, fmt, N, K, x)
+    assert got.shape == (M, N)
+    assert _rel(got, want) < 1e-4
+
+
+@needs_gpu
+@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0"])
+def test_gemm_rows_equal_gemv_bitwise(fmt, rng):
+    # prefill GEMM and decode GEMV keep the same per-lane summation order: batch == step exactly
+    N, K, M = 100, 2048, 19
+    w = _core.quantize(rng.standard_normal((N, K)).astype(np.float32), fmt)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    batch = cuda_ext.matmul(w, fmt, N, K, x)
+    step = np.concatenate([cuda_ext.matmul(w, fmt, N, K, x[i : i + 1]) for i in range(M)])
+    np.testing.assert_array_equal(batch, step)
+
+
+@needs_gpu
+@pytest.mark.parametrize("fmt", ["F16", "F32"])
+def test_matmul_dense(fmt, rng):
+    N, K, M = 70, 320, 5
+    wf = rng.standard_normal((N, K)).astype(np.float32)
+    w = wf.astype(np.float16) if fmt == "F16" else wf
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    want = x @ w.astype(np.float32).T
+    got = cuda_ext.matmul(w.view(np.uint8), fmt, N, K, x)
+    assert _rel(got, want) < 1e-5
+
+
+@needs_gpu
+def test_quantize_q8a(rng):
+    x = rng.standard_normal((3, 128)).astype(np.float32)
+    x[1, :32] = 0.0
+    qs, d, s = cuda_ext.quantize_q8a(x)
+    xb = x.reshape(3, 4, 32)
+    dd = np.abs(xb).max(-1) / 127.0
+    np.testing.assert_allclose(d, dd, rtol=1e-6)
+    assert (qs[1, :32] == 0).all() and d[1, 0] == 0
+    deq = qs.reshape(3, 4, 32) * d[..., None]
+    assert np.abs(deq - xb).max() <= dd.max() * 0.5 + 1e-6
+    np.testing.assert_allclose(s, d * qs.reshape(3, 4, 32).sum(-1), rtol=1e-5, atol=1e-6)
+
+
+@needs_gpu
+def test_rms_norm(rng):
+    x = rng.standard_normal((4, 2048)).astype(np.float32)
+    w = rng.standard_normal(2048).astype(np.float32)
+    want = x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-5) * w
+    np.testing.assert_allclose(cuda_ext.rms_norm(x, w, 1e-5), want, rtol=1e-4, atol=1e-5)
+
+
+@needs_gpu
+@pytest.mark.parametrize("mode", ["normal", "neox"])
+def test_rope_matches_cpu(mode, rng):
+    x = rng.standard_normal((5, 4, 64)).astype(np.float32)
+    pos0 = 1000
+    want = _core.rope(x, np.arange(pos0, pos0 + 5, dtype=np.int64), mode, 10000.0, 1.0)
+    got = cuda_ext.rope(x, pos0, mode, 10000.0, 1.0)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@needs_gpu
+def test_rms_norm_q_fused(rng):
+    x = rng.standard_normal((3, 2048)).astype(np.float32)
+    a = rng.standard_normal((3, 2048)).astype(np.float32)
+    w = rng.standard_normal(2048).astype(np.float32)
+    x2, h, qs, d, s = cuda_ext.rms_norm_q(x, a, w, 1e-5)
+    np.testing.assert_array_equal(x2, x + a)
+    np.testing.assert_allclose(h, cuda_ext.rms_norm(x + a, w, 1e-5), rtol=1e-5, atol=1e-6)
+    q2, d2, s2 = cuda_ext.quantize_q8a(h)
+    np.testing.assert_array_equal(qs, q2)
+    np.testing.assert_array_equal(d, d2)
+    np.testing.assert_allclose(s, s2, rtol=1e-6)
+
+
+@needs_gpu
+def test_swiglu_q_fused(rng):
+    g = rng.standard_normal((2, 5632)).astype(np.float32)
+    u = rng.standard_normal((2, 5632)).astype(np.float32)
+    y, qs, d, _s = cuda_ext.swiglu_q(g, u)
+    np.testing.assert_allclose(y, g / (1 + np.exp(-g)) * u, rtol=1e-5, atol=1e-6)
+    q2, d2, _ = cuda_ext.quantize_q8a(y)
+    np.testing.assert_array_equal(qs, q2)
+    np.testing.assert_array_equal(d, d2)
+
+
+@needs_gpu
+@pytest.mark.parametrize("mode", ["normal", "neox"])
+def test_rope_kv_write_fused(mode, rng):
+    k = rng.standard_normal((3, 4, 64)).astype(np.float32)
+    v = rng.standard_normal((3, 4, 64)).astype(np.float32)
+    kc, vc = cuda_ext.rope_kv_write(k, v, 17, mode)
+    want = _core.rope(k, np.arange(17, 20, dtype=np.int64), mode, 10000.0, 1.0)
+    np.testing.assert_allclose(
+        kc.view(np.float16).astype(np.float32),
+        want.astype(np.float16).astype(np.float32),
+        rtol=2e-3,
+        atol=2e-3,
+    )
+    np.testing.assert_array_equal(vc.view(np.float16), v.astype(np.float16))
+
+
+@needs_gpu
+@pytest.mark.parametrize("mode", ["normal", "neox"])
+def test_rope_qkv_write_fused(mode, rng):
+    q = rng.standard_normal((3, 8, 64)).astype(np.float32)
+    k = rng.standard_normal((3, 2, 64)).astype(np.float32)
+    v = rng.standard_normal((3, 2, 64)).astype(np.float32)
+    pos = np.arange(40, 43, dtype=np.int64)
+    qr, kc, vc = cuda_ext.rope_qkv_write(q, k, v, 40, mode)
+    np.testing.assert_allclose(qr, _core.rope(q, pos, mode, 10000.0, 1.0), rtol=1e-5, atol=1e-5)
+    want = _core.rope(k, pos, mode, 10000.0, 1.0)
+    np.testing.assert_allclose(
+        kc.view(np.float16).astype(np.float32),
+        want.astype(np.float16).astype(np.float32),
+        rtol=2e-3,
+        atol=2e-3,
+    )
+    np.testing.assert_array_equal(vc.view(np.float16), v.astype(np.float16))
+
+
+@needs_gpu
+def test_swiglu(rng):
+    g = rng.standard_normal(1000).astype(np.float32)
+    u = rng.standard_normal(1000).astype(np.float32)
+    np.testing.assert_allclose(cuda_ext.swiglu(g, u), g / (1 + np.exp(-g)) * u, rtol=1e-5, atol=1e-6)
+
+
+@needs_gpu
+@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "F16", "F32"])
+def test_get_rows(fmt, rng):
+    rows, n = 50, 256
+    wf = rng.standard_normal((rows, n)).astype(np.float32)
+    if fmt in ("Q4_0", "Q8_0"):
+        w = _core.quantize(wf, fmt)
+        ref = _core.dequantize(w, fmt, n)
+    else:
+        w = wf.astype(np.float16) if fmt == "F16" else wf
+        ref = w.astype(np.float32)
+    tok = np.array([3, 0, 49, 3], np.int32)
+    got = cuda_ext.get_rows(w.view(np.uint8), fmt, rows, n, tok)
+    np.testing.assert_array_equal(got, ref[tok])
+
+
+def _attn_ref(q, k, v, scale):
+    nq, H, _hd = q.shape
+    nk, nkv, _ = k.shape
+    k = k.astype(np.float16).astype(np.float64)
+    v = v.astype(np.float16).astype(np.float64)
+    out = np.zeros(q.shape)
+    for i in range(nq):
+        pos = nk - nq + i
+        for h in range(H):
+            kh = h // (H // nkv)
+            s = (k[: pos + 1, kh] @ q[i, h]) * scale
+            p = np.exp(s - s.max())
+            out[i, h] = (p[:, None] * v[: pos + 1, kh]).sum(0) / p.sum()
+    return out
+
+
+@needs_gpu
+@pytest.mark.parametrize(
+    "nq,nk", [(1, 1), (1, 37), (1, 600), (2, 2), (9, 9), (7, 40), (33, 33), (20, 100), (70, 300)]
+)
+@pytest.mark.parametrize("hd", [64, 128])
+def test_attention(nq, nk, hd, rng):
+    H, nkv = 8, 2
+    q = rng.standard_normal((nq, H, hd)).astype(np.float32)
+    k = rng.standard_normal((nk, nkv, hd)).astype(np.float32)
+    v = rng.standard_normal((nk, nkv, hd)).astype(np.float32)
+    got = cuda_ext.attention(q, k, v)
+    np.testing.assert_allclose(got, _attn_ref(q, k, v, 1 / np.sqrt(hd)), rtol=1e-4, atol=1e-4)
+
+
+@needs_gpu
+@pytest.mark.parametrize("nq,nk", [(1, 50), (5, 20)])
+def test_attention_quantized_output(nq, nk, rng):
+    q = rng.standard_normal((nq, 8, 64)).astype(np.float32)
+    k = rng.standard_normal((nk, 2, 64)).astype(np.float32)
+    v = rng.standard_normal((nk, 2, 64)).astype(np.float32)
+    out, qs, d, _s = cuda_ext.attention(q, k, v, quantized=True)
+    np.testing.assert_array_equal(out, cuda_ext.attention(q, k, v))
+    q2, d2, _s2 = cuda_ext.quantize_q8a(out.reshape(nq, -1))
+    np.testing.assert_array_equal(qs, q2.reshape(-1))
+    np.testing.assert_array_equal(d, d2.reshape(-1))
+
+
+@needs_gpu
+def test_errors_name_the_kernel(rng):
+    with pytest.raises(ValueError, match="Q4_K"):
+        cuda_ext.matmul(np.zeros(144, np.uint8), "Q4_K", 1, 256, np.zeros((1, 256), np.float32))
+    with pytest.raises(ValueError, match=r"\[cuda:matmul\]"):
+        cuda_ext.matmul(np.zeros(10, np.uint8), "Q4_0", 1, 100, np.zeros((1, 100), np.float32))
+    with pytest.raises(ValueError, match=r"\[cuda:attention\]"):
+        z = np.zeros((1, 2, 48), np.float32)
+        cuda_ext.attention(z, z, z)
