@@ -26,10 +26,10 @@ TOLERANCE = {
     # own top-2 gap is smallest (2.1% and 2.3% of the logit std).
     "qnn": dict(batch_vs_step=0.05, cos=0.998, argmax_tie=0.03),
     # cuda: the same integer path as cpu (activations quantized per 32 to int8 with an fp32 scale,
-    # __dp4a dots, fp16 K/V); only the summation order differs (warp reductions, fp32 norms), and
-    # decode and prefill run the same kernels, so it is held to cpu's bounds. Not yet measured on a
-    # GPU at the time of writing (see docs/backends.md).
-    "cuda": dict(batch_vs_step=0.02, cos=0.9995),
+    # __dp4a dots, fp16 K/V), but prefill (tiled shared-memory) and decode (split-keys) attention
+    # reduce in different orders over fp16 K/V: batch vs step measured 0.025 of the logit std on an
+    # H100 (2026-11-26), about llama.cpp's own batch/step gap on this model (0.021).
+    "cuda": dict(batch_vs_step=0.03, cos=0.9995),
 }
 DEFAULT_TOL = dict(batch_vs_step=0.05, cos=0.999)
 
