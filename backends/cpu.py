@@ -8,7 +8,7 @@ from typing import Any, Dict
 import numpy as np
 
 from xsil import _core
-from xsil.backend import API_VERSION, Device, ModelSpec, Probe, Session, Support
+from xsil.backend import API_VERSION, Device, ModelSpec, Probe, Session, Support, model_support
 
 _OPTIONS = {
     "isa": "ISA tier to run (default: best available; see xsil.cpu_info())",
@@ -45,14 +45,9 @@ class CpuBackend:
             return Probe(0, f"native core unusable: {e}")
 
     def supports(self, spec: ModelSpec) -> Support:
-        from xsil.model.llama import SUPPORTED_ARCHS, WEIGHT_TYPES
+        from xsil.model.llama import WEIGHT_TYPES
 
-        if spec.arch not in SUPPORTED_ARCHS:
-            return Support(False, f"architecture {spec.arch} not supported (supported: {', '.join(SUPPORTED_ARCHS)})")
-        bad = sorted(set(spec.tensor_types) - set(WEIGHT_TYPES))
-        if bad:
-            return Support(False, f"tensor types {', '.join(bad)} not supported (supported: {', '.join(WEIGHT_TYPES)})")
-        return Support(True)
+        return model_support(spec, WEIGHT_TYPES)
 
     def options(self) -> Dict[str, str]:
         return dict(_OPTIONS)

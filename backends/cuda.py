@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from xsil.backend import API_VERSION, Device, ModelSpec, Probe, Session, Support
+from xsil.backend import API_VERSION, Device, ModelSpec, Probe, Session, Support, model_support
 from xsil.errors import BackendError, ContextOverflowError, GGUFError
 
 SUPPORTED_TYPES = ("F32", "F16", "Q4_0", "Q8_0")
@@ -95,20 +95,7 @@ class CudaBackend:
         )
 
     def supports(self, spec: ModelSpec) -> Support:
-        from xsil.model.llama import SUPPORTED_ARCHS
-
-        if spec.arch not in SUPPORTED_ARCHS:
-            return Support(
-                False, f"architecture {spec.arch} not supported (supported: {', '.join(SUPPORTED_ARCHS)})"
-            )
-        bad = sorted(set(spec.tensor_types) - set(SUPPORTED_TYPES))
-        if bad:
-            return Support(
-                False,
-                f"tensor types {', '.join(bad)} not supported by cuda "
-                f"(supported: {', '.join(SUPPORTED_TYPES)})",
-            )
-        return Support(True)
+        return model_support(spec, SUPPORTED_TYPES, "cuda")
 
     def options(self) -> dict[str, str]:
         return dict(_OPTIONS)

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from xsil.backend import API_VERSION, ModelSpec, Probe, Session, Support
+from xsil.backend import API_VERSION, ModelSpec, Probe, Session, Support, model_support
 from xsil.errors import BackendError, ContextOverflowError
 
 from . import options as O
@@ -74,18 +74,7 @@ class OrtBackendBase:
         raise NotImplementedError
 
     def supports(self, spec: ModelSpec) -> Support:
-        from xsil.model.llama import SUPPORTED_ARCHS
-
-        if spec.arch not in SUPPORTED_ARCHS:
-            return Support(
-                False, f"architecture {spec.arch} not supported (supported: {', '.join(SUPPORTED_ARCHS)})"
-            )
-        bad = sorted(set(spec.tensor_types) - set(WEIGHT_TYPES))
-        if bad:
-            return Support(
-                False, f"tensor types {', '.join(bad)} not supported (supported: {', '.join(WEIGHT_TYPES)})"
-            )
-        return Support(True)
+        return model_support(spec, WEIGHT_TYPES)
 
     def options(self) -> Dict[str, str]:
         return O.describe(self.table)

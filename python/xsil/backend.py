@@ -61,6 +61,19 @@ class ModelSpec:
     n_vocab: int
 
 
+def model_support(spec: "ModelSpec", weight_types: Sequence[str], who: str = "") -> Support:
+    """The common supports() check: a Llama-family architecture and tensor types in weight_types."""
+    from .model.llama import SUPPORTED_ARCHS
+
+    if spec.arch not in SUPPORTED_ARCHS:
+        return Support(False, f"architecture {spec.arch} not supported (supported: {', '.join(SUPPORTED_ARCHS)})")
+    bad = sorted(set(spec.tensor_types) - set(weight_types))
+    if bad:
+        by = f" by {who}" if who else ""
+        return Support(False, f"tensor types {', '.join(bad)} not supported{by} (supported: {', '.join(weight_types)})")
+    return Support(True)
+
+
 @runtime_checkable
 class Backend(Protocol):
     name: str
