@@ -33,6 +33,26 @@ float* tl_scratch(int slot, size_t floats) {
   return buf[slot].get();
 }
 
+// Span arguments shared by decode and prefill: `rows` query rows (rotated, pre-scaled) with their
+// online-softmax state m/l/acc, against the cache's K/V rows; scratch sized for one page.
+AttnSpanArgs span_args(const KVCache& c, const float* q, int32_t rows, const int32_t* n_valid, int64_t hd,
+                       int64_t page_size, float* m, float* l, float* acc) {
+  AttnSpanArgs a;
+  a.q = q;
+  a.rows = rows;
+  a.n_valid = n_valid;
+  a.head_dim = (int32_t)hd;
+  a.k_dtype = c.params().k_dtype;
+  a.v_dtype = c.params().v_dtype;
+  a.k_row_bytes = c.k_row_bytes();
+  a.v_row_bytes = c.v_row_bytes();
+  a.m = m;
+  a.l = l;
+  a.acc = acc;
+  a.scratch = tl_scratch(0, (size_t)AttentionKernels::scratch_floats(rows, page_size, hd));
+  return a;
+}
+
 void check_common(const char* op, const KVCache* c, int32_t layer, int32_t n_heads, const float* q, const float* out,
                   float scale, int threads) {
   if (!c) bad(op, "null cache");
@@ -152,19 +172,7 @@ void attention_decode(const AttnDecodeParams& p, const AttentionKernels& kk, int
     std::fill(m, m + r, -std::numeric_limits<float>::infinity());
     std::fill(l, l + r + r * hd, 0.0f);
     int32_t nv[256];
-    AttnSpanArgs a;
-    a.q = qs + ((int64_t)t.s * H + (int64_t)t.g * r) * hd;
-    a.rows = (int32_t)r;
-    a.n_valid = nv;
-    a.head_dim = (int32_t)hd;
-    a.k_dtype = cp.k_dtype;
-    a.v_dtype = cp.v_dtype;
-    a.k_row_bytes = c.k_row_bytes();
-    a.v_row_bytes = c.v_row_bytes();
-    a.m = m;
-    a.l = l;
-    a.acc = acc;
-    a.scratch = tl_scratch(0, (size_t)AttentionKernels::scratch_floats(r, ps, hd));
+    AttnSpanArgs a = span_args(c, qs + ((int64_t)t.s * H + (int64_t)t.g * r) * hd, (int32_t)r, nv, hd, ps, m, l, acc);
     for (int32_t pg = t.pg0; pg < t.pg1; ++pg) {
       const int32_t n = (int32_t)std::min<int64_t>(ps, len - (int64_t)pg * ps);
       std::fill(nv, nv + r, n);
@@ -232,19 +240,7 @@ void attention_prefill(const AttnPrefillParams& p, const AttentionKernels& kk, i
     std::fill(m, m + rows, -std::numeric_limits<float>::infinity());
     std::fill(l, l + rows, 0.0f);
     std::fill(acc, acc + rows * hd, 0.0f);
-    AttnSpanArgs a;
-    a.q = q;
-    a.rows = (int32_t)rows;
-    a.n_valid = nv;
-    a.head_dim = (int32_t)hd;
-    a.k_dtype = cp.k_dtype;
-    a.v_dtype = cp.v_dtype;
-    a.k_row_bytes = c.k_row_bytes();
-    a.v_row_bytes = c.v_row_bytes();
-    a.m = m;
-    a.l = l;
-    a.acc = acc;
-    a.scratch = tl_scratch(0, (size_t)AttentionKernels::scratch_floats(rows, ps, hd));
+    AttnSpanArgs a = span_args(c, q, (int32_t)rows, nv, hd, ps, m, l, acc);
     const int64_t last_pos = q0 + i1 - 1;
     for (int64_t pg = 0; pg <= last_pos / ps; ++pg) {
       const int64_t start = pg * ps;
