@@ -24,7 +24,8 @@ def _vocab_llama(n):
 
 def _vocab_gpt2(n):
     # byte-level alphabet (GPT-2 mapping), then merges of common pairs
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+          + list(range(ord("®"), ord("ÿ") + 1)))
     cs = bs[:]
     k = 0
     for b in range(256):
@@ -126,3 +127,30 @@ def write_model(path, *, arch="llama", n_embd=64, n_layer=2, n_head=4, n_head_kv
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+# Model shapes and quantization mixes the backends are checked on against the float64 reference.
+MODEL_CASES = {
+    "gqa1_q4_0": dict(n_head=4, n_head_kv=4),
+    "gqa4_q8_0": dict(n_head=8, n_head_kv=2, wtype="Q8_0"),
+    "mqa_q4_0": dict(n_head=4, n_head_kv=1),
+    "gqa8_hd16": dict(n_embd=128, n_head=8, n_head_kv=1),
+    "tied_f16_mix": dict(tied=True, mix={"ffn_down": "F16", "attn_v": "Q8_0", "token_embd": "F16"}),
+    "f32_all": dict(wtype="F32", n_head_kv=1),
+    "q4_k_mix": dict(n_embd=256, n_ff=512, n_head=4, n_head_kv=2, wtype="Q4_K", mix={"token_embd": "Q8_0"}),
+    "qwen2_biases": dict(arch="qwen2", biases=True, n_head=4, n_head_kv=2, rope_base=1000000.0),
+}
+
+
+def reference_case(name, directory, **overrides):
+    """Write MODEL_CASES[name] (with overrides) under directory; return (path, tokens, float64
+    reference logits for those tokens). Seeds are stable across processes."""
+    import zlib
+
+    from xsil.model.gguf import GGUFFile
+    from xsil.testing.forward_ref import ReferenceModel
+
+    path = str(directory / f"{name}.gguf")
+    write_model(path, seed=zlib.crc32(name.encode()) % 1000, **dict(MODEL_CASES[name], **overrides))
+    toks = np.random.default_rng(7).integers(3, 300, size=21).astype(np.int32)
+    return path, toks, ReferenceModel(GGUFFile(path)).forward(toks)

@@ -1,38 +1,17 @@
 """Model shapes and quantization mixes written with gguf-py, checked against the float64 NumPy
 reference forward (xsil.testing.forward_ref), batch and step, on every tier."""
 
-import zlib
 
 import numpy as np
 import pytest
+from gguf_cases import MODEL_CASES, reference_case
 
-import xsil
-from xsil.model.gguf import GGUFFile
 from xsil.model.llama import LlamaModel
-from xsil.testing.forward_ref import ReferenceModel
-
-from gguf_cases import write_model  # noqa: E402  (tests/model is on sys.path via rootdir conftest)
-
-CASES = {
-    "gqa1_q4_0": dict(n_head=4, n_head_kv=4),
-    "gqa4_q8_0": dict(n_head=8, n_head_kv=2, wtype="Q8_0"),
-    "mqa_q4_0": dict(n_head=4, n_head_kv=1),
-    "gqa8_hd16": dict(n_embd=128, n_head=8, n_head_kv=1),
-    "tied_f16_mix": dict(tied=True, mix={"ffn_down": "F16", "attn_v": "Q8_0", "token_embd": "F16"}),
-    "f32_all": dict(wtype="F32", n_head_kv=1),
-    "q4_k_mix": dict(n_embd=256, n_ff=512, n_head=4, n_head_kv=2, wtype="Q4_K", mix={"token_embd": "Q8_0"}),
-    "qwen2_biases": dict(arch="qwen2", biases=True, n_head=4, n_head_kv=2, rope_base=1000000.0),
-}
 
 
-@pytest.fixture(scope="module", params=sorted(CASES))
+@pytest.fixture(scope="module", params=sorted(MODEL_CASES))
 def case(request, tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("models") / f"{request.param}.gguf")
-    write_model(path, seed=zlib.crc32(request.param.encode()) % 1000, **CASES[request.param])
-    ref = ReferenceModel(GGUFFile(path))
-    rng = np.random.default_rng(7)
-    toks = rng.integers(3, 300, size=21).astype(np.int32)
-    return path, toks, ref.forward(toks)
+    return reference_case(request.param, tmp_path_factory.mktemp("models"))
 
 
 def check(got, want, fmt_case=""):
@@ -77,15 +56,17 @@ def test_pack_off_matches_pack_on(case):
     path, toks, _ = case
     a = LlamaModel(path, n_ctx=256, pack=False)
     b = LlamaModel(path, n_ctx=256, pack=True)
-    np.testing.assert_array_equal(a.forward(toks, a.cache.add_sequence()), b.forward(toks, b.cache.add_sequence()))
+    ya, yb = a.forward(toks, a.cache.add_sequence()), b.forward(toks, b.cache.add_sequence())
+    np.testing.assert_array_equal(ya, yb)
 
 
 def test_file_unchanged_by_in_place_packing(case):
     import hashlib
+    from pathlib import Path
 
     path = case[0]
-    h0 = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    h0 = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     m = LlamaModel(path, n_ctx=256, pack=True)
     m.forward(case[1][:3], m.cache.add_sequence())
     m.close()
-    assert hashlib.sha256(open(path, "rb").read()).hexdigest() == h0
+    assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == h0
