@@ -12,6 +12,8 @@ context shift).
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import time
 from typing import Any
 
@@ -28,14 +30,39 @@ _OPTIONS = {
 }
 
 
+_ext_override: dict[str, Any] = {}
+
+
 def _load_ext():
-    """xsil._cuda, or (None, reason)."""
+    """xsil._cuda, or (None, reason).
+
+    ``XSIL_CUDA_EXT=<path>`` loads another build of the extension instead (a testing hook: the test
+    suite points it at ``tests/cuda_emu``'s CPU-emulated build when no GPU is present)."""
+    path = os.environ.get("XSIL_CUDA_EXT")
+    if path:
+        if path not in _ext_override:
+            try:
+                name = os.path.basename(path).split(".")[0]  # _cuda, or _cuda_emu for the emulator
+                spec = importlib.util.spec_from_file_location(f"xsil.{name}", path)
+                if spec is None or spec.loader is None:
+                    raise ImportError(f"not an extension module: {path}")
+                mod = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(mod)
+                _ext_override[path] = (mod, "")
+            except Exception as e:  # noqa: BLE001 - reported through the probe
+                _ext_override[path] = (None, f"XSIL_CUDA_EXT={path} could not be loaded: {e}")
+        return _ext_override[path]
     try:
         from xsil import _cuda
 
         return _cuda, ""
     except ImportError as e:
         return None, f"xsil._cuda not built (this build found no CUDA compiler, or XSIL_CUDA=off): {e}"
+
+
+def is_emulator(info: dict[str, Any]) -> bool:
+    """True when the loaded extension is the CPU emulator build (tests/cuda_emu), not a GPU."""
+    return any("emulator" in d.get("name", "") for d in info.get("devices", []))
 
 
 def device_info() -> dict[str, Any]:
@@ -90,6 +117,9 @@ class CudaBackend:
                 devs,
             )
         mem = best.detail["memory"] / 2**30
+        if is_emulator(info):
+            # usable (so tests and conformance run), never preferred over a real backend by auto
+            return Probe(1, f"{best.name}: xsil's CUDA code on the CPU for testing, very slow", devs)
         return Probe(
             20, f"{len(devs)} CUDA device(s); using {best.name} ({mem:.0f} GiB, sm_{cc[0]}{cc[1]})", devs
         )
@@ -165,11 +195,13 @@ class CudaSession(Session):
     backend_name = "cuda"
 
     def _setup(self, path: str, *, n_ctx: int, device: int, graphs: bool = True):
-        from xsil import _cuda
         from xsil.model.gguf import GGUFFile
         from xsil.model.llama import LlamaConfig
         from xsil.model.tokenizer import from_gguf
 
+        _cuda, why = _load_ext()
+        if _cuda is None:
+            raise BackendError(f"cuda: {why}")
         t0 = time.perf_counter()
         self.path = path
         self.device_index = device
