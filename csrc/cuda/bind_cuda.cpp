@@ -480,6 +480,10 @@ py::array_t<float> model_forward(PyCudaModel& pm, const py::array& tokens, bool 
 
 }  // namespace
 
+namespace xsil::cuda {
+void register_kv(py::module_& m);  // bind_kv.cpp
+}
+
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "xsil CUDA backend: device query, kernels (for tests) and the device-resident Llama forward";
   m.def("device_info", &device_info, "CUDA driver/runtime versions and devices; never raises (ok/reason)");
@@ -499,6 +503,7 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("freq_base") = 10000.0f, py::arg("freq_scale") = 1.0f);
   m.def("rope_qkv_write", &py_rope_qkv_write, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("pos0"),
         py::arg("mode"), py::arg("freq_base") = 10000.0f, py::arg("freq_scale") = 1.0f);
+  xsil::cuda::register_kv(m);
   m.def("bench_gemv", &bench_gemv, py::arg("fmt"), py::arg("N"), py::arg("K"), py::arg("iters") = 50);
   py::class_<PyCudaModel>(m, "LlamaModel")
       .def(py::init(&make_model), py::arg("config"), py::arg("weights"), py::arg("n_ctx"), py::arg("device") = 0)
