@@ -58,7 +58,11 @@ def test_options_validation_before_any_device_work():
     with pytest.raises(ValueError, match="unknown option"):
         b.open(MODEL, bogus=1)
     with pytest.raises(ValueError, match="kv_dtype"):
-        b.open(MODEL, kv_dtype="q8_0")
+        b.open(MODEL, kv_dtype="q4_0")
+    with pytest.raises(ValueError, match="page_size"):
+        b.open(MODEL, page_size=0)
+    with pytest.raises(ValueError, match="kv_budget_tokens"):
+        b.open(MODEL, kv_budget_tokens=-1)
     with pytest.raises(ValueError, match="device"):
         b.open(MODEL, device=-1)
     with pytest.raises(ValueError, match="n_ctx"):
