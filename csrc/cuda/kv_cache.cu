@@ -50,7 +50,7 @@ __global__ void k_copy_page(DevKV kv, int32_t src, int32_t dst) {
   const int64_t bytes = is_v ? kv.v_chunk : kv.k_chunk;
   const uint8_t* s = kv.pool + (is_v ? kv_v_off(kv, src, layer, head) : kv_k_off(kv, src, layer, head));
   uint8_t* d = kv.pool + (is_v ? kv_v_off(kv, dst, layer, head) : kv_k_off(kv, dst, layer, head));
-  if (bytes % 4 == 0) {
+  if ((((uintptr_t)s | (uintptr_t)d | (uintptr_t)bytes) & 3) == 0) {
     for (int64_t w = threadIdx.x; w < bytes / 4; w += blockDim.x) ((uint32_t*)d)[w] = ((const uint32_t*)s)[w];
   } else {
     for (int64_t b = threadIdx.x; b < bytes; b += blockDim.x) d[b] = s[b];
@@ -200,8 +200,10 @@ CudaKVStorage::~CudaKVStorage() {
 
 uint8_t* CudaKVStorage::allocate(const KVLayout& L) {
   check(cudaMalloc(&pool_, (size_t)std::max<int64_t>(L.pool_bytes(), 16)), "cudaMalloc(kv_cache)");
-  // Zeroed so that never-written rows (a caller's bug) read as 0, not as garbage NaNs.
-  check(cudaMemset(pool_, 0, (size_t)L.pool_bytes()), "cudaMemset(kv_cache)");
+  // Zeroed so that never-written rows (a caller's bug) read as 0, not as garbage NaNs; on the cache's
+  // stream, finished before any other stream can touch the pool.
+  check(cudaMemsetAsync(pool_, 0, (size_t)L.pool_bytes(), st_), "cudaMemset(kv_cache)");
+  check(cudaStreamSynchronize(st_), "cudaMemset(kv_cache)");
   return (uint8_t*)pool_;
 }
 
@@ -244,9 +246,16 @@ void CudaKVStorage::shift_rows(const KVLayout& L, uint8_t* pool, const RopeParam
 
 namespace {
 const KVCacheParams& device_checked(const KVCacheParams& p) {
-  if (p.head_dim % 32 != 0 || p.head_dim > 256)
+  // (Values the shared validation rejects anyway are left to it, so its messages come first.)
+  const bool cpu_valid_hd = p.head_dim >= 2 && p.head_dim <= 1024 && p.head_dim % 2 == 0;
+  if (cpu_valid_hd && (p.head_dim % 32 != 0 || p.head_dim > 256))
     throw std::invalid_argument("[kv_cache] head_dim=" + str(p.head_dim) +
                                 " is not supported by the CUDA cache (a multiple of 32, at most 256)");
+  // fp32 V rows must stay 4-byte aligned after the K region: Q8_0 K chunks of an odd number of
+  // blocks (page_size * head_dim / 32 odd) would shift them by 2 bytes.
+  if (p.v_dtype == KVDtype::F32 && p.k_dtype == KVDtype::Q8_0 && (int64_t)p.page_size * (p.head_dim / 32) % 2 == 1)
+    throw std::invalid_argument("[kv_cache] f32 V after q8_0 K needs an even page_size * head_dim / 32 on the CUDA "
+                                "cache (got page_size=" + str(p.page_size) + ", head_dim=" + str(p.head_dim) + ")");
   return p;
 }
 }  // namespace
