@@ -54,6 +54,18 @@ __device__ __forceinline__ void kv_store_dt(int dt, uint8_t* row, int i, float x
   }
 }
 
+// Float ops the compiler must not fuse into an FMA (the CPU rotation is compiled with
+// -ffp-contract=off). The emulator build is host code compiled with -ffp-contract=off as well.
+#if defined(XSIL_CUDA_EMU)
+__device__ __forceinline__ float mul_rn(float a, float b) { return a * b; }
+__device__ __forceinline__ float add_rn(float a, float b) { return a + b; }
+__device__ __forceinline__ float sub_rn(float a, float b) { return a - b; }
+#else
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
+#endif
+
 // Element i of x[hd] (all elements in shared memory) rotated at position pos: the pair angle is
 // pos * fscale * base^(-2 p / hd) in double, cos / sin rounded to float, products not fused.
 __device__ __forceinline__ float rope_elem(const float* x, int i, int hd, int mode, double pos, double base,
@@ -77,7 +89,7 @@ __device__ __forceinline__ float rope_elem(const float* x, int i, int hd, int mo
   const double inv = pow(base, -2.0 * (double)p / (double)hd);
   const double th = pos * fscale * inv;
   const float c = (float)cos(th), s = (float)sin(th);
-  return first ? __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s)) : __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
+  return first ? sub_rn(mul_rn(a, c), mul_rn(b, s)) : add_rn(mul_rn(a, s), mul_rn(b, c));
 }
 
 }  // namespace xsil::cuda
