@@ -7,14 +7,16 @@
 // Attention over it (attention_paged.cu) reads the page tables and lengths from device memory, so a
 // captured CUDA graph can be replayed after the host updated them.
 #pragma once
-#include <cuda_runtime.h>
-
+// (Standard headers before the CUDA ones: the emulator's CUDA headers define attribute macros.)
 #include <cstdint>
 #include <memory>
 #include <vector>
 
 #include "core/kv_pages.h"
+// clang-format off
+#include <cuda_runtime.h>
 #include "cuda/kernels.h"
+// clang-format on
 
 namespace xsil::cuda {
 

@@ -2,8 +2,10 @@
 // stores of f32 / f16 / Q8_0 rows (Q8_0 quantized per 32 exactly as the CPU's quantize_row_q8_0),
 // and the RoPE of one element with the CPU's angle computation (double angles, no FMA contraction).
 #pragma once
-#include "cuda/common.cuh"
 #include "cuda/kv_cache.h"
+// clang-format off
+#include "cuda/common.cuh"
+// clang-format on
 
 namespace xsil::cuda {
 

@@ -2,15 +2,16 @@
 // op for op, with every weight uploaded once (plain cudaMalloc) and every activation device-resident.
 // KV cache: the paged device cache (cuda/kv_cache.h; f16 or Q8_0 rows), one sequence per session.
 #pragma once
-#include <cuda_runtime.h>
-
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
 
-#include "cuda/kernels.h"
 #include "cuda/kv_cache.h"
+// clang-format off
+#include <cuda_runtime.h>
+#include "cuda/kernels.h"
+// clang-format on
 
 namespace xsil::cuda {
 

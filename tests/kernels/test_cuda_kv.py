@@ -110,7 +110,7 @@ def test_fork_cow_truncate_remove_and_errors(rng):
         lambda x: x.fork(77),
         lambda x: x.write(0, a, 40, kw, vw),
         lambda x: x.write(3, a, 0, kw, vw),
-        lambda x: x.shift(a, 1),
+        lambda x: x.shift(a, 0),
     ):
         _, err = both(c, g, fn)
         assert err is not None
