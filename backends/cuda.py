@@ -5,9 +5,9 @@
 without a driver, and probe() then reports why no GPU is usable ("no CUDA driver", "no device").
 
 The model (Llama family, Q4_0 / Q8_0 matrices; F16 / F32 also accepted) is uploaded once to device
-memory (plain cudaMalloc) and the whole forward runs in C++ on the device (``CudaLlama``). This slice
-keeps the KV cache fp16 and contiguous per sequence (one sequence per session; no paging, no
-context shift).
+memory (plain cudaMalloc) and the whole forward runs in C++ on the device (``CudaLlama``). The KV
+cache is the paged device cache (``xsil._cuda.KVCache``: the CPU cache's page bookkeeping, rows
+f16 or q8_0 in device memory); a session is one sequence in it, n_ctx tokens, no context shift.
 """
 
 from __future__ import annotations
@@ -27,7 +27,11 @@ SUPPORTED_TYPES = ("F32", "F16", "Q4_0", "Q8_0")
 _OPTIONS = {
     "device": "CUDA device index (default 0)",
     "cuda_graphs": "decode replays one captured CUDA graph of the whole forward (default True)",
+    "page_size": "KV cache page size in tokens (default 16)",
+    "kv_budget_tokens": "KV pool size in tokens (default n_ctx)",
 }
+
+KV_DTYPES = ("f16", "q8_0")
 
 
 _ext_override: dict[str, Any] = {}
@@ -152,8 +156,14 @@ class CudaBackend:
         graphs = options.get("cuda_graphs", True)
         if not isinstance(graphs, bool):
             raise ValueError(f"[cuda] cuda_graphs={graphs!r} must be True or False")
-        if kv_dtype != "f16":
-            raise ValueError(f"[cuda] kv_dtype={kv_dtype!r} is not supported; valid: 'f16'")
+        if kv_dtype not in KV_DTYPES:
+            raise ValueError(f"[cuda] kv_dtype={kv_dtype!r} is not supported; valid: 'f16', 'q8_0'")
+        page_size = options.get("page_size", 16)
+        if isinstance(page_size, bool) or not isinstance(page_size, (int, np.integer)) or not 1 <= page_size <= 4096:
+            raise ValueError(f"[cuda] page_size={page_size!r} must be an int in [1, 4096]")
+        budget = options.get("kv_budget_tokens", 0)
+        if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 0:
+            raise ValueError(f"[cuda] kv_budget_tokens={budget!r} must be an int >= 0 (0 = n_ctx)")
         if isinstance(n_ctx, bool) or not isinstance(n_ctx, (int, np.integer)) or n_ctx < 1:
             raise ValueError(f"[cuda] n_ctx={n_ctx!r} must be an int >= 1")
         info = device_info()
@@ -162,7 +172,15 @@ class CudaBackend:
         if dev >= len(info["devices"]):
             raise ValueError(f"[cuda] device={dev} out of range ({len(info['devices'])} CUDA device(s))")
         s = CudaSession.__new__(CudaSession)
-        s._setup(model, n_ctx=int(n_ctx), device=int(dev), graphs=graphs)
+        s._setup(
+            model,
+            n_ctx=int(n_ctx),
+            device=int(dev),
+            graphs=graphs,
+            kv_dtype=kv_dtype,
+            page_size=int(page_size),
+            kv_budget_tokens=int(budget),
+        )
         return s
 
 
@@ -194,7 +212,17 @@ def load_weights(g, cfg) -> dict[str, tuple]:
 class CudaSession(Session):
     backend_name = "cuda"
 
-    def _setup(self, path: str, *, n_ctx: int, device: int, graphs: bool = True):
+    def _setup(
+        self,
+        path: str,
+        *,
+        n_ctx: int,
+        device: int,
+        graphs: bool = True,
+        kv_dtype: str = "f16",
+        page_size: int = 16,
+        kv_budget_tokens: int = 0,
+    ):
         from xsil.model.gguf import GGUFFile
         from xsil.model.llama import LlamaConfig
         from xsil.model.tokenizer import from_gguf
@@ -212,7 +240,15 @@ class CudaSession(Session):
             weights = load_weights(g, cfg)
             t1 = time.perf_counter()
             try:
-                self.native = _cuda.LlamaModel(cfg.as_core(), weights, int(n_ctx), int(device))
+                self.native = _cuda.LlamaModel(
+                    cfg.as_core(),
+                    weights,
+                    int(n_ctx),
+                    int(device),
+                    kv_dtype=kv_dtype,
+                    page_size=page_size,
+                    kv_budget_tokens=kv_budget_tokens,
+                )
             except ValueError as e:
                 if str(e).startswith("[model] tensor"):
                     raise GGUFError(f"{path}: {e}") from None
@@ -224,6 +260,7 @@ class CudaSession(Session):
         self.load_s = dict(parse=t1 - t0, upload=time.perf_counter() - t1)
         self.n_vocab = cfg.n_vocab
         self.n_ctx = int(n_ctx)
+        self.kv_dtype = kv_dtype
         info = device_info()
         self.device_name = info["devices"][device]["name"] if info["ok"] else "?"
 
@@ -235,8 +272,9 @@ class CudaSession(Session):
         try:
             return self.native.forward(np.ascontiguousarray(ids, np.int32), all_logits)
         except ValueError as e:
-            if "past n_ctx" in str(e):
-                raise ContextOverflowError(str(e)) from None
+            msg = str(e)
+            if msg.startswith("[kv_cache]") and ("exhausted" in msg or "past n_ctx" in msg):
+                raise ContextOverflowError(msg) from None
             raise
 
     def _forward(self, ids: np.ndarray) -> np.ndarray:
@@ -269,9 +307,10 @@ class CudaSession(Session):
             memory=dict(
                 weight_bytes=int(self.native.weight_bytes),
                 kv_bytes=int(self.native.kv_bytes),
-                kv_dtype="f16",
+                kv_dtype=self.kv_dtype,
                 n_ctx=self.n_ctx,
-                kv_layout="contiguous per sequence",
+                kv_layout="paged",
+                kv_cache=dict(self.native.kv_stats),
             ),
             load=dict(phases_s=dict(self.load_s), peak_rss_bytes=peak_rss_bytes()),
         )

@@ -58,7 +58,11 @@ def test_options_validation_before_any_device_work():
     with pytest.raises(ValueError, match="unknown option"):
         b.open(MODEL, bogus=1)
     with pytest.raises(ValueError, match="kv_dtype"):
-        b.open(MODEL, kv_dtype="q8_0")
+        b.open(MODEL, kv_dtype="q4_0")
+    with pytest.raises(ValueError, match="page_size"):
+        b.open(MODEL, page_size=0)
+    with pytest.raises(ValueError, match="kv_budget_tokens"):
+        b.open(MODEL, kv_budget_tokens=-1)
     with pytest.raises(ValueError, match="device"):
         b.open(MODEL, device=-1)
     with pytest.raises(ValueError, match="n_ctx"):
@@ -203,3 +207,45 @@ def test_bench_gemv_reports_bandwidth():
     _cuda, _ = _load_ext()
     r = _cuda.bench_gemv("Q4_0", 4096, 4096, 5)
     assert r["gemv_GBps"] > 0 and r["copy_GBps"] > 0 and r["bytes"] == 4096 * 4096 // 2 + 4096 * 128 * 2
+
+
+@gpu
+def test_q8_0_kv_cache_matches_cpu():
+    o = np.load(os.path.join(ORACLE, "tiny.npz"))
+    toks = o["tokens"]
+    with (
+        xsil.Session(MODEL, backend="cpu", n_ctx=256, kv_dtype="q8_0") as c,
+        xsil.Session(MODEL, backend="cuda", n_ctx=256, kv_dtype="q8_0") as g,
+    ):
+        a = c.forward(toks)
+        b = g.forward(toks)
+        cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        assert cos.min() > 0.999
+        m = g.describe()["memory"]
+        assert m["kv_dtype"] == "q8_0" and m["kv_layout"] == "paged"
+        assert m["kv_cache"]["budget_tokens"] == 256
+
+
+@gpu
+def test_truncate_then_decode_equals_a_fresh_run():
+    # pages of 4 tokens: the decode crosses page boundaries and truncate drops whole pages
+    o = np.load(os.path.join(ORACLE, "tiny.npz"))
+    toks = o["tokens"][:14]
+    with xsil.Session(MODEL, backend="cuda", n_ctx=32, page_size=4) as g:
+        g.forward(toks[:10])
+        g.native.truncate(5)
+        assert g.n_past == 5
+        a = np.concatenate([g.forward(toks[i : i + 1]) for i in range(5, 14)])
+        g.reset()
+        g.forward(toks[:5])
+        b = np.concatenate([g.forward(toks[i : i + 1]) for i in range(5, 14)])
+    np.testing.assert_array_equal(a, b)
+
+
+@gpu
+def test_budget_smaller_than_n_ctx_overflows_cleanly():
+    with xsil.Session(MODEL, backend="cuda", n_ctx=64, page_size=4, kv_budget_tokens=8) as g:
+        g.forward(list(range(1, 9)))
+        with pytest.raises(ContextOverflowError, match="exhausted"):
+            g.forward([1])
+        assert g.n_past == 8
