@@ -13,13 +13,14 @@ def _use_cuda_emulator():
     A compile error fails the run (a broken kernel must not pass); a missing compiler only skips."""
     if os.environ.get("XSIL_TEST_CUDA_EMU", "1") == "0" or os.environ.get("XSIL_CUDA_EXT"):
         return
-    try:
-        from xsil import _cuda
+    # Ask in a subprocess: the real extension and the emulated one register the same C++ types with
+    # pybind11, so they cannot both be loaded in this process.
+    import subprocess
 
-        if _cuda.device_info()["ok"]:
-            return  # a real GPU: test the real extension
-    except ImportError:
-        pass
+    probe = "from xsil import _cuda; print(_cuda.device_info()['ok'])"
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    if r.returncode == 0 and r.stdout.strip().endswith("True"):
+        return  # a real GPU: test the real extension
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
@@ -34,6 +35,10 @@ def _use_cuda_emulator():
         print(f"note: CUDA emulator unavailable ({e}); CUDA tests will skip", file=sys.stderr)
         return
     os.environ["XSIL_CUDA_EXT"] = str(path)
+    from xsil.backends.cuda import _load_ext
+
+    if _load_ext()[0] is None:  # built but unusable: fail, do not skip every CUDA test
+        raise RuntimeError(_load_ext()[1])
 
 
 _use_cuda_emulator()
