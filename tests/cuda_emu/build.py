@@ -80,6 +80,14 @@ def _includes() -> list[str]:
     return [pybind11.get_include(), py_inc]
 
 
+def _sanitize_flags() -> list[str]:
+    """Misaligned typed accesses (an int4 / uint4 load from an address that is not 16-byte aligned)
+    fault on a GPU but not on x86: UBSan's alignment check makes them abort here too."""
+    if os.environ.get("XSIL_EMU_UBSAN", "1") == "0":
+        return []
+    return ["-fsanitize=alignment", "-fno-sanitize-recover=alignment"]
+
+
 def cache_dir() -> Path:
     base = os.environ.get("XSIL_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "xsil")
     return Path(base) / "cuda-emu"
@@ -102,7 +110,7 @@ def build(verbose: bool = False) -> Path:
     for f in _inputs():
         h.update(str(f.relative_to(ROOT)).encode())
         h.update(f.read_bytes())
-    h.update(cxx.encode() + sys.version.encode())
+    h.update(cxx.encode() + sys.version.encode() + " ".join(_sanitize_flags()).encode())
     key = h.hexdigest()[:16]
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
     out_dir = cache_dir() / key
@@ -124,7 +132,7 @@ def build(verbose: bool = False) -> Path:
             text = text.replace("PYBIND11_MODULE(_cuda,", "PYBIND11_MODULE(_cuda_emu,")
             (work / "cuda" / f.name).write_text(f'#line 1 "{f}"\n' + text)
     flags = [
-        "-std=c++17", "-O2", "-fPIC", "-DXSIL_CUDA_EMU=1", "-fvisibility=hidden", "-ffp-contract=off",
+        "-std=c++17", "-O2", "-fPIC", *_sanitize_flags(), "-DXSIL_CUDA_EMU=1", "-fvisibility=hidden", "-ffp-contract=off",
         "-Wno-unknown-pragmas", "-Wno-attributes", "-Wno-ignored-attributes",
         f"-I{work}", f"-I{HERE / 'include'}", f"-I{CSRC / 'include'}", f"-I{CSRC}",
     ] + [f"-I{i}" for i in incs]
@@ -147,7 +155,7 @@ def build(verbose: bool = False) -> Path:
     with cf.ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as ex:
         list(ex.map(run, [c for c, _ in jobs]))
     tmp_out = work / out.name
-    run([cxx, "-shared", "-o", str(tmp_out), *[str(o) for _, o in jobs], "-lpthread"])
+    run([cxx, "-shared", *_sanitize_flags(), "-o", str(tmp_out), *[str(o) for _, o in jobs], "-lpthread"])
     out_dir.mkdir(parents=True, exist_ok=True)
     os.replace(tmp_out, out)
     shutil.rmtree(work, ignore_errors=True)

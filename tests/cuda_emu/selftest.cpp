@@ -55,6 +55,11 @@ __global__ void k_atomic(int* c) { atomicAdd(c, 1); }
 
 __global__ void k_write(float* p, int i) { p[i] = 1.0f; }
 
+__global__ void k_load16(const int8_t* p, int off, int* out) {
+  const int4 v = *(const int4*)(p + off);  // 16-byte vector load: the address must be 16-aligned
+  out[0] = v.x + v.y + v.z + v.w;
+}
+
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "";
   if (mode == "half") {  // every half -> float, then float -> half of each and of midpoints
@@ -161,6 +166,18 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
     xemu::launch(k_write, "k_write", dim3(1), dim3(1))(d, 12);
     std::printf("overrun not caught\n");
+    return 0;
+  }
+  if (mode == "misaligned") {  // an aligned vector load, then one 4 bytes off: must abort
+    int8_t* p;
+    int* o;
+    cudaMalloc(&p, 64);
+    cudaMalloc(&o, 4);
+    xemu::launch(k_load16, "k_load16", dim3(1), dim3(1))(p, 16, o);
+    std::printf("aligned ok\n");
+    std::fflush(stdout);
+    xemu::launch(k_load16, "k_load16", dim3(1), dim3(1))(p, 4, o);
+    std::printf("misaligned not caught\n");
     return 0;
   }
   if (mode == "graph") {  // capture two launches, replay them: the counter moves by 2 per replay

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler")
 def selftest(tmp_path_factory):
     exe = str(tmp_path_factory.mktemp("xemu") / "selftest")
     subprocess.run(
-        [CXX, "-std=c++17", "-O1", "-ffp-contract=off", f"-I{EMU}/include", f"{EMU}/selftest.cpp",
+        [CXX, "-std=c++17", "-O1", "-ffp-contract=off", "-fsanitize=alignment", "-fno-sanitize-recover=alignment",
+         f"-I{EMU}/include", f"{EMU}/selftest.cpp",
          f"{EMU}/xemu.cpp", "-o", exe, "-lpthread"],
         check=True,
     )
@@ -95,6 +96,12 @@ def test_write_past_an_allocation_faults(selftest):
     p = selftest("overrun")
     assert "in bounds ok" in p.stdout and "not caught" not in p.stdout
     assert p.returncode < 0  # killed by SIGSEGV at the guard page
+
+
+def test_misaligned_vector_load_aborts(selftest):
+    # a GPU faults on a misaligned 16-byte load; the emulator build checks alignment (UBSan)
+    p = selftest("misaligned")
+    assert "aligned ok" in p.stdout and "not caught" not in p.stdout and p.returncode != 0
 
 
 def test_graph_capture_defers_and_replays(selftest):
