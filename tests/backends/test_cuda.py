@@ -78,10 +78,10 @@ def test_open_without_gpu_raises_with_the_reason():
 
 def test_supports_lists_the_types():
     b = _backend()
-    ok = ModelSpec(MODEL, "llama", ["F32", "Q4_0", "Q8_0"], 1, 1, 1, 1)
+    ok = ModelSpec(MODEL, "llama", ["F32", "Q4_0", "Q8_0", "Q4_K"], 1, 1, 1, 1)
     assert b.supports(ok).ok
-    bad = b.supports(ModelSpec(MODEL, "llama", ["F32", "Q4_K"], 1, 1, 1, 1))
-    assert not bad.ok and "Q4_K" in bad.reason and "Q4_0" in bad.reason
+    bad = b.supports(ModelSpec(MODEL, "llama", ["F32", "Q6_K"], 1, 1, 1, 1))
+    assert not bad.ok and "Q6_K" in bad.reason and "Q4_K" in bad.reason
     assert not b.supports(ModelSpec(MODEL, "gpt2", ["F32"], 1, 1, 1, 1)).ok
 
 
@@ -151,9 +151,9 @@ def test_native_model_rejects_unsupported_types_before_touching_a_device():
     cfg = LlamaConfig.from_gguf(g)
     w = load_weights(g, cfg)
     arr, _, rows, cols = w["blk.0.attn_q.weight"]
-    w["blk.0.attn_q.weight"] = (arr, "Q4_K", rows, cols)
+    w["blk.0.attn_q.weight"] = (arr, "Q6_K", rows, cols)
     with pytest.raises(
-        ValueError, match=r"blk\.0\.attn_q\.weight has type Q4_K; the CUDA backend supports .*Q4_0"
+        ValueError, match=r"blk\.0\.attn_q\.weight has type Q6_K; the CUDA backend supports .*Q4_K"
     ):
         cuda_ext.LlamaModel(cfg.as_core(), w, 64, 0)
 
@@ -192,3 +192,27 @@ def test_bench_gemv_reports_bandwidth():
 
     r = _cuda.bench_gemv("Q4_0", 4096, 4096, 5)
     assert r["gemv_GBps"] > 0 and r["copy_GBps"] > 0 and r["bytes"] == 4096 * 4096 // 2 + 4096 * 128 * 2
+
+
+@gpu
+@pytest.mark.parametrize("case,overrides", [("q4_k_mix", {}), ("q4_k_mix", dict(mix=None, tied=True))])
+def test_q4_k_models_match_cpu_and_reference(tmp_path, case, overrides):
+    # Q4_K matrices (stacked QKV and gate|up), Q8_0 or (tied) Q4_K embedding / output; the prefill
+    # runs the tensor-core GEMM (21 tokens >= 16) unless it is off, decode the GEMV
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "model"))
+    from gguf_cases import reference_case
+
+    path, toks, ref = reference_case(case, tmp_path, **overrides)
+    with xsil.Session(path, backend="cpu", n_ctx=64) as c, xsil.Session(path, backend="cuda", n_ctx=64) as g:
+        a = c.forward(toks)
+        b = g.forward(toks)
+        g.reset()
+        step = np.concatenate([g.forward(toks[i : i + 1]) for i in range(len(toks))])
+        assert "mma_gemm" in g.describe()
+    for got in (a, b, step):
+        cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+        assert cos.min() > 0.999, cos.min()
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.999, cos.min()
+    assert np.abs(a - b).max() / a.std() < 0.05
+    assert np.abs(b - step).max() / b.std() < 0.03
