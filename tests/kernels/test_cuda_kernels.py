@@ -114,7 +114,9 @@ def test_matmul_q4_k_vs_cpu_core(rng):
 
 @needs_gpu
 @pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K"])
-@pytest.mark.parametrize("MNK", [(16, 64, 256), (17, 65, 512), (37, 100, 768), (64, 64, 1280), (130, 33, 256)])
+@pytest.mark.parametrize(
+    "MNK", [(16, 64, 256), (17, 65, 512), (37, 100, 768), (64, 64, 1280), (130, 33, 256)]
+)
 def test_mma_gemm_equals_dp4a_gemm(fmt, MNK, rng):
     # odd M, N and block counts (K / 32 = 8, 16, 24, 40: chunks of 4 blocks, ragged 64-row tiles)
     M, N, K = MNK
@@ -336,7 +338,8 @@ def test_errors_name_the_kernel(rng):
     with pytest.raises(ValueError, match=r"\[cuda:matmul\].*multiple of 256"):
         cuda_ext.matmul(np.zeros(72, np.uint8), "Q4_K", 1, 128, np.zeros((1, 128), np.float32))
     with pytest.raises(ValueError, match=r"\[cuda:matmul\].*tensor-core"):
-        cuda_ext.matmul(np.zeros((4, 64), np.float32), "F32", 4, 64, np.zeros((20, 64), np.float32), path="mma")
+        z = np.zeros((20, 64), np.float32)
+        cuda_ext.matmul(np.zeros((4, 64), np.float32), "F32", 4, 64, z, path="mma")
     with pytest.raises(ValueError, match=r"\[cuda:matmul\]"):
         cuda_ext.matmul(np.zeros(10, np.uint8), "Q4_0", 1, 100, np.zeros((1, 100), np.float32))
     with pytest.raises(ValueError, match=r"\[cuda:attention\]"):
