@@ -197,22 +197,38 @@ def test_bench_gemv_reports_bandwidth():
 @gpu
 @pytest.mark.parametrize("case,overrides", [("q4_k_mix", {}), ("q4_k_mix", dict(mix=None, tied=True))])
 def test_q4_k_models_match_cpu_and_reference(tmp_path, case, overrides):
-    # Q4_K matrices (stacked QKV and gate|up), Q8_0 or (tied) Q4_K embedding / output; the prefill
-    # runs the tensor-core GEMM (21 tokens >= 16) unless it is off, decode the GEMV
+    # Q4_K matrices (stacked QKV and gate|up), Q8_0 or (tied) Q4_K embedding / output; the 21-token
+    # prefill runs the tensor-core GEMM (M >= 16) and, with it switched off, the dp4a GEMM; decode the
+    # GEMV. Bounds: tests/model/test_models.py's for Q4_K (cosine >= 0.99, max error <= 0.5 of the logit
+    # std against the float64 reference: tiny random models through peaked attention). Measured on the
+    # CPU emulator: cpu 0.9954 / 0.9940, cuda 0.9966 / 0.9917; cuda vs cpu 0.993 / 0.994; batch vs step
+    # 5e-6 / 1e-6 of the logit std; mma vs dp4a prefill within fp32 rounding.
+    from xsil.backends.cuda import _load_ext
+
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "model"))
     from gguf_cases import reference_case
 
     path, toks, ref = reference_case(case, tmp_path, **overrides)
+    ext, _ = _load_ext()
     with xsil.Session(path, backend="cpu", n_ctx=64) as c, xsil.Session(path, backend="cuda", n_ctx=64) as g:
         a = c.forward(toks)
         b = g.forward(toks)
+        assert g.describe()["mma_gemm"].startswith("on")
         g.reset()
         step = np.concatenate([g.forward(toks[i : i + 1]) for i in range(len(toks))])
-        assert "mma_gemm" in g.describe()
+        g.reset()
+        ext.set_mma(False)
+        try:
+            b_dp4a = g.forward(toks)
+            assert g.describe()["mma_gemm"].startswith("off")
+        finally:
+            ext.set_mma(True)
+
+    def cos(x, y):
+        return float(((x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)).min())
+
     for got in (a, b, step):
-        cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
-        assert cos.min() > 0.999, cos.min()
-    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-    assert cos.min() > 0.999, cos.min()
-    assert np.abs(a - b).max() / a.std() < 0.05
+        assert cos(got, ref) >= 0.99 and np.abs(got - ref).max() / ref.std() <= 0.5
+    assert cos(a, b) >= 0.99 and np.abs(a - b).max() / a.std() < 0.5
     assert np.abs(b - step).max() / b.std() < 0.03
+    assert np.abs(b - b_dp4a).max() / b.std() < 1e-3
