@@ -5,13 +5,15 @@
 without a driver, and probe() then reports why no GPU is usable ("no CUDA driver", "no device").
 
 The model (Llama family, Q4_0 / Q8_0 / Q4_K matrices; F16 / F32 also accepted) is uploaded once to device
-memory (plain cudaMalloc) and the whole forward runs in C++ on the device (``CudaLlama``). This slice
-keeps the KV cache fp16 and contiguous per sequence (one sequence per session; no paging, no
-context shift).
+memory (plain cudaMalloc) and the whole forward runs in C++ on the device (``CudaLlama``). The KV
+cache is the paged device cache (``xsil._cuda.KVCache``: the CPU cache's page bookkeeping, rows
+f16 or q8_0 in device memory); a session is one sequence in it, n_ctx tokens, no context shift.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import time
 from typing import Any
 
@@ -25,17 +27,46 @@ SUPPORTED_TYPES = ("F32", "F16", "Q4_0", "Q8_0", "Q4_K")
 _OPTIONS = {
     "device": "CUDA device index (default 0)",
     "cuda_graphs": "decode replays one captured CUDA graph of the whole forward (default True)",
+    "page_size": "KV cache page size in tokens (default 16)",
+    "kv_budget_tokens": "KV pool size in tokens (default n_ctx)",
 }
+
+KV_DTYPES = ("f16", "q8_0")
+
+
+_ext_override: dict[str, Any] = {}
 
 
 def _load_ext():
-    """xsil._cuda, or (None, reason)."""
+    """xsil._cuda, or (None, reason).
+
+    ``XSIL_CUDA_EXT=<path>`` loads another build of the extension instead (a testing hook: the test
+    suite points it at ``tests/cuda_emu``'s CPU-emulated build when no GPU is present)."""
+    path = os.environ.get("XSIL_CUDA_EXT")
+    if path:
+        if path not in _ext_override:
+            try:
+                name = os.path.basename(path).split(".")[0]  # _cuda, or _cuda_emu for the emulator
+                spec = importlib.util.spec_from_file_location(f"xsil.{name}", path)
+                if spec is None or spec.loader is None:
+                    raise ImportError(f"not an extension module: {path}")
+                mod = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(mod)
+                _ext_override[path] = (mod, "")
+            except Exception as e:  # noqa: BLE001 - reported through the probe
+                _ext_override[path] = (None, f"XSIL_CUDA_EXT={path} could not be loaded: {e}")
+        return _ext_override[path]
     try:
         from xsil import _cuda
 
         return _cuda, ""
     except ImportError as e:
         return None, f"xsil._cuda not built (this build found no CUDA compiler, or XSIL_CUDA=off): {e}"
+
+
+def is_emulator(info: dict[str, Any]) -> bool:
+    """True when the loaded extension is the CPU emulator build (tests/cuda_emu), not a GPU."""
+    return any("emulator" in d.get("name", "") for d in info.get("devices", []))
 
 
 def device_info() -> dict[str, Any]:
@@ -90,6 +121,9 @@ class CudaBackend:
                 devs,
             )
         mem = best.detail["memory"] / 2**30
+        if is_emulator(info):
+            # usable (so tests and conformance run), never preferred over a real backend by auto
+            return Probe(1, f"{best.name}: xsil's CUDA code on the CPU for testing, very slow", devs)
         return Probe(
             20, f"{len(devs)} CUDA device(s); using {best.name} ({mem:.0f} GiB, sm_{cc[0]}{cc[1]})", devs
         )
@@ -122,8 +156,14 @@ class CudaBackend:
         graphs = options.get("cuda_graphs", True)
         if not isinstance(graphs, bool):
             raise ValueError(f"[cuda] cuda_graphs={graphs!r} must be True or False")
-        if kv_dtype != "f16":
-            raise ValueError(f"[cuda] kv_dtype={kv_dtype!r} is not supported; valid: 'f16'")
+        if kv_dtype not in KV_DTYPES:
+            raise ValueError(f"[cuda] kv_dtype={kv_dtype!r} is not supported; valid: 'f16', 'q8_0'")
+        page_size = options.get("page_size", 16)
+        if isinstance(page_size, bool) or not isinstance(page_size, (int, np.integer)) or not 1 <= page_size <= 4096:
+            raise ValueError(f"[cuda] page_size={page_size!r} must be an int in [1, 4096]")
+        budget = options.get("kv_budget_tokens", 0)
+        if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 0:
+            raise ValueError(f"[cuda] kv_budget_tokens={budget!r} must be an int >= 0 (0 = n_ctx)")
         if isinstance(n_ctx, bool) or not isinstance(n_ctx, (int, np.integer)) or n_ctx < 1:
             raise ValueError(f"[cuda] n_ctx={n_ctx!r} must be an int >= 1")
         info = device_info()
@@ -132,7 +172,15 @@ class CudaBackend:
         if dev >= len(info["devices"]):
             raise ValueError(f"[cuda] device={dev} out of range ({len(info['devices'])} CUDA device(s))")
         s = CudaSession.__new__(CudaSession)
-        s._setup(model, n_ctx=int(n_ctx), device=int(dev), graphs=graphs)
+        s._setup(
+            model,
+            n_ctx=int(n_ctx),
+            device=int(dev),
+            graphs=graphs,
+            kv_dtype=kv_dtype,
+            page_size=int(page_size),
+            kv_budget_tokens=int(budget),
+        )
         return s
 
 
@@ -163,9 +211,8 @@ def load_weights(g, cfg) -> dict[str, tuple]:
 
 def _mma_status() -> str:
     try:
-        from xsil import _cuda
-
-        return _cuda.mma_status()
+        ext, why = _load_ext()
+        return ext.mma_status() if ext is not None else f"unknown ({why})"
     except Exception as e:  # pragma: no cover - describe() never raises
         return f"unknown ({e})"
 
@@ -173,12 +220,24 @@ def _mma_status() -> str:
 class CudaSession(Session):
     backend_name = "cuda"
 
-    def _setup(self, path: str, *, n_ctx: int, device: int, graphs: bool = True):
-        from xsil import _cuda
+    def _setup(
+        self,
+        path: str,
+        *,
+        n_ctx: int,
+        device: int,
+        graphs: bool = True,
+        kv_dtype: str = "f16",
+        page_size: int = 16,
+        kv_budget_tokens: int = 0,
+    ):
         from xsil.model.gguf import GGUFFile
         from xsil.model.llama import LlamaConfig
         from xsil.model.tokenizer import from_gguf
 
+        _cuda, why = _load_ext()
+        if _cuda is None:
+            raise BackendError(f"cuda: {why}")
         t0 = time.perf_counter()
         self.path = path
         self.device_index = device
@@ -189,7 +248,15 @@ class CudaSession(Session):
             weights = load_weights(g, cfg)
             t1 = time.perf_counter()
             try:
-                self.native = _cuda.LlamaModel(cfg.as_core(), weights, int(n_ctx), int(device))
+                self.native = _cuda.LlamaModel(
+                    cfg.as_core(),
+                    weights,
+                    int(n_ctx),
+                    int(device),
+                    kv_dtype=kv_dtype,
+                    page_size=page_size,
+                    kv_budget_tokens=kv_budget_tokens,
+                )
             except ValueError as e:
                 if str(e).startswith("[model] tensor"):
                     raise GGUFError(f"{path}: {e}") from None
@@ -201,6 +268,7 @@ class CudaSession(Session):
         self.load_s = dict(parse=t1 - t0, upload=time.perf_counter() - t1)
         self.n_vocab = cfg.n_vocab
         self.n_ctx = int(n_ctx)
+        self.kv_dtype = kv_dtype
         info = device_info()
         self.device_name = info["devices"][device]["name"] if info["ok"] else "?"
 
@@ -212,8 +280,9 @@ class CudaSession(Session):
         try:
             return self.native.forward(np.ascontiguousarray(ids, np.int32), all_logits)
         except ValueError as e:
-            if "past n_ctx" in str(e):
-                raise ContextOverflowError(str(e)) from None
+            msg = str(e)
+            if msg.startswith("[kv_cache]") and ("exhausted" in msg or "past n_ctx" in msg):
+                raise ContextOverflowError(msg) from None
             raise
 
     def _forward(self, ids: np.ndarray) -> np.ndarray:
@@ -248,9 +317,10 @@ class CudaSession(Session):
             memory=dict(
                 weight_bytes=int(self.native.weight_bytes),
                 kv_bytes=int(self.native.kv_bytes),
-                kv_dtype="f16",
+                kv_dtype=self.kv_dtype,
                 n_ctx=self.n_ctx,
-                kv_layout="contiguous per sequence",
+                kv_layout="paged",
+                kv_cache=dict(self.native.kv_stats),
             ),
             load=dict(phases_s=dict(self.load_s), peak_rss_bytes=peak_rss_bytes()),
         )

@@ -484,7 +484,12 @@ HostWeight hw(const py::dict& weights, const std::string& name, bool optional, p
   return w;
 }
 
-std::unique_ptr<PyCudaModel> make_model(const py::dict& cfgd, const py::dict& weights, int64_t n_ctx, int device) {
+std::unique_ptr<PyCudaModel> make_model(const py::dict& cfgd, const py::dict& weights, int64_t n_ctx, int device,
+                                        const std::string& kv_dtype, int page_size, int64_t kv_budget_tokens) {
+  CudaKVOptions kvo;
+  kvo.dtype = parse_kv_dtype(kv_dtype, "model");
+  kvo.page_size = page_size;
+  kvo.budget_tokens = kv_budget_tokens;
   CudaLlamaConfig c;
   c.n_embd = cfgd["n_embd"].cast<int64_t>();
   c.n_layer = cfgd["n_layer"].cast<int64_t>();
@@ -522,7 +527,7 @@ std::unique_ptr<PyCudaModel> make_model(const py::dict& cfgd, const py::dict& we
   auto pm = std::make_unique<PyCudaModel>();
   {
     py::gil_scoped_release nogil;
-    pm->m = std::make_unique<CudaLlama>(c, tok, onorm, out, layers, n_ctx, device);
+    pm->m = std::make_unique<CudaLlama>(c, tok, onorm, out, layers, n_ctx, device, kvo);
   }
   return pm;  // weights are on the device: the host arrays are no longer needed
 }
@@ -544,6 +549,10 @@ py::array_t<float> model_forward(PyCudaModel& pm, const py::array& tokens, bool 
 }
 
 }  // namespace
+
+namespace xsil::cuda {
+void register_kv(py::module_& m);  // bind_kv.cpp
+}
 
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "xsil CUDA backend: device query, kernels (for tests) and the device-resident Llama forward";
@@ -572,9 +581,11 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("freq_base") = 10000.0f, py::arg("freq_scale") = 1.0f);
   m.def("rope_qkv_write", &py_rope_qkv_write, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("pos0"),
         py::arg("mode"), py::arg("freq_base") = 10000.0f, py::arg("freq_scale") = 1.0f);
+  xsil::cuda::register_kv(m);
   m.def("bench_gemv", &bench_gemv, py::arg("fmt"), py::arg("N"), py::arg("K"), py::arg("iters") = 50);
-  py::class_<PyCudaModel>(m, "LlamaModel")
-      .def(py::init(&make_model), py::arg("config"), py::arg("weights"), py::arg("n_ctx"), py::arg("device") = 0)
+  py::class_<PyCudaModel>(m, "LlamaModel", py::module_local())
+      .def(py::init(&make_model), py::arg("config"), py::arg("weights"), py::arg("n_ctx"), py::arg("device") = 0,
+           py::arg("kv_dtype") = "f16", py::arg("page_size") = 16, py::arg("kv_budget_tokens") = 0)
       .def("forward", &model_forward, py::arg("tokens"), py::arg("all_logits") = true)
       .def("reset", [](PyCudaModel& p) { if (p.m) p.m->reset(); })
       .def("truncate", [](PyCudaModel& p, int64_t n) { if (p.m) p.m->truncate(n); })
@@ -590,5 +601,20 @@ PYBIND11_MODULE(_cuda, m) {
       .def_property_readonly("n_ctx", [](const PyCudaModel& p) { return p.m ? p.m->n_ctx() : 0; })
       .def_property_readonly("weight_bytes", [](const PyCudaModel& p) { return p.m ? p.m->weight_bytes() : 0; })
       .def_property_readonly("kv_bytes", [](const PyCudaModel& p) { return p.m ? p.m->kv_bytes() : 0; })
+      .def_property_readonly("kv_stats", [](const PyCudaModel& p) {
+        py::dict d;
+        if (!p.m) return d;
+        const CudaKVCache& c = p.m->cache();
+        const KVStats s = c.stats();
+        d["pages_total"] = s.pages_total;
+        d["pages_used"] = s.pages_used;
+        d["page_bytes"] = s.page_bytes;
+        d["pool_bytes"] = s.pool_bytes;
+        d["budget_tokens"] = s.budget_tokens;
+        d["bytes_per_token"] = s.bytes_per_token;
+        d["page_size"] = c.params().page_size;
+        d["kv_dtype"] = std::string(kv_dtype_name(c.params().k_dtype));
+        return d;
+      }, "the paged device KV cache: pages, bytes, dtype")
       .def_property_readonly("device", [](const PyCudaModel& p) { return p.m ? p.m->device() : -1; });
 }

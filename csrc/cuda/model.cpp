@@ -116,8 +116,9 @@ const float* CudaLlama::upload_vec(const HostWeight& w, const std::string& name,
 }
 
 CudaLlama::CudaLlama(const CudaLlamaConfig& cfg, const HostWeight& tok_embd, const HostWeight& output_norm,
-                     const HostWeight& output, const std::vector<HostLayer>& layers, int64_t n_ctx, int device)
-    : cfg_(cfg), device_(device), n_ctx_(n_ctx) {
+                     const HostWeight& output, const std::vector<HostLayer>& layers, int64_t n_ctx, int device,
+                     const CudaKVOptions& kv)
+    : cfg_(cfg), device_(device), n_ctx_(n_ctx), kvo_(kv) {
   const auto& c = cfg_;
   if (c.n_embd <= 0 || c.n_layer <= 0 || c.n_head <= 0 || c.n_head_kv <= 0 || c.head_dim <= 0 || c.n_ff <= 0 ||
       c.n_vocab <= 0)
@@ -127,7 +128,9 @@ CudaLlama::CudaLlama(const CudaLlamaConfig& cfg, const HostWeight& tok_embd, con
   if (c.head_dim % 32 || c.head_dim > 256)
     throw std::invalid_argument("[model] head_dim=" + s(c.head_dim) + " unsupported by the CUDA attention (a multiple of 32, <= 256)");
   if ((int64_t)layers.size() != c.n_layer) throw std::invalid_argument("[model] layer count does not match the config");
-  if (n_ctx < 1) throw std::invalid_argument("[model] n_ctx must be >= 1");
+  if (n_ctx < 1 || n_ctx > INT32_MAX / 2) throw std::invalid_argument("[model] n_ctx must be in [1, 2^30)");
+  if (kv.budget_tokens < 0) throw std::invalid_argument("[model] the KV budget must not be negative");
+  if (kv.split_tokens < 1) throw std::invalid_argument("[model] split_tokens must be >= 1");
   int count = 0;
   check(cudaGetDeviceCount(&count), "cudaGetDeviceCount");
   if (device < 0 || device >= count)
@@ -177,10 +180,28 @@ CudaLlama::CudaLlama(const CudaLlamaConfig& cfg, const HostWeight& tok_embd, con
         D.w_up = upload_matrix(L.w_up, b + "ffn_up.weight", c.n_ff, E);
       }
       D.w_down = upload_matrix(L.w_down, b + "ffn_down.weight", E, c.n_ff);
-      D.kc = (uint16_t*)dalloc((size_t)n_ctx * kd * 2);
-      D.vc = (uint16_t*)dalloc((size_t)n_ctx * kd * 2);
-      kv_bytes_ += 2 * n_ctx * kd * 2;
     }
+    // The paged KV cache: one sequence, n_ctx tokens, a pool of the budget rounded up to pages.
+    KVCacheParams kp;
+    kp.n_layers = (int32_t)c.n_layer;
+    kp.n_kv_heads = (int32_t)c.n_head_kv;
+    kp.head_dim = (int32_t)c.head_dim;
+    kp.page_size = kv.page_size;
+    kp.k_dtype = kp.v_dtype = kv.dtype;
+    if (kv.page_size >= 1) {
+      const int64_t want = kv.budget_tokens > 0 ? kv.budget_tokens : n_ctx;
+      kp.budget_tokens = (want + kv.page_size - 1) / kv.page_size * kv.page_size;
+    }
+    kp.n_ctx = n_ctx;
+    kp.rope = c.rope;
+    cache_ = std::make_unique<CudaKVCache>(kp, stream_);  // validates page_size and dtype
+    seq_ = cache_->add_sequence();
+    kv_bytes_ = cache_->stats().pool_bytes;
+    max_pages_ = (n_ctx + kv.page_size - 1) / kv.page_size;
+    max_splits_ = paged_max_splits(n_ctx, kv.split_tokens);
+    d_pt_ = (int32_t*)dalloc((size_t)(max_pages_ + 1) * 4);
+    check(cudaMallocHost(&h_pt_, (size_t)(max_pages_ + 1) * 4), "cudaMallocHost");
+    work_ = (float*)dalloc((size_t)paged_decode_work_floats(1, c.n_head, c.head_dim, max_splits_) * 4);
     // First use of the tensor-core prefill GEMM for each weight format: checked against the dp4a
     // GEMM once per process; a mismatch switches it off (mma_status() gives the reason).
     for (const DevLayer& D : layers_)
@@ -191,6 +212,8 @@ CudaLlama::CudaLlama(const CudaLlamaConfig& cfg, const HostWeight& tok_embd, con
     for (void* p : allocs_) cudaFree(p);
     allocs_.clear();
     if (hpos_) cudaFreeHost(hpos_);
+    if (h_pt_) cudaFreeHost(h_pt_);
+    cache_.reset();
     cudaStreamDestroy(stream_);
     throw;
   }
@@ -218,6 +241,8 @@ CudaLlama::~CudaLlama() {
   free_scratch();
   for (void* p : allocs_) cudaFree(p);
   if (hpos_) cudaFreeHost(hpos_);
+  if (h_pt_) cudaFreeHost(h_pt_);
+  cache_.reset();
   if (stream_) cudaStreamDestroy(stream_);
 }
 
@@ -268,8 +293,17 @@ void CudaLlama::linear(const DevMatrix& w, const float* x, bool xq_ready, float*
 }
 
 void CudaLlama::truncate(int64_t n) {
-  if (n < 0 || n > n_past_) throw std::invalid_argument("[model] truncate: n out of range");
-  n_past_ = n;
+  if (n < 0 || n > n_past()) throw std::invalid_argument("[model] truncate: n out of range");
+  cache_->truncate(seq_, n);
+}
+
+void CudaLlama::upload_pages() {
+  const std::vector<int32_t>& pt = cache_->page_table(seq_);
+  if ((int64_t)pt.size() > max_pages_) throw std::logic_error("[model] page table longer than n_ctx");
+  std::copy(pt.begin(), pt.end(), h_pt_);
+  h_pt_[max_pages_] = (int32_t)cache_->length(seq_);
+  check(cudaMemcpyAsync(d_pt_, h_pt_, (size_t)(max_pages_ + 1) * 4, cudaMemcpyHostToDevice, stream_),
+        "upload page table");
 }
 
 void CudaLlama::forward(const int32_t* tokens, int64_t n, float* host_logits, bool all_logits) {
@@ -279,14 +313,23 @@ void CudaLlama::forward(const int32_t* tokens, int64_t n, float* host_logits, bo
     if (tokens[i] < 0 || tokens[i] >= c.n_vocab)
       throw std::invalid_argument("[forward] token id " + s(tokens[i]) + " at index " + s(i) +
                                   " is out of range [0, " + s(c.n_vocab) + ")");
-  if (n_past_ + n > n_ctx_)
-    throw std::invalid_argument("[kv_cache] sequence would grow past n_ctx=" + s(n_ctx_) + " (" + s(n_past_) +
-                                " + " + s(n) + " tokens)");
   check(cudaSetDevice(device_), "cudaSetDevice");
   ensure_scratch(n);
-  const int64_t pos0 = n_past_;
+  const int64_t pos0 = n_past();
+  cache_->reserve(seq_, n);  // "[kv_cache] ... past n_ctx ..." / "... exhausted": nothing changed
+  try {
+    forward_at(tokens, pos0, n, host_logits, all_logits);
+  } catch (...) {
+    cache_->truncate(seq_, pos0);
+    throw;
+  }
+}
+
+void CudaLlama::forward_at(const int32_t* tokens, int64_t pos0, int64_t n, float* host_logits, bool all_logits) {
+  const auto& c = cfg_;
   const int64_t rows = all_logits ? n : 1;
   check(cudaMemcpyAsync(tok_, tokens, n * 4, cudaMemcpyHostToDevice, stream_), "upload tokens");
+  upload_pages();
   if (n == 1 && graphs_) {
     // Decode: replay one graph of the whole forward; the position comes from dpos_.
     *hpos_ = pos0;
@@ -313,7 +356,6 @@ void CudaLlama::forward(const int32_t* tokens, int64_t n, float* host_logits, bo
   check(cudaMemcpyAsync(host_logits, logits_, rows * c.n_vocab * 4, cudaMemcpyDeviceToHost, stream_),
         "download logits");
   check(cudaStreamSynchronize(stream_), "forward");
-  n_past_ += n;
 }
 
 // The forward's kernels (no host synchronization, so it can be captured): tokens are in tok_, the
@@ -351,10 +393,39 @@ void CudaLlama::run_layers(int64_t n, int64_t pos0, bool all_logits, const int64
     if (L.bq) add_bias(q_, L.bq, n, qd, stream_);
     if (L.bk) add_bias(k_, L.bk, n, kd, stream_);
     if (L.bv) add_bias(v_, L.bv, n, kd, stream_);
-    rope_qkv_write(q_, c.n_head, k_, v_, L.kc, L.vc, n, c.n_head_kv, c.head_dim, pos0, c.rope, stream_, dpos);
+    // RoPE(q, k) and the K/V store through the page table (device memory: replays see new pages)
+    const DevKV kv = cache_->dev();
+    paged_rope_qkv_write(q_, c.n_head, k_, v_, kv, (int32_t)l, d_pt_, n, pos0, c.rope, true, stream_, dpos);
     const bool q_att = is_quant(L.wo.fmt);
-    attention(q_, L.kc, L.vc, att_, n, pos0, (int)c.n_head, (int)c.n_head_kv, (int)c.head_dim, 0.0f, stream_, dpos,
-              q_att ? xq_ : none);
+    if (n == 1) {  // decode (plain and graph replays alike): split-K over the pages
+      PagedDecodeArgs a;
+      a.kv = kv;
+      a.layer = (int32_t)l;
+      a.n_seqs = 1;
+      a.n_heads = (int32_t)c.n_head;
+      a.pt = d_pt_;
+      a.pt_stride = (int32_t)max_pages_;
+      a.lens = d_pt_ + max_pages_;
+      a.q = q_;
+      a.out = att_;
+      a.qout = q_att ? xq_ : none;
+      a.max_splits = max_splits_;
+      a.split_tokens = kvo_.split_tokens;
+      a.work = work_;
+      paged_attention_decode(a, stream_);
+    } else {
+      PagedPrefillArgs a;
+      a.kv = kv;
+      a.layer = (int32_t)l;
+      a.n_q = (int32_t)n;
+      a.n_heads = (int32_t)c.n_head;
+      a.pt = d_pt_;
+      a.lens = d_pt_ + max_pages_;
+      a.q = q_;
+      a.out = att_;
+      a.qout = q_att ? xq_ : none;
+      paged_attention_prefill(a, stream_);
+    }
     xq_k_ = q_att ? qd : 0;
     linear(L.wo, att_, true, h_, n);
     norm(x_, h_, L.ffn_norm, n);  // x += attention output

@@ -1,14 +1,17 @@
 // Llama-family decoder forward on one CUDA device: mirrors xsil::LlamaModel::forward (csrc/model)
 // op for op, with every weight uploaded once (plain cudaMalloc) and every activation device-resident.
-// KV cache: fp16, contiguous per layer for the one sequence a session holds (no paging yet).
+// KV cache: the paged device cache (cuda/kv_cache.h; f16 or Q8_0 rows), one sequence per session.
 #pragma once
-#include <cuda_runtime.h>
-
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "cuda/kv_cache.h"
+// clang-format off
+#include <cuda_runtime.h>
 #include "cuda/kernels.h"
+// clang-format on
 
 namespace xsil::cuda {
 
@@ -29,22 +32,34 @@ struct CudaLlamaConfig {
   RopeParams rope;
 };
 
+// KV cache of a CudaLlama: n_ctx tokens per sequence, a pool of budget_tokens (0 = n_ctx) rounded
+// up to whole pages.
+struct CudaKVOptions {
+  KVDtype dtype = KVDtype::F16;  // K and V rows: F16 or Q8_0 (F32 accepted)
+  int32_t page_size = 16;
+  int64_t budget_tokens = 0;
+  int32_t split_tokens = 512;    // decode split-K: tokens per split before another split is used
+};
+
 class CudaLlama {
  public:
   CudaLlama(const CudaLlamaConfig& cfg, const HostWeight& tok_embd, const HostWeight& output_norm,
-            const HostWeight& output, const std::vector<HostLayer>& layers, int64_t n_ctx, int device);
+            const HostWeight& output, const std::vector<HostLayer>& layers, int64_t n_ctx, int device,
+            const CudaKVOptions& kv = {});
   ~CudaLlama();
   CudaLlama(const CudaLlama&) = delete;
   CudaLlama& operator=(const CudaLlama&) = delete;
 
-  // Appends n tokens at position n_past (throws invalid_argument "... past n_ctx ..." when they do not
-  // fit, changing nothing) and writes logits to host memory: [n, n_vocab] if all_logits else [n_vocab].
+  // Appends n tokens at position n_past (throws the KV cache's invalid_argument "[kv_cache] ... past
+  // n_ctx ..." / "... exhausted ..." when they do not fit, changing nothing) and writes logits to
+  // host memory: [n, n_vocab] if all_logits else [n_vocab].
   void forward(const int32_t* tokens, int64_t n, float* host_logits, bool all_logits);
-  int64_t n_past() const { return n_past_; }
+  int64_t n_past() const { return cache_->length(seq_); }
   int64_t n_ctx() const { return n_ctx_; }
-  void reset() { n_past_ = 0; }
-  // Drops the last positions (for speculative callers); n <= n_past.
+  void reset() { cache_->truncate(seq_, 0); }
+  // Keeps the first n positions (for speculative callers); n <= n_past.
   void truncate(int64_t n);
+  const CudaKVCache& cache() const { return *cache_; }
   int64_t weight_bytes() const { return weight_bytes_; }
   int64_t kv_bytes() const { return kv_bytes_; }
   int device() const { return device_; }
@@ -62,7 +77,6 @@ class CudaLlama {
     DevMatrix wqkv, wgu;
     bool qkv_fused = false, gu_fused = false;
     const float *attn_norm = nullptr, *ffn_norm = nullptr, *bq = nullptr, *bk = nullptr, *bv = nullptr;
-    uint16_t *kc = nullptr, *vc = nullptr;
   };
   void* dalloc(size_t bytes);
   DevMatrix upload_matrix(const HostWeight& w, const std::string& name, int64_t rows, int64_t cols);
@@ -74,6 +88,8 @@ class CudaLlama {
   void linear(const DevMatrix& w, const float* x, bool xq_ready, float* y, int64_t M);
   void free_scratch();
   void linear_prep(const DevMatrix& w, const float* x, int64_t M);  // quantize x unless xq_ holds it
+  // forward() after the cache reserved positions [pos0, pos0 + n)
+  void forward_at(const int32_t* tokens, int64_t pos0, int64_t n, float* host_logits, bool all_logits);
   void run_layers(int64_t n, int64_t pos0, bool all_logits, const int64_t* dpos);
   void drop_graph();
 
@@ -86,7 +102,15 @@ class CudaLlama {
   const float* output_norm_ = nullptr;
   DevMatrix output_;
   std::vector<DevLayer> layers_;
-  int64_t n_ctx_ = 0, n_past_ = 0;
+  int64_t n_ctx_ = 0;
+  CudaKVOptions kvo_;
+  std::unique_ptr<CudaKVCache> cache_;
+  int32_t seq_ = 0;
+  int64_t max_pages_ = 0;              // page-table entries of one sequence (n_ctx / page_size, rounded up)
+  int32_t max_splits_ = 1;             // decode split-K launch shape (fixed for the graph)
+  int32_t* d_pt_ = nullptr;            // device page table [max_pages_] and length [1] (d_pt_ + max_pages_)
+  int32_t* h_pt_ = nullptr;            // pinned host staging of the same
+  float* work_ = nullptr;              // split-K partials
   int64_t weight_bytes_ = 0, kv_bytes_ = 0;
   // scratch (grown on demand)
   int64_t cap_ = 0;
@@ -99,6 +123,7 @@ class CudaLlama {
   bool graphs_ = true;
   int64_t* dpos_ = nullptr;            // device copy of pos0 for graph replays
   int64_t* hpos_ = nullptr;            // pinned host staging of pos0
+  void upload_pages();                 // page table + length of seq_ -> d_pt_ (async, on stream_)
   cudaGraphExec_t graph_ = nullptr;     // decode graph (n = 1, last logits), tied to the scratch buffers
 };
 

@@ -1,0 +1,390 @@
+// xsil._cuda.KVCache and its attention entry points: the device paged KV cache with the CPU
+// binding's Python API (csrc/bindings/bind_attention.cpp) and the same argument errors, so tests run
+// one scenario against both. Arrays cross as host NumPy arrays (uploaded / downloaded per call).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "core/fp16.h"
+#include "cuda/kv_cache.h"
+
+namespace py = pybind11;
+
+namespace xsil::cuda {
+
+namespace {
+
+std::string str(int64_t v) { return std::to_string(v); }
+[[noreturn]] void bad(const char* op, const std::string& msg) {
+  throw std::invalid_argument(std::string("[") + op + "] " + msg);
+}
+
+std::string shape_str(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  if (a.ndim() == 1) s += ",";
+  return s + ")";
+}
+
+template <typename T>
+void require_arr(const py::array& a, const char* op, const char* arg, const char* expect_dtype) {
+  if (!a.dtype().equal(py::dtype::of<T>()))
+    bad(op, std::string(arg) + " must be " + expect_dtype + ", got " + py::str(a.dtype()).cast<std::string>() +
+                " (convert with .astype(np." + expect_dtype + "))");
+  if (!(a.flags() & py::array::c_style)) bad(op, std::string(arg) + " must be C-contiguous (use np.ascontiguousarray)");
+}
+
+void require_shape(const py::array& a, const std::vector<int64_t>& want, const char* op, const char* arg) {
+  bool ok = a.ndim() == (py::ssize_t)want.size();
+  for (size_t i = 0; ok && i < want.size(); ++i) ok = a.shape(i) == want[i];
+  if (!ok) {
+    std::string s = "(";
+    for (size_t i = 0; i < want.size(); ++i) s += (i ? ", " : "") + std::to_string(want[i]);
+    s += want.size() == 1 ? ",)" : ")";
+    bad(op, std::string(arg) + " must have shape " + s + ", got " + shape_str(a));
+  }
+}
+
+RopeMode parse_rope_mode(const std::string& s, const char* op) {
+  if (s == "normal") return RopeMode::Normal;
+  if (s == "neox") return RopeMode::Neox;
+  if (s == "none") return RopeMode::None;
+  bad(op, "rope mode '" + s + "' is not one of 'normal', 'neox', 'none'");
+}
+
+// RAII device buffer.
+struct DBuf {
+  void* p = nullptr;
+  explicit DBuf(size_t n) { check(cudaMalloc(&p, std::max<size_t>(n, 16)), "cudaMalloc"); }
+  ~DBuf() { if (p) cudaFree(p); }
+  DBuf(const DBuf&) = delete;
+  DBuf& operator=(const DBuf&) = delete;
+  template <class T> T* as() const { return (T*)p; }
+  void up(const void* h, size_t n) { check(cudaMemcpy(p, h, n, cudaMemcpyHostToDevice), "upload"); }
+  void down(void* h, size_t n) const { check(cudaMemcpy(h, p, n, cudaMemcpyDeviceToHost), "download"); }
+};
+
+std::unique_ptr<CudaKVCache> make_cache(int n_layers, int n_kv_heads, int head_dim, int page_size,
+                                        const std::string& k_dtype, const std::string& v_dtype, int64_t budget_bytes,
+                                        int64_t budget_tokens, int64_t n_ctx, const std::string& context_shift,
+                                        int n_keep, const std::string& rope, double freq_base, double freq_scale) {
+  const char* op = "kv_cache";
+  KVCacheParams p;
+  p.n_layers = n_layers;
+  p.n_kv_heads = n_kv_heads;
+  p.head_dim = head_dim;
+  p.page_size = page_size;
+  p.k_dtype = parse_kv_dtype(k_dtype, op);
+  p.v_dtype = parse_kv_dtype(v_dtype, op);
+  p.budget_bytes = budget_bytes;
+  p.budget_tokens = budget_tokens;
+  p.n_ctx = n_ctx;
+  if (context_shift == "error") p.shift = ShiftPolicy::Error;
+  else if (context_shift == "shift") p.shift = ShiftPolicy::Shift;
+  else bad(op, "context_shift must be 'error' or 'shift', got '" + context_shift + "'");
+  p.n_keep = n_keep;
+  p.rope.mode = parse_rope_mode(rope, op);
+  p.rope.freq_base = (float)freq_base;
+  p.rope.freq_scale = (float)freq_scale;
+  return std::make_unique<CudaKVCache>(p, nullptr);
+}
+
+// k, v host [n, n_kv, hd] float32 for one layer: uploaded, then written (K rotated unless k_rotated).
+void write_layer(CudaKVCache& c, int layer, int seq_id, int64_t pos0, const float* k, const float* v, int64_t n,
+                 bool k_rotated) {
+  const KVCacheParams& cp = c.params();
+  const size_t bytes = (size_t)(n * cp.n_kv_heads * cp.head_dim * 4);
+  c.check_write(layer, seq_id, pos0, n, "kv_cache.write");
+  DBuf dk(bytes), dv(bytes);
+  dk.up(k, bytes);
+  dv.up(v, bytes);
+  c.write(layer, seq_id, pos0, (int32_t)n, dk.as<float>(), dv.as<float>(), k_rotated);
+}
+
+void py_write(CudaKVCache& c, int layer, int seq_id, int64_t pos0, const py::array& k, const py::array& v,
+              bool k_rotated) {
+  const char* op = "kv_cache.write";
+  const KVCacheParams& cp = c.params();
+  require_arr<float>(k, op, "k", "float32");
+  require_arr<float>(v, op, "v", "float32");
+  if (k.ndim() != 3) bad(op, "k must be 3-D [n_tokens, n_kv_heads, head_dim], got " + shape_str(k));
+  const int64_t n = k.shape(0);
+  require_shape(k, {n, cp.n_kv_heads, cp.head_dim}, op, "k");
+  require_shape(v, {n, cp.n_kv_heads, cp.head_dim}, op, "v");
+  if (n > INT32_MAX) bad(op, "too many tokens");
+  write_layer(c, layer, seq_id, pos0, (const float*)k.data(), (const float*)v.data(), n, k_rotated);
+}
+
+int64_t py_append(CudaKVCache& c, int seq_id, const py::array& k, const py::array& v) {
+  const char* op = "kv_cache.append";
+  const KVCacheParams& cp = c.params();
+  require_arr<float>(k, op, "k", "float32");
+  require_arr<float>(v, op, "v", "float32");
+  c.require_seq(seq_id, op);
+  int64_t n;
+  if (k.ndim() == 3 && cp.n_layers == 1) {
+    n = k.shape(0);
+    require_shape(k, {n, cp.n_kv_heads, cp.head_dim}, op, "k");
+    require_shape(v, {n, cp.n_kv_heads, cp.head_dim}, op, "v");
+  } else {
+    if (k.ndim() != 4)
+      bad(op, "k must be 4-D [n_layers, n_tokens, n_kv_heads, head_dim] (3-D [n_tokens, n_kv_heads, head_dim] for a "
+              "1-layer cache), got " + shape_str(k));
+    n = k.shape(1);
+    require_shape(k, {cp.n_layers, n, cp.n_kv_heads, cp.head_dim}, op, "k");
+    require_shape(v, {cp.n_layers, n, cp.n_kv_heads, cp.head_dim}, op, "v");
+  }
+  if (n < 1) bad(op, "no tokens to append");
+  c.reserve(seq_id, n);
+  const int64_t pos0 = c.length(seq_id) - n;  // a context shift in reserve may have moved the end
+  const int64_t per_layer = n * cp.n_kv_heads * cp.head_dim;
+  for (int l = 0; l < cp.n_layers; ++l)
+    write_layer(c, l, seq_id, pos0, (const float*)k.data() + l * per_layer, (const float*)v.data() + l * per_layer, n,
+                false);
+  return pos0;
+}
+
+void load_row(KVDtype dt, const uint8_t* src, float* out, int64_t hd) {
+  switch (dt) {
+    case KVDtype::F32: std::memcpy(out, src, (size_t)hd * 4); break;
+    case KVDtype::F16:
+      for (int64_t i = 0; i < hd; ++i) out[i] = fp16_to_fp32(((const uint16_t*)src)[i]);
+      break;
+    case KVDtype::Q8_0:
+      for (int64_t b = 0; b < hd / 32; ++b) {
+        const uint8_t* blk = src + b * 34;
+        uint16_t dh;
+        std::memcpy(&dh, blk, 2);
+        const float d = fp16_to_fp32(dh);
+        for (int i = 0; i < 32; ++i) out[b * 32 + i] = (float)(int8_t)blk[2 + i] * d;
+      }
+      break;
+  }
+}
+
+// (K, V) of one layer of a sequence, [len, n_kv, hd] float32 dequantized (the pool is downloaded).
+py::tuple py_read(const CudaKVCache& c, int layer, int seq_id) {
+  const char* op = "kv_cache.read";
+  const KVCacheParams& cp = c.params();
+  if (layer < 0 || layer >= cp.n_layers) bad(op, "layer out of range");
+  c.require_seq(seq_id, op);
+  const KVLayout& L = c.layout();
+  const int64_t len = c.length(seq_id), hd = cp.head_dim, nkv = cp.n_kv_heads, ps = cp.page_size;
+  std::vector<uint8_t> pool((size_t)L.pool_bytes());
+  check(cudaMemcpy(pool.data(), c.pool(), pool.size(), cudaMemcpyDeviceToHost), "download kv_cache");
+  py::array_t<float> K({(py::ssize_t)len, (py::ssize_t)nkv, (py::ssize_t)hd});
+  py::array_t<float> V({(py::ssize_t)len, (py::ssize_t)nkv, (py::ssize_t)hd});
+  const auto& pt = c.page_table(seq_id);
+  for (int64_t t = 0; t < len; ++t)
+    for (int64_t h = 0; h < nkv; ++h) {
+      load_row(cp.k_dtype, pool.data() + L.k_off(pt[t / ps], layer, h) + (t % ps) * L.k_row,
+               K.mutable_data() + (t * nkv + h) * hd, hd);
+      load_row(cp.v_dtype, pool.data() + L.v_off(pt[t / ps], layer, h) + (t % ps) * L.v_row,
+               V.mutable_data() + (t * nkv + h) * hd, hd);
+    }
+  return py::make_tuple(K, V);
+}
+
+py::dict py_stats(const CudaKVCache& c) {
+  const KVStats s = c.stats();
+  py::dict d;
+  d["pages_total"] = s.pages_total;
+  d["pages_used"] = s.pages_used;
+  d["pages_free"] = s.pages_free;
+  d["pages_shared"] = s.pages_shared;
+  d["page_bytes"] = s.page_bytes;
+  d["pool_bytes"] = s.pool_bytes;
+  d["bytes_used"] = s.bytes_used;
+  d["tokens_cached"] = s.tokens_cached;
+  d["budget_tokens"] = s.budget_tokens;
+  d["bytes_per_token"] = s.bytes_per_token;
+  d["n_seqs"] = s.n_seqs;
+  d["refs_total"] = s.refs_total;
+  py::dict lens;
+  for (int32_t id : c.sequence_ids()) lens[py::int_(id)] = c.length(id);
+  d["lengths"] = lens;
+  return d;
+}
+
+void check_common(const char* op, const CudaKVCache& c, int layer, int64_t n_heads, double scale) {
+  const KVCacheParams& cp = c.params();
+  if (layer < 0 || layer >= cp.n_layers) bad(op, "layer=" + str(layer) + " is out of range [0, " + str(cp.n_layers) + ")");
+  if (n_heads < 1 || n_heads % cp.n_kv_heads != 0)
+    bad(op, "n_heads=" + str(n_heads) + " must be a positive multiple of n_kv_heads=" + str(cp.n_kv_heads));
+  if (n_heads / cp.n_kv_heads > 256) bad(op, "GQA group of " + str(n_heads / cp.n_kv_heads) + " heads is too large (max 256)");
+  if (!std::isfinite(scale) || scale < 0.0) bad(op, "scale must be finite and > 0 (0 = 1/sqrt(head_dim))");
+}
+
+RopeParams rope_of(const CudaKVCache& c) { return c.params().rope; }
+
+// Decode over the device cache: one query per sequence at its last position. split_tokens: tokens
+// per split-K chunk before another split is used; max_splits: the launch's split count (0 = sized for
+// the cache's n_ctx, as a model's graph would be).
+py::array_t<float> py_decode(const CudaKVCache& c, int layer, const py::array& seq_ids, const py::array& q,
+                             double scale, bool q_rotated, int split_tokens, int max_splits) {
+  const char* op = "attention_decode";
+  require_arr<int32_t>(seq_ids, op, "seq_ids", "int32");
+  require_arr<float>(q, op, "q", "float32");
+  if (seq_ids.ndim() != 1) bad(op, "seq_ids must be 1-D, got " + shape_str(seq_ids));
+  const int64_t ns = seq_ids.shape(0);
+  if (q.ndim() != 3) bad(op, "q must be 3-D [n_seqs, n_heads, head_dim], got " + shape_str(q));
+  const int64_t hd = c.params().head_dim, H = q.shape(1);
+  require_shape(q, {ns, H, hd}, op, "q");
+  check_common(op, c, layer, H, scale);
+  if (ns < 1) bad(op, "n_seqs=" + str(ns) + " must be >= 1");
+  if (ns > 65535) bad(op, "n_seqs=" + str(ns) + " is more than 65535");
+  if (split_tokens < 1) bad(op, "split_tokens=" + str(split_tokens) + " must be >= 1");
+  if (max_splits < 0 || max_splits > kMaxSplits)
+    bad(op, "max_splits=" + str(max_splits) + " must be in [0, " + str(kMaxSplits) + "] (0 = from n_ctx)");
+  const int32_t* ids = (const int32_t*)seq_ids.data();
+  std::unordered_set<int32_t> seen;
+  int64_t stride = 1;
+  std::vector<int32_t> lens((size_t)ns);
+  for (int64_t i = 0; i < ns; ++i) {
+    c.require_seq(ids[i], op);
+    if (!seen.insert(ids[i]).second) bad(op, "sequence id " + str(ids[i]) + " appears twice");
+    if (c.length(ids[i]) < 1) bad(op, "sequence " + str(ids[i]) + " is empty: write its K/V before attending");
+    lens[i] = (int32_t)c.length(ids[i]);
+    stride = std::max<int64_t>(stride, (int64_t)c.page_table(ids[i]).size());
+  }
+  std::vector<int32_t> pt((size_t)(ns * stride), 0);
+  for (int64_t i = 0; i < ns; ++i) {
+    const auto& p = c.page_table(ids[i]);
+    std::copy(p.begin(), p.end(), pt.begin() + i * stride);
+  }
+  const int32_t ms = max_splits > 0 ? max_splits : paged_max_splits(c.n_ctx(), split_tokens);
+  const size_t qbytes = (size_t)(ns * H * hd * 4);
+  DBuf dpt(pt.size() * 4), dlen(lens.size() * 4), dq(qbytes), dout(qbytes),
+      work((size_t)paged_decode_work_floats(ns, H, hd, ms) * 4);
+  dpt.up(pt.data(), pt.size() * 4);
+  dlen.up(lens.data(), lens.size() * 4);
+  dq.up(q.data(), qbytes);
+  if (!q_rotated) rope_at_lengths(dq.as<float>(), ns, 1, H, hd, dlen.as<int32_t>(), rope_of(c), nullptr);
+  PagedDecodeArgs a;
+  a.kv = c.dev();
+  a.layer = layer;
+  a.n_seqs = (int32_t)ns;
+  a.n_heads = (int32_t)H;
+  a.pt = dpt.as<int32_t>();
+  a.pt_stride = (int32_t)stride;
+  a.lens = dlen.as<int32_t>();
+  a.q = dq.as<float>();
+  a.scale = (float)scale;
+  a.out = dout.as<float>();
+  a.max_splits = ms;
+  a.split_tokens = split_tokens;
+  a.work = work.as<float>();
+  paged_attention_decode(a, nullptr);
+  check(cudaDeviceSynchronize(), "attention_decode");
+  py::array_t<float> out({(py::ssize_t)ns, (py::ssize_t)H, (py::ssize_t)hd});
+  dout.down(out.mutable_data(), qbytes);
+  return out;
+}
+
+py::array_t<float> py_prefill(const CudaKVCache& c, int layer, int seq_id, const py::array& q, double scale,
+                              bool q_rotated) {
+  const char* op = "attention_prefill";
+  require_arr<float>(q, op, "q", "float32");
+  if (q.ndim() != 3) bad(op, "q must be 3-D [n_q, n_heads, head_dim], got " + shape_str(q));
+  const int64_t hd = c.params().head_dim, nq = q.shape(0), H = q.shape(1);
+  require_shape(q, {nq, H, hd}, op, "q");
+  check_common(op, c, layer, H, scale);
+  c.require_seq(seq_id, op);
+  const int64_t len = c.length(seq_id);
+  if (nq < 1 || nq > len)
+    bad(op, "n_q=" + str(nq) + " query tokens, but sequence " + str(seq_id) + " has " + str(len) +
+                " cached tokens (write the chunk's K/V first; n_q must be in [1, length])");
+  const auto& pt = c.page_table(seq_id);
+  const int32_t len32 = (int32_t)len;
+  const size_t qbytes = (size_t)(nq * H * hd * 4);
+  DBuf dpt(pt.size() * 4), dlen(4), dq(qbytes), dout(qbytes);
+  dpt.up(pt.data(), pt.size() * 4);
+  dlen.up(&len32, 4);
+  dq.up(q.data(), qbytes);
+  if (!q_rotated) rope_at_lengths(dq.as<float>(), 1, nq, H, hd, dlen.as<int32_t>(), rope_of(c), nullptr);
+  PagedPrefillArgs a;
+  a.kv = c.dev();
+  a.layer = layer;
+  a.n_q = (int32_t)nq;
+  a.n_heads = (int32_t)H;
+  a.pt = dpt.as<int32_t>();
+  a.lens = dlen.as<int32_t>();
+  a.q = dq.as<float>();
+  a.scale = (float)scale;
+  a.out = dout.as<float>();
+  paged_attention_prefill(a, nullptr);
+  check(cudaDeviceSynchronize(), "attention_prefill");
+  py::array_t<float> out({(py::ssize_t)nq, (py::ssize_t)H, (py::ssize_t)hd});
+  dout.down(out.mutable_data(), qbytes);
+  return out;
+}
+
+const char* rope_mode_name(RopeMode m) {
+  return m == RopeMode::Normal ? "normal" : m == RopeMode::Neox ? "neox" : "none";
+}
+
+}  // namespace
+
+void register_kv(py::module_& m) {
+  py::class_<CudaKVCache>(m, "KVCache", py::module_local(), "Paged, budgeted KV cache in device memory (the CPU KVCache's API).")
+      .def(py::init(&make_cache), py::arg("n_layers"), py::arg("n_kv_heads"), py::arg("head_dim"),
+           py::arg("page_size") = 16, py::arg("k_dtype") = "f16", py::arg("v_dtype") = "f16",
+           py::arg("budget_bytes") = 0, py::arg("budget_tokens") = 0, py::arg("n_ctx") = 0,
+           py::arg("context_shift") = "error", py::arg("n_keep") = 0, py::arg("rope") = "normal",
+           py::arg("rope_freq_base") = 10000.0, py::arg("rope_freq_scale") = 1.0)
+      .def("add_sequence", &CudaKVCache::add_sequence)
+      .def("remove_sequence", &CudaKVCache::remove_sequence, py::arg("seq_id"))
+      .def("fork", &CudaKVCache::fork, py::arg("seq_id"))
+      .def("truncate", &CudaKVCache::truncate, py::arg("seq_id"), py::arg("length"))
+      .def("reserve", &CudaKVCache::reserve, py::arg("seq_id"), py::arg("n_tokens"))
+      .def("shift", &CudaKVCache::shift, py::arg("seq_id"), py::arg("n_discard"))
+      .def("write", &py_write, py::arg("layer"), py::arg("seq_id"), py::arg("pos0"), py::arg("k"), py::arg("v"),
+           py::arg("k_rotated") = false)
+      .def("append", &py_append, py::arg("seq_id"), py::arg("k"), py::arg("v"))
+      .def("read", &py_read, py::arg("layer"), py::arg("seq_id"))
+      .def("length", &CudaKVCache::length, py::arg("seq_id"))
+      .def("n_shifted", &CudaKVCache::n_shifted, py::arg("seq_id"))
+      .def("has", &CudaKVCache::has, py::arg("seq_id"))
+      .def("page_table", &CudaKVCache::page_table, py::arg("seq_id"))
+      .def("refcount", [](const CudaKVCache& c, int32_t pg) {
+        if (pg < 0 || pg >= c.n_pages()) bad("kv_cache", "page " + std::to_string(pg) + " out of range");
+        return c.refcount(pg);
+      }, py::arg("page"))
+      .def("stats", &py_stats)
+      .def("check", &CudaKVCache::check)
+      .def_property_readonly("sequences", &CudaKVCache::sequence_ids)
+      .def_property_readonly("bytes_per_token", &CudaKVCache::bytes_per_token)
+      .def_property_readonly("budget_tokens", &CudaKVCache::budget_tokens)
+      .def_property_readonly("n_pages", &CudaKVCache::n_pages)
+      .def_property_readonly("page_bytes", &CudaKVCache::page_bytes)
+      .def_property_readonly("n_ctx", &CudaKVCache::n_ctx)
+      .def_property_readonly("n_layers", [](const CudaKVCache& c) { return c.params().n_layers; })
+      .def_property_readonly("n_kv_heads", [](const CudaKVCache& c) { return c.params().n_kv_heads; })
+      .def_property_readonly("head_dim", [](const CudaKVCache& c) { return c.params().head_dim; })
+      .def_property_readonly("page_size", [](const CudaKVCache& c) { return c.params().page_size; })
+      .def_property_readonly("n_keep", [](const CudaKVCache& c) { return c.params().n_keep; })
+      .def_property_readonly("k_dtype", [](const CudaKVCache& c) { return std::string(kv_dtype_name(c.params().k_dtype)); })
+      .def_property_readonly("v_dtype", [](const CudaKVCache& c) { return std::string(kv_dtype_name(c.params().v_dtype)); })
+      .def_property_readonly("context_shift", [](const CudaKVCache& c) {
+        return std::string(c.params().shift == ShiftPolicy::Shift ? "shift" : "error");
+      })
+      .def_property_readonly("rope", [](const CudaKVCache& c) {
+        const RopeParams& r = c.params().rope;
+        return py::make_tuple(rope_mode_name(r.mode), r.freq_base, r.freq_scale);
+      });
+  m.def("attention_decode", &py_decode, py::arg("cache"), py::arg("layer"), py::arg("seq_ids"), py::arg("q"),
+        py::arg("scale") = 0.0, py::arg("q_rotated") = false, py::arg("split_tokens") = 512,
+        py::arg("max_splits") = 0,
+        "Decode attention over the device cache (split-K: one split per split_tokens tokens, at most max_splits)");
+  m.def("attention_prefill", &py_prefill, py::arg("cache"), py::arg("layer"), py::arg("seq_id"), py::arg("q"),
+        py::arg("scale") = 0.0, py::arg("q_rotated") = false);
+}
+
+}  // namespace xsil::cuda
