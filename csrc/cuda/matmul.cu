@@ -2,7 +2,6 @@
 // (block_q8a semantics), weights in the SoA device layout (16-byte aligned quant loads), __dp4a dots.
 // One warp per weight row; a CTA holds 4 rows. M == 1 (decode) is the GEMV; M > 1 tiles 8 activation
 // rows per CTA so each weight block loaded from HBM is used 8 times (register tiling).
-#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
