@@ -4,7 +4,7 @@
 ``xsil._cuda``, lazily. The extension links the CUDA runtime statically, so it imports on a machine
 without a driver, and probe() then reports why no GPU is usable ("no CUDA driver", "no device").
 
-The model (Llama family, Q4_0 / Q8_0 matrices; F16 / F32 also accepted) is uploaded once to device
+The model (Llama family, Q4_0 / Q8_0 / Q4_K matrices; F16 / F32 also accepted) is uploaded once to device
 memory (plain cudaMalloc) and the whole forward runs in C++ on the device (``CudaLlama``). The KV
 cache is the paged device cache (``xsil._cuda.KVCache``: the CPU cache's page bookkeeping, rows
 f16 or q8_0 in device memory); a session is one sequence in it, n_ctx tokens, no context shift.
@@ -22,7 +22,7 @@ import numpy as np
 from xsil.backend import API_VERSION, Device, ModelSpec, Probe, Session, Support, model_support
 from xsil.errors import BackendError, ContextOverflowError, GGUFError
 
-SUPPORTED_TYPES = ("F32", "F16", "Q4_0", "Q8_0")
+SUPPORTED_TYPES = ("F32", "F16", "Q4_0", "Q8_0", "Q4_K")
 
 _OPTIONS = {
     "device": "CUDA device index (default 0)",
@@ -209,6 +209,14 @@ def load_weights(g, cfg) -> dict[str, tuple]:
     return weights
 
 
+def _mma_status() -> str:
+    try:
+        ext, why = _load_ext()
+        return ext.mma_status() if ext is not None else f"unknown ({why})"
+    except Exception as e:  # pragma: no cover - describe() never raises
+        return f"unknown ({e})"
+
+
 class CudaSession(Session):
     backend_name = "cuda"
 
@@ -304,6 +312,8 @@ class CudaSession(Session):
             ),
             placement={"all ops": f"cuda:{self.device_index} ({self.device_name})"},
             cuda_graphs=bool(self.native.graphs),
+            # tensor-core prefill GEMM: "on (...)" or "off: <reason>" (XSIL_CUDA_MMA=0, failed self-check)
+            mma_gemm=str(_mma_status()),
             memory=dict(
                 weight_bytes=int(self.native.weight_bytes),
                 kv_bytes=int(self.native.kv_bytes),

@@ -1,5 +1,6 @@
-"""CUDA backend checks on a GPU machine (run by bench/cuda_check.sh): Q4_0 GEMV bandwidth against a
-device-to-device copy measured in the same process, and end-to-end decode tok/s on the TinyLlama-shaped
+"""CUDA backend checks on a GPU machine (run by bench/cuda_check.sh): Q4_0 / Q8_0 / Q4_K GEMV bandwidth
+against a device-to-device copy measured in the same process, prefill GEMM GFLOP/s of the __dp4a
+kernel vs the tensor-core (mma.sync) kernel, and end-to-end decode tok/s on the TinyLlama-shaped
 synthetic model against an fp16 PyTorch matmul chain of the same dimensions. Prints a table."""
 
 from __future__ import annotations
@@ -23,9 +24,29 @@ def gemv_rows():
         ("Q4_0", 5632, 2048),
         ("Q4_0", 2048, 5632),
         ("Q4_0", 32000, 2048),
+        ("Q4_K", 16384, 16384),
+        ("Q4_K", 5632, 2048),
+        ("Q4_K", 2048, 5632),
     ]:
         r = _cuda.bench_gemv(fmt, n, k, 50)
         rows.append((fmt, n, k, r))
+    return rows
+
+
+def gemm_rows():
+    """Prefill GEMM (activation quantization included): dp4a vs mma at M = 16 / 128 / 512 on the
+    TinyLlama FFN shape (5632 x 2048) and a square 4096 one. The mma self-check runs first: a failing
+    kernel is reported instead of timed."""
+    from xsil import _cuda
+
+    rows = []
+    for fmt in ("Q4_0", "Q8_0", "Q4_K"):
+        why = _cuda.mma_self_check(fmt)
+        for n, k in [(5632, 2048), (4096, 4096)]:
+            for m in (16, 128, 512):
+                d = _cuda.bench_gemm(fmt, n, k, m, "dp4a", 10)
+                t = _cuda.bench_gemm(fmt, n, k, m, "mma", 10) if not why else None
+                rows.append((fmt, n, k, m, d, t, why))
     return rows
 
 
@@ -50,6 +71,32 @@ def decode_xsil(path: str, n_prompt: int = 16, n_decode: int = 128, graphs: bool
             tok = np.array([int(logits.argmax())], np.int32)
         dt = time.perf_counter() - t0
         return n_decode / dt, t_prefill, s.describe()
+
+
+def prefill_mma_vs_dp4a(path: str, n: int = 512) -> str:
+    """Prefill of n tokens (all logits) with the tensor-core GEMM on, then off (dp4a GEMM)."""
+    import xsil
+    from xsil import _cuda
+
+    before = _cuda.mma_status()
+    out = []
+    for on in (True, False):
+        _cuda.set_mma(on)
+        with xsil.Session(path, backend="cuda", n_ctx=n + 8, strict=True) as s:
+            toks = [1 + i % 1000 for i in range(n)]
+            s.forward(toks)  # warm-up (allocation)
+            s.reset()
+            t0 = time.perf_counter()
+            s.forward(toks)
+            out.append(time.perf_counter() - t0)
+    if before.startswith("off"):
+        _cuda.set_mma(False)
+    else:
+        _cuda.set_mma(True)
+    return (
+        f"prefill {n} tokens: mma {out[0] * 1e3:.1f} ms ({n / out[0]:.0f} tok/s), "
+        f"dp4a {out[1] * 1e3:.1f} ms ({n / out[1]:.0f} tok/s); mma status was: {before}"
+    )
 
 
 def decode_torch(cfg, n_decode: int = 128):
@@ -99,7 +146,8 @@ def main() -> int:
         print("no usable GPU:", info["reason"])
         return 1
     print(
-        "\n== Q4_0 / Q8_0 GEMV (M=1, incl. activation quantization) vs device-to-device copy ==", flush=True
+        "\n== Q4_0 / Q8_0 / Q4_K GEMV (M=1, incl. activation quantization) vs device-to-device copy ==",
+        flush=True,
     )
     print(
         f"{'fmt':5} {'N':>6} {'K':>6} {'MB':>7} {'gemv us':>9} {'gemv GB/s':>10} "
@@ -111,6 +159,33 @@ def main() -> int:
             f"{r['copy_GBps']:10.0f} {100 * r['gemv_GBps'] / r['copy_GBps']:6.0f}%",
             flush=True,
         )
+
+    from xsil import _cuda
+
+    print(
+        "\n== prefill GEMM (incl. activation quantization): dp4a vs tensor cores; "
+        f"mma: {_cuda.mma_status()} =="
+    )
+    print(
+        f"{'fmt':5} {'N':>6} {'K':>6} {'M':>5} {'dp4a us':>9} {'dp4a GF/s':>10} {'mma us':>9} "
+        f"{'mma GF/s':>10} {'x':>6}"
+    )
+    try:
+        for fmt, n, k, m, d, t, why in gemm_rows():
+            if t is None:
+                print(
+                    f"{fmt:5} {n:6d} {k:6d} {m:5d} {d['us']:9.1f} {d['GFLOPs']:10.0f}   mma off: {why}",
+                    flush=True,
+                )
+            else:
+                print(
+                    f"{fmt:5} {n:6d} {k:6d} {m:5d} {d['us']:9.1f} {d['GFLOPs']:10.0f} {t['us']:9.1f} "
+                    f"{t['GFLOPs']:10.0f} {d['us'] / t['us']:5.2f}x",
+                    flush=True,
+                )
+    except Exception as e:  # keep the rest of the report
+        print("GEMM bench failed:", e, flush=True)
+    print("mma status after the GEMM bench:", _cuda.mma_status(), flush=True)
 
     from xsil.model.default import TINYLLAMA, synthetic_model_path
     from xsil.model.gguf import GGUFFile
@@ -128,7 +203,7 @@ def main() -> int:
     g.close()
     tps, t_pre, desc = decode_xsil(path)
     tps_nog, _, _ = decode_xsil(path, graphs=False)
-    print("describe:", {k: desc[k] for k in ("device", "memory")}, flush=True)
+    print("describe:", {k: desc[k] for k in ("device", "memory", "mma_gemm")}, flush=True)
     try:
         base = decode_torch(cfg)
     except Exception as e:  # torch missing or failing: still report ours
@@ -140,6 +215,10 @@ def main() -> int:
     print(f"{'xsil cuda (Q4_0, fp16 KV)':34} {tps:8.1f} {1e3 / tps:8.2f} {wb * tps / 1e9:15.0f}")
     print(f"{'xsil cuda, no CUDA graph':34} {tps_nog:8.1f} {1e3 / tps_nog:8.2f} {wb * tps_nog / 1e9:15.0f}")
     print(f"{'torch fp16 matmul chain':34} {base:8.1f} {1e3 / base:8.2f}")
+    try:
+        print(prefill_mma_vs_dp4a(path), flush=True)
+    except Exception as e:
+        print("prefill comparison failed:", e, flush=True)
     print(
         f"speedup vs fp16 baseline: {tps / base:.2f}x (target >= 3x); "
         f"prefill 16 tokens: {t_pre * 1e3:.1f} ms "

@@ -3,8 +3,10 @@
 #   1. builds xsil with XSIL_CUDA=on for sm_90 only, without build isolation (no network needed:
 #      pybind11, scikit-build-core, cmake, ninja, numpy must be installed; PyTorch for the baseline),
 #   2. runs the CUDA tests (kernels vs the CPU core, the backend, the conformance suite),
-#   3. benchmarks Q4_0 GEMV bandwidth vs a device-to-device copy, and decode tok/s on the
-#      TinyLlama-shaped synthetic model vs an fp16 PyTorch matmul chain (bench/cuda_bench.py).
+#   3. benchmarks Q4_0 / Q8_0 / Q4_K GEMV bandwidth vs a device-to-device copy, the prefill GEMM
+#      (dp4a vs tensor-core mma, M = 16 / 128 / 512), decode tok/s on the TinyLlama-shaped synthetic
+#      model vs an fp16 PyTorch matmul chain, and a 512-token prefill with mma on / off
+#      (bench/cuda_bench.py).
 # Output goes to stdout and, when $OUT is set (the device tool), to $OUT/cuda_check.log.
 # SANITIZE=1 also runs the kernel tests under compute-sanitizer memcheck (adds minutes).
 set -uo pipefail

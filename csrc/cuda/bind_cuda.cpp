@@ -85,19 +85,42 @@ Fmt parse_fmt(const std::string& f) {
   if (f == "F16") return Fmt::F16;
   if (f == "Q4_0") return Fmt::Q4_0;
   if (f == "Q8_0") return Fmt::Q8_0;
-  throw std::invalid_argument("[cuda] weight type '" + f + "' is not supported (supported: F32, F16, Q4_0, Q8_0)");
+  if (f == "Q4_K") return Fmt::Q4_K;
+  throw std::invalid_argument("[cuda] weight type '" + f + "' is not supported (supported: F32, F16, Q4_0, Q8_0, Q4_K)");
+}
+
+bool is_q(Fmt f) { return f == Fmt::Q4_0 || f == Fmt::Q8_0 || f == Fmt::Q4_K; }
+
+// GGUF bytes of n_rows x n in format f (f16/f32 dense)
+int64_t gguf_nbytes(Fmt f, int64_t n_rows, int64_t n) {
+  switch (f) {
+    case Fmt::Q4_0: return n_rows * (n / 32) * 18;
+    case Fmt::Q8_0: return n_rows * (n / 32) * 34;
+    case Fmt::Q4_K: return n_rows * (n / 256) * 144;
+    case Fmt::F16: return n_rows * n * 2;
+    default: return n_rows * n * 4;
+  }
+}
+
+GemmPath parse_path(const std::string& p) {
+  if (p == "auto") return GemmPath::Auto;
+  if (p == "dp4a") return GemmPath::Dp4a;
+  if (p == "mma") return GemmPath::Mma;
+  throw std::invalid_argument("[cuda:matmul] path must be 'auto', 'dp4a' or 'mma', got '" + p + "'");
 }
 
 // y[M, N] = x[M, K] . W^T, W given as GGUF rows (uint8 bytes).
-py::array_t<float> py_matmul(const py::array& w, const std::string& fmt, int64_t N, int64_t K, const py::array& x) {
+py::array_t<float> py_matmul(const py::array& w, const std::string& fmt, int64_t N, int64_t K, const py::array& x,
+                             const std::string& path) {
   const Fmt f = parse_fmt(fmt);
+  const GemmPath gp = parse_path(path);
   auto xa = arr<float>(x);
   if (xa.ndim() != 2 || xa.shape(1) != K) throw std::invalid_argument("[cuda:matmul] x must be [M, K]");
   const int64_t M = xa.shape(0);
   auto wa = py::array::ensure(w, py::array::c_style);
   size_t qb, db;
   dev_matrix_sizes(f, N, K, &qb, &db);
-  const int64_t want = f == Fmt::Q4_0 ? N * K / 32 * 18 : f == Fmt::Q8_0 ? N * K / 32 * 34 : (int64_t)qb;
+  const int64_t want = is_q(f) ? gguf_nbytes(f, N, K) : (int64_t)qb;
   if (wa.nbytes() != want)
     throw std::invalid_argument("[cuda:matmul] w has " + std::to_string(wa.nbytes()) + " bytes, expected " +
                                 std::to_string(want));
@@ -110,8 +133,8 @@ py::array_t<float> py_matmul(const py::array& w, const std::string& fmt, int64_t
   up(dx, xa.data(), M * K * 4);
   DevMatrix dm{f, N, K, dq.p, dd.as<uint16_t>()};
   DevQ8a q{xqs.as<int8_t>(), xd.as<float>(), xs.as<float>()};
-  if (f == Fmt::Q4_0 || f == Fmt::Q8_0) quantize_q8a(dx.as<float>(), q, M, K, 0);
-  matmul(dm, dx.as<float>(), q, dy.as<float>(), M, 0);
+  if (is_q(f)) quantize_q8a(dx.as<float>(), q, M, K, 0);
+  matmul(dm, dx.as<float>(), q, dy.as<float>(), M, 0, gp);
   sync("matmul");
   py::array_t<float> y({(py::ssize_t)M, (py::ssize_t)N});
   down(y.mutable_data(), dy, M * N * 4);
@@ -188,8 +211,8 @@ py::array_t<float> py_get_rows(const py::array& w, const std::string& fmt, int64
   const Fmt f = parse_fmt(fmt);
   auto ta = arr<int32_t>(tokens);
   auto wa = py::array::ensure(w, py::array::c_style);
-  const int64_t want = f == Fmt::Q4_0 ? n_rows * n / 32 * 18 : f == Fmt::Q8_0 ? n_rows * n / 32 * 34
-                     : f == Fmt::F16 ? n_rows * n * 2 : n_rows * n * 4;
+  if (f == Fmt::Q4_K && n % 256) throw std::invalid_argument("[cuda:get_rows] n must be a multiple of 256 for Q4_K");
+  const int64_t want = gguf_nbytes(f, n_rows, n);
   if (wa.nbytes() != want) throw std::invalid_argument("[cuda:get_rows] w has the wrong size");
   const int64_t T = ta.size();
   for (int64_t i = 0; i < T; ++i)
@@ -391,6 +414,48 @@ py::dict bench_gemv(const std::string& fmt, int64_t N, int64_t K, int iters) {
   return r;
 }
 
+// GEMM throughput: times `iters` matmuls (activation quantization included) of M x K activations by
+// an N x K matrix of random bytes with the given path ('dp4a' or 'mma'). Returns us and GFLOP/s.
+py::dict bench_gemm(const std::string& fmt, int64_t N, int64_t K, int64_t M, const std::string& path, int iters) {
+  const Fmt f = parse_fmt(fmt);
+  const GemmPath gp = parse_path(path);
+  if (!is_q(f)) throw std::invalid_argument("[cuda:bench_gemm] quantized formats only");
+  if (M < 1 || iters < 1) throw std::invalid_argument("[cuda:bench_gemm] M and iters must be >= 1");
+  size_t qb, db;
+  dev_matrix_sizes(f, N, K, &qb, &db);
+  DBuf dq(qb), dd(db), dx(M * K * 4), dy(M * N * 4), xqs(M * K), xd(M * K / 32 * 4), xs(M * K / 32 * 4);
+  check(cudaMemset(dq.p, 0x5a, qb), "memset");
+  check(cudaMemset(dd.p, 0x10, db), "memset");  // fp16 0x1010: small scales
+  {
+    std::vector<float> hx(M * K);
+    for (int64_t i = 0; i < M * K; ++i) hx[i] = (float)((i * 7919) % 201 - 100) / 100.0f;
+    up(dx, hx.data(), M * K * 4);
+  }
+  DevMatrix dm{f, N, K, dq.p, dd.as<uint16_t>()};
+  DevQ8a q{xqs.as<int8_t>(), xd.as<float>(), xs.as<float>()};
+  cudaEvent_t a, b;
+  check(cudaEventCreate(&a), "event");
+  check(cudaEventCreate(&b), "event");
+  auto run = [&] {
+    quantize_q8a(dx.as<float>(), q, M, K, 0);
+    matmul(dm, dx.as<float>(), q, dy.as<float>(), M, 0, gp);
+  };
+  for (int i = 0; i < 2; ++i) run();
+  check(cudaEventRecord(a, 0), "event");
+  for (int i = 0; i < iters; ++i) run();
+  check(cudaEventRecord(b, 0), "event");
+  check(cudaEventSynchronize(b), "event");
+  float ms = 0;
+  check(cudaEventElapsedTime(&ms, a, b), "event");
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  const double us = ms * 1e3 / iters;
+  py::dict r;
+  r["us"] = us;
+  r["GFLOPs"] = 2.0 * (double)M * (double)N * (double)K / (us * 1e-6) / 1e9;
+  return r;
+}
+
 // --- model ---------------------------------------------------------------------------------------
 struct PyCudaModel {
   std::unique_ptr<CudaLlama> m;
@@ -405,9 +470,9 @@ HostWeight hw(const py::dict& weights, const std::string& name, bool optional, p
   py::tuple t = weights[py::str(name)].cast<py::tuple>();
   if (t.size() != 4) throw std::invalid_argument("[model] weights[" + name + "] must be (data, fmt, rows, cols)");
   const std::string f = t[1].cast<std::string>();
-  if (f != "F32" && f != "F16" && f != "Q4_0" && f != "Q8_0")
+  if (f != "F32" && f != "F16" && f != "Q4_0" && f != "Q8_0" && f != "Q4_K")
     throw std::invalid_argument("[model] tensor " + name + " has type " + f +
-                                "; the CUDA backend supports F32, F16, Q4_0, Q8_0");
+                                "; the CUDA backend supports F32, F16, Q4_0, Q8_0, Q4_K");
   w.fmt = parse_fmt(f);
   w.rows = t[2].cast<int64_t>();
   w.cols = t[3].cast<int64_t>();
@@ -493,7 +558,15 @@ PYBIND11_MODULE(_cuda, m) {
   m.doc() = "xsil CUDA backend: device query, kernels (for tests) and the device-resident Llama forward";
   m.def("device_info", &device_info, "CUDA driver/runtime versions and devices; never raises (ok/reason)");
   m.def("matmul", &py_matmul, py::arg("w"), py::arg("fmt"), py::arg("N"), py::arg("K"), py::arg("x"),
-        "y = x . W^T on the device (W: GGUF rows as bytes)");
+        py::arg("path") = "auto",
+        "y = x . W^T on the device (W: GGUF rows as bytes); path: 'auto', 'dp4a' or 'mma' (tensor cores)");
+  m.def("mma_status", &mma_status, "the tensor-core prefill GEMM: 'on (...)' or 'off: <reason>'");
+  m.def("set_mma", [](bool on) { set_mma_enabled(on, "turned off by set_mma(False)"); }, py::arg("on"),
+        "switch the tensor-core prefill GEMM on or off (process-wide)");
+  m.def("mma_self_check", [](const std::string& fmt) { return mma_self_check(parse_fmt(fmt), 0); }, py::arg("fmt"),
+        "run the first-use self-check of the tensor-core GEMM for a format ('' when it passes or already ran)");
+  m.def("bench_gemm", &bench_gemm, py::arg("fmt"), py::arg("N"), py::arg("K"), py::arg("M"), py::arg("path"),
+        py::arg("iters") = 20);
   m.def("quantize_q8a", &py_quantize, py::arg("x"), "(qs, d, s) of x quantized per 32 on the device");
   m.def("rms_norm", &py_rms_norm, py::arg("x"), py::arg("w"), py::arg("eps"));
   m.def("rope", &py_rope, py::arg("x"), py::arg("pos0"), py::arg("mode"), py::arg("freq_base") = 10000.0f,
@@ -510,7 +583,7 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("mode"), py::arg("freq_base") = 10000.0f, py::arg("freq_scale") = 1.0f);
   xsil::cuda::register_kv(m);
   m.def("bench_gemv", &bench_gemv, py::arg("fmt"), py::arg("N"), py::arg("K"), py::arg("iters") = 50);
-  py::class_<PyCudaModel>(m, "LlamaModel")
+  py::class_<PyCudaModel>(m, "LlamaModel", py::module_local())
       .def(py::init(&make_model), py::arg("config"), py::arg("weights"), py::arg("n_ctx"), py::arg("device") = 0,
            py::arg("kv_dtype") = "f16", py::arg("page_size") = 16, py::arg("kv_budget_tokens") = 0)
       .def("forward", &model_forward, py::arg("tokens"), py::arg("all_logits") = true)

@@ -333,7 +333,7 @@ const char* rope_mode_name(RopeMode m) {
 }  // namespace
 
 void register_kv(py::module_& m) {
-  py::class_<CudaKVCache>(m, "KVCache", "Paged, budgeted KV cache in device memory (the CPU KVCache's API).")
+  py::class_<CudaKVCache>(m, "KVCache", py::module_local(), "Paged, budgeted KV cache in device memory (the CPU KVCache's API).")
       .def(py::init(&make_cache), py::arg("n_layers"), py::arg("n_kv_heads"), py::arg("head_dim"),
            py::arg("page_size") = 16, py::arg("k_dtype") = "f16", py::arg("v_dtype") = "f16",
            py::arg("budget_bytes") = 0, py::arg("budget_tokens") = 0, py::arg("n_ctx") = 0,

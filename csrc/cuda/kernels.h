@@ -27,7 +27,13 @@ inline void check_launch(const char* kernel) { check(cudaGetLastError(), kernel)
 //   Q4_0: qs = N * K/2 bytes (row n, block b: 16 bytes at (n * K/32 + b) * 16, GGUF nibble order),
 //         d  = N * K/32 fp16 scales.
 //   Q8_0: qs = N * K bytes (32 per block), d = N * K/32 fp16.
+//   Q4_K: qs = N * K/2 bytes (row n, super-block i: the 128 GGUF nibble bytes at (n * K/256 + i) * 128),
+//         d  = N * K/256 records of 20 bytes {fp16 d, fp16 dmin, uint8 sc[8], uint8 m[8]} (the 6-bit
+//         sub-block scales and mins unpacked at upload), so a sub-block's (d*sc, dmin*m) is 2 byte loads.
 //   F16 / F32: dense rows, qs = the data, d unused.
+// Every part is laid out row after row, so the rows of several matrices repacked one after another
+// form the repack of the stacked matrix (QKV, gate|up).
+constexpr int kQ4KRecord = 20;  // bytes of a Q4_K super-block record in DevMatrix::d
 struct DevMatrix {
   Fmt fmt = Fmt::F32;
   int64_t N = 0, K = 0;
@@ -59,8 +65,26 @@ struct SplitOut {
 // y[M][N] = x[M][K] . W^T. Q4_0/Q8_0 use the quantized activations xq (integer __dp4a dots);
 // F16/F32 read x. M == 1 runs the decode GEMV; M > 1 the shared-memory-tiled GEMM (Q4_0/Q8_0:
 // 8 weight rows x 16 activation rows per CTA) or the register-tiled dense kernel (F16/F32).
-void matmul(const DevMatrix& w, const float* x, DevQ8a xq, float* y, int64_t M, cudaStream_t st);
-void matmul_split(const DevMatrix& w, const float* x, DevQ8a xq, const SplitOut& out, int64_t M, cudaStream_t st);
+// Q4_K uses the same per-32 activations (its 32-element sub-blocks line up with the q8a blocks):
+// y += (d*sc) * d8 * dot(q4, q8) - (dmin*m) * s8 per sub-block.
+// path: Auto picks the tensor-core GEMM (GemmPath::Mma) for quantized weights when M >= mma_min_m()
+// and mma_enabled(), else the __dp4a kernels; Dp4a / Mma force one (tests, bench, self-check).
+enum class GemmPath { Auto, Dp4a, Mma };
+void matmul(const DevMatrix& w, const float* x, DevQ8a xq, float* y, int64_t M, cudaStream_t st,
+            GemmPath path = GemmPath::Auto);
+void matmul_split(const DevMatrix& w, const float* x, DevQ8a xq, const SplitOut& out, int64_t M, cudaStream_t st,
+                  GemmPath path = GemmPath::Auto);
+
+// Tensor-core prefill GEMM (int8 mma.sync m16n8k32, Q4_0 / Q8_0 / Q4_K, compute capability >= 8.0).
+// Process-wide switch: on by default unless XSIL_CUDA_MMA=0; mma_status() says why it is off.
+bool mma_enabled();
+void set_mma_enabled(bool on, const std::string& reason);
+std::string mma_status();  // "on (M >= 16)" or "off: <reason>"
+constexpr int kMmaMinM = 16;
+// Runs the tensor-core GEMM and the __dp4a GEMM on a small pseudo-random matrix of format fmt and
+// compares them; when they differ beyond fp32 rounding (or the mma kernel fails) the tensor-core
+// path is switched off process-wide with the reason. Returns "" when they agree (or mma is off).
+std::string mma_self_check(Fmt fmt, cudaStream_t st);
 
 // Fused norm: optionally x += add (in place, residual), then h = rmsnorm(x) * w, and (when xq.qs) h
 // quantized to q8a in the same pass. n must be a multiple of 32 when quantizing.
@@ -86,7 +110,7 @@ void rope(float* x, int64_t n_tok, int64_t n_vec, int64_t hd, int64_t pos0, cons
 void swiglu(float* g, const float* u, int64_t count, cudaStream_t st);           // g = silu(g) * u
 void add_inplace(float* y, const float* x, int64_t count, cudaStream_t st);      // y += x
 void add_bias(float* y, const float* b, int64_t rows, int64_t n, cudaStream_t st);  // y[r] += b
-// out[i][:] = row tokens[i] of W[rows, n] in GGUF layout (F32, F16, Q4_0, Q8_0), dequantized to fp32.
+// out[i][:] = row tokens[i] of W[rows, n] in GGUF layout (F32, F16, Q4_0, Q8_0, Q4_K), dequantized to fp32.
 void get_rows(const void* w, Fmt fmt, int64_t n_rows, int64_t n, const int32_t* tokens, int64_t n_tok,
               float* out, cudaStream_t st);
 

@@ -2,7 +2,10 @@
 // (block_q8a semantics), weights in the SoA device layout (16-byte aligned quant loads), __dp4a dots.
 // One warp per weight row; a CTA holds 4 rows. M == 1 (decode) is the GEMV; M > 1 tiles 8 activation
 // rows per CTA so each weight block loaded from HBM is used 8 times (register tiling).
+#include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 #include "cuda/common.cuh"
@@ -155,15 +158,94 @@ __global__ void __launch_bounds__(kWarps * 32) k_mm_q8_0(const int8_t* __restric
   }
 }
 
-// Prefill GEMM (M > 1) for Q4_0 / Q8_0, tiled through shared memory: a CTA computes kGW weight rows
+// Q4_K sub-block b (32 weights; super-block b / 8, sub-block b % 8) of one row, for the per-32
+// activations: w[i] = the unsigned nibbles of elements 4i..4i+3 (one per byte), dsc = d * sc,
+// dmm = dmin * m. qrow / rrow: the row's quants and super-block records (DevMatrix Q4_K layout).
+__device__ __forceinline__ void q4k_load(const uint8_t* __restrict__ qrow, const uint8_t* __restrict__ rrow, int b,
+                                         int w[8], float& dsc, float& dmm) {
+  const int i = b >> 3, j = b & 7;
+  const uint8_t* q = qrow + (size_t)i * 128 + (j >> 1) * 32;  // group j/2: sub-block j in its low/high nibbles
+  const uint4 q0 = ld_stream16(q), q1 = ld_stream16(q + 16);
+  const int sh = (j & 1) * 4;
+  w[0] = (int)((q0.x >> sh) & 0x0F0F0F0Fu);
+  w[1] = (int)((q0.y >> sh) & 0x0F0F0F0Fu);
+  w[2] = (int)((q0.z >> sh) & 0x0F0F0F0Fu);
+  w[3] = (int)((q0.w >> sh) & 0x0F0F0F0Fu);
+  w[4] = (int)((q1.x >> sh) & 0x0F0F0F0Fu);
+  w[5] = (int)((q1.y >> sh) & 0x0F0F0F0Fu);
+  w[6] = (int)((q1.z >> sh) & 0x0F0F0F0Fu);
+  w[7] = (int)((q1.w >> sh) & 0x0F0F0F0Fu);
+  const uint8_t* r = rrow + (size_t)i * kQ4KRecord;
+  dsc = h2f(*(const uint16_t*)r) * (float)r[4 + j];
+  dmm = h2f(*(const uint16_t*)(r + 2)) * (float)r[12 + j];
+}
+// One sub-block's term, written once so the GEMV and the GEMM round identically (batch == step).
+__device__ __forceinline__ float q4k_term(float dsc, float dmm, float xd, float xs, int isum) {
+  return dsc * (xd * (float)isum) - dmm * xs;
+}
+
+// Q4_K GEMV / small-M matmul: one warp per weight row, lane l owns sub-blocks l, l + 32, ... (the
+// same per-lane order as the Q4_K GEMM, so the two agree bitwise).
+template <int MT>
+__global__ void __launch_bounds__(kWarps * 32) k_mm_q4_k(const uint8_t* __restrict__ wq,
+                                                         const uint8_t* __restrict__ wr,
+                                                         const int8_t* __restrict__ xq, const float* __restrict__ xd,
+                                                         const float* __restrict__ xs, SplitOut out, int N, int K,
+                                                         int M) {
+  const int lane = threadIdx.x & 31;
+  const int n = blockIdx.x * kWarps + threadIdx.x / 32;
+  if (n >= N) return;
+  const int m0 = blockIdx.y * MT;
+  const int nb = K / 32;
+  const uint8_t* qrow = wq + (size_t)n * (K / 2);
+  const uint8_t* rrow = wr + (size_t)n * (K / 256) * kQ4KRecord;
+  float acc[MT];
+#pragma unroll
+  for (int m = 0; m < MT; ++m) acc[m] = 0.0f;
+  constexpr int kU = 2;
+  for (int b0 = lane; b0 < nb; b0 += 32 * kU) {
+    int w[kU][8];
+    float dsc[kU], dmm[kU];
+#pragma unroll
+    for (int u = 0; u < kU; ++u)
+      if (b0 + u * 32 < nb) q4k_load(qrow, rrow, b0 + u * 32, w[u], dsc[u], dmm[u]);
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int b = b0 + u * 32;
+      if (b >= nb) break;
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        if (MT > 1 && m0 + m >= M) break;
+        const size_t xb = (size_t)(m0 + m) * nb + b;
+        const int4* xr = (const int4*)(xq + xb * 32);
+        const int4 xa = xr[0], xc = xr[1];
+        const int xv[8] = {xa.x, xa.y, xa.z, xa.w, xc.x, xc.y, xc.z, xc.w};
+        int s = 0;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) s = __dp4a(w[u][i], xv[i], s);
+        acc[m] += q4k_term(dsc[u], dmm[u], xd[xb], xs[xb], s);
+      }
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    if (MT > 1 && m0 + m >= M) break;
+    const float v = warp_sum(acc[m]);
+    if (lane == 0) *out_ptr(out, m0 + m, n) = v;
+  }
+}
+
+// Prefill GEMM (M > 1) for Q4_0 / Q8_0 / Q4_K, tiled through shared memory: a CTA computes kGW weight rows
 // (one warp each) x kGM activation rows. K is walked in chunks of 32 blocks: the chunk's quantized
 // activations (kGM rows x 32 blocks: quants, scales, sums) are staged in shared memory once and read
 // by every warp; each lane owns one block of the chunk, loads its weight block once and reuses it
 // for the kGM activation rows.
 constexpr int kGW = 8, kGM = 16, kGC = 32;
 
-template <bool Q4>
-__global__ void __launch_bounds__(kGW * 32) k_gemm_q(const uint8_t* __restrict__ wq, const uint16_t* __restrict__ wd,
+enum { kF_Q4_0 = 0, kF_Q8_0 = 1, kF_Q4_K = 2 };
+
+template <int F>
+__global__ void __launch_bounds__(kGW * 32) k_gemm_q(const uint8_t* __restrict__ wq, const void* __restrict__ wdv,
                                                     const int8_t* __restrict__ xq, const float* __restrict__ xd,
                                                     const float* __restrict__ xs, SplitOut out, int N, int K, int M) {
   __shared__ __align__(16) int8_t sq[kGM][kGC][32];  // 16 KB
@@ -172,7 +254,9 @@ __global__ void __launch_bounds__(kGW * 32) k_gemm_q(const uint8_t* __restrict__
   const int n = blockIdx.x * kGW + warp;
   const int m0 = blockIdx.y * kGM;
   const int nb = K / 32;
+  constexpr bool Q4 = F == kF_Q4_0;
   const int bytes_per_block = Q4 ? 16 : 32;
+  const uint16_t* wd = (const uint16_t*)wdv;
   float acc[kGM];
 #pragma unroll
   for (int m = 0; m < kGM; ++m) acc[m] = 0.0f;
@@ -193,7 +277,20 @@ __global__ void __launch_bounds__(kGW * 32) k_gemm_q(const uint8_t* __restrict__
     }
     __syncthreads();
     const int b = c0 + lane;
-    if (n < N && b < nb) {
+    if (F == kF_Q4_K && n < N && b < nb) {
+      int w[8];
+      float dsc, dmm;
+      q4k_load(wq + (size_t)n * (K / 2), (const uint8_t*)wdv + (size_t)n * (K / 256) * kQ4KRecord, b, w, dsc, dmm);
+#pragma unroll
+      for (int m = 0; m < kGM; ++m) {
+        const int4 xa = *(const int4*)&sq[m][lane][0], xc = *(const int4*)&sq[m][lane][16];
+        const int xv[8] = {xa.x, xa.y, xa.z, xa.w, xc.x, xc.y, xc.z, xc.w};
+        int s = 0;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) s = __dp4a(w[i], xv[i], s);
+        acc[m] += q4k_term(dsc, dmm, sd[m][lane], ss[m][lane], s);
+      }
+    } else if (F != kF_Q4_K && n < N && b < nb) {
       const uint8_t* wb = wq + ((size_t)n * nb + b) * bytes_per_block;
       const float dw = h2f(wd[(size_t)n * nb + b]);
       int w[8];
@@ -232,6 +329,130 @@ __global__ void __launch_bounds__(kGW * 32) k_gemm_q(const uint8_t* __restrict__
     const float v = warp_sum(acc[m]);
     if (lane == 0 && m0 + m < M) *out_ptr(out, m0 + m, n) = v;
   }
+}
+
+// Tensor-core prefill GEMM (Q4_0 / Q8_0 / Q4_K): a CTA of 4 warps computes a 64 (weight rows) x
+// 64 (activation rows) tile; K is walked 4 blocks (128 values) at a time. Per chunk the weights are
+// unpacked to int8 in shared memory (Q4_0: nibble - 8, Q4_K: the unsigned nibble, Q8_0: as stored)
+// with their per-(row, block) factors, the q8a activations copied next to them; then each warp (a
+// 32 x 32 sub-tile) runs one m16n8k32 mma per (16 weight rows, 8 activation rows, block): exactly the
+// int32 block dot, scaled by d_w * d_x (Q4_K: minus dmin*m * s_x) and accumulated in fp32.
+// A = weights (16 x 32, row-major = a weight row's 32 values), B = activations (32 x 8, column-major
+// = an activation row's 32 values). Shared rows are padded to 144 bytes: the 8 rows x 4 k-offsets a
+// fragment load touches fall in 32 distinct banks.
+constexpr int kMN = 64, kMM = 64, kMKB = 4, kMRow = kMKB * 32 + 16;
+
+template <int F>
+__global__ void __launch_bounds__(128) k_gemm_mma(const uint8_t* __restrict__ wq, const void* __restrict__ wdv,
+                                                  const int8_t* __restrict__ xq, const float* __restrict__ xd,
+                                                  const float* __restrict__ xs, SplitOut out, int N, int K, int M) {
+  __shared__ __align__(16) int8_t sw[kMN][kMRow];
+  __shared__ __align__(16) int8_t sx[kMM][kMRow];
+  __shared__ float sfa[kMN][kMKB], sfb[kMN][kMKB], sxd[kMM][kMKB], sxs[kMM][kMKB];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int n0 = blockIdx.x * kMN, m0 = blockIdx.y * kMM;
+  const int wn = (warp & 1) * 32, wm = (warp >> 1) * 32;
+  const int nb = K / 32;
+  float acc[2][4][4];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+  for (int c0 = 0; c0 < nb; c0 += kMKB) {
+    __syncthreads();  // the previous chunk has been consumed
+    for (int i = tid; i < kMN * kMKB; i += blockDim.x) {
+      const int r = i / kMKB, kb = i % kMKB, n = n0 + r, b = c0 + kb;
+      uint32_t v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      float fa = 0.0f, fb = 0.0f;
+      if (n < N && b < nb) {
+        if (F == kF_Q4_0) {
+          const uint4 q = ld_stream16(wq + ((size_t)n * nb + b) * 16);
+          const uint32_t qw[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+          for (int k = 0; k < 4; ++k) {
+            // bytes 0..15 -> byte - 8 as int8, per byte without borrows: ((x | 0x80) - 8) ^ 0x80
+            v[k] = ((( qw[k]       & 0x0F0F0F0Fu) | 0x80808080u) - 0x08080808u) ^ 0x80808080u;  // elements 4k..
+            v[4 + k] = ((((qw[k] >> 4) & 0x0F0F0F0Fu) | 0x80808080u) - 0x08080808u) ^ 0x80808080u;  // 16+4k..
+          }
+          fa = h2f(((const uint16_t*)wdv)[(size_t)n * nb + b]);
+        } else if (F == kF_Q8_0) {
+          const uint8_t* p = wq + ((size_t)n * nb + b) * 32;
+          const uint4 q0 = ld_stream16(p), q1 = ld_stream16(p + 16);
+          v[0] = q0.x; v[1] = q0.y; v[2] = q0.z; v[3] = q0.w;
+          v[4] = q1.x; v[5] = q1.y; v[6] = q1.z; v[7] = q1.w;
+          fa = h2f(((const uint16_t*)wdv)[(size_t)n * nb + b]);
+        } else {
+          int w[8];
+          q4k_load(wq + (size_t)n * (K / 2), (const uint8_t*)wdv + (size_t)n * (K / 256) * kQ4KRecord, b, w, fa, fb);
+#pragma unroll
+          for (int k = 0; k < 8; ++k) v[k] = (uint32_t)w[k];
+        }
+      }
+      uint4* dst = (uint4*)&sw[r][kb * 32];
+      dst[0] = make_uint4(v[0], v[1], v[2], v[3]);
+      dst[1] = make_uint4(v[4], v[5], v[6], v[7]);
+      sfa[r][kb] = fa;
+      sfb[r][kb] = fb;
+    }
+    for (int i = tid; i < kMM * kMKB * 2; i += blockDim.x) {
+      const int r = i / (kMKB * 2), kb = (i / 2) % kMKB, h = i % 2, m = m0 + r, b = c0 + kb;
+      int4 v = make_int4(0, 0, 0, 0);
+      if (m < M && b < nb) v = *(const int4*)(xq + ((size_t)m * nb + b) * 32 + h * 16);
+      *(int4*)&sx[r][kb * 32 + h * 16] = v;
+    }
+    for (int i = tid; i < kMM * kMKB; i += blockDim.x) {
+      const int r = i / kMKB, kb = i % kMKB, m = m0 + r, b = c0 + kb;
+      const bool ok = m < M && b < nb;
+      sxd[r][kb] = ok ? xd[(size_t)m * nb + b] : 0.0f;
+      sxs[r][kb] = ok ? xs[(size_t)m * nb + b] : 0.0f;
+    }
+    __syncthreads();
+    for (int kb = 0; kb < kMKB && c0 + kb < nb; ++kb) {
+      uint32_t a[2][4], bf[4][2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int r = wn + 16 * i + g;
+        a[i][0] = *(const uint32_t*)&sw[r][kb * 32 + 4 * t];
+        a[i][1] = *(const uint32_t*)&sw[r + 8][kb * 32 + 4 * t];
+        a[i][2] = *(const uint32_t*)&sw[r][kb * 32 + 16 + 4 * t];
+        a[i][3] = *(const uint32_t*)&sw[r + 8][kb * 32 + 16 + 4 * t];
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int r = wm + 8 * j + g;
+        bf[j][0] = *(const uint32_t*)&sx[r][kb * 32 + 4 * t];
+        bf[j][1] = *(const uint32_t*)&sx[r][kb * 32 + 16 + 4 * t];
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          int c[4] = {0, 0, 0, 0};
+          mma_s8_m16n8k32(c, a[i], bf[j]);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int wr = wn + 16 * i + g + (e >> 1) * 8;  // c0, c1: row g; c2, c3: row g + 8
+            const int tk = wm + 8 * j + 2 * t + (e & 1);   // columns 2t, 2t + 1
+            if (F == kF_Q4_K)
+              acc[i][j][e] += sfa[wr][kb] * (sxd[tk][kb] * (float)c[e]) - sfb[wr][kb] * sxs[tk][kb];
+            else
+              acc[i][j][e] += sfa[wr][kb] * sxd[tk][kb] * (float)c[e];
+          }
+        }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int n = n0 + wn + 16 * i + g + (e >> 1) * 8, m = m0 + wm + 8 * j + 2 * t + (e & 1);
+        if (n < N && m < M) *out_ptr(out, m, n) = acc[i][j][e];
+      }
 }
 
 // Dense fp16 / fp32 weights (tensors that are not block-quantized), fp32 activations.
@@ -297,6 +518,11 @@ void dev_matrix_sizes(Fmt fmt, int64_t N, int64_t K, size_t* qs_bytes, size_t* d
       *qs_bytes = (size_t)N * K;
       *d_bytes = (size_t)N * (K / 32) * 2;
       return;
+    case Fmt::Q4_K:
+      require(K % 256 == 0, "matmul", "K=" + std::to_string(K) + " must be a multiple of 256 for Q4_K");
+      *qs_bytes = (size_t)N * K / 2;
+      *d_bytes = (size_t)N * (K / 256) * kQ4KRecord;
+      return;
     case Fmt::F16:
       require(K % 2 == 0, "matmul", "K must be even for F16");
       *qs_bytes = (size_t)N * K * 2;
@@ -309,7 +535,7 @@ void dev_matrix_sizes(Fmt fmt, int64_t N, int64_t K, size_t* qs_bytes, size_t* d
       return;
     default:
       throw std::invalid_argument(std::string("[cuda:matmul] weight type ") + fmt_name(fmt) +
-                                  " is not supported by the CUDA backend (supported: F32, F16, Q4_0, Q8_0)");
+                                  " is not supported by the CUDA backend (supported: F32, F16, Q4_0, Q8_0, Q4_K)");
   }
 }
 
@@ -327,6 +553,21 @@ void repack_host(Fmt fmt, const void* src, int64_t N, int64_t K, void* qs, uint1
       const block_q8_0* b = (const block_q8_0*)(s + i * sizeof(block_q8_0));
       d[i] = b->d;
       std::memcpy((uint8_t*)qs + i * 32, b->qs, 32);
+    }
+  } else if (fmt == Fmt::Q4_K) {
+    uint8_t* rec = (uint8_t*)d;
+    for (int64_t i = 0; i < N * (K / 256); ++i) {
+      const block_q4_K* b = (const block_q4_K*)(s + i * sizeof(block_q4_K));
+      std::memcpy((uint8_t*)qs + i * 128, b->qs, 128);
+      uint8_t* r = rec + i * kQ4KRecord;
+      std::memcpy(r, &b->d, 2);
+      std::memcpy(r + 2, &b->dmin, 2);
+      for (int j = 0; j < 8; ++j) {
+        int sc, m;
+        q4k_sc_m(j, b->scales, &sc, &m);
+        r[4 + j] = (uint8_t)sc;
+        r[12 + j] = (uint8_t)m;
+      }
     }
   } else {
     size_t qb, db;
@@ -355,6 +596,11 @@ static void launch_mm(const DevMatrix& w, const float* x, DevQ8a xq, const Split
       k_mm_q8_0<MT><<<grid, kWarps * 32, 0, st>>>((const int8_t*)w.qs, w.d, xq.qs, xq.d, y, N, K, Mi);
       check_launch("matmul_q8_0");
       break;
+    case Fmt::Q4_K:
+      k_mm_q4_k<MT><<<grid, kWarps * 32, 0, st>>>((const uint8_t*)w.qs, (const uint8_t*)w.d, xq.qs, xq.d, xq.s, y, N,
+                                                  K, Mi);
+      check_launch("matmul_q4_k");
+      break;
     case Fmt::F16:
       k_mm_dense<MT, true><<<grid, kWarps * 32, 0, st>>>(w.qs, x, y, N, K, Mi);
       check_launch("matmul_f16");
@@ -370,33 +616,190 @@ static void launch_mm(const DevMatrix& w, const float* x, DevQ8a xq, const Split
   }
 }
 
-void matmul(const DevMatrix& w, const float* x, DevQ8a xq, float* y, int64_t M, cudaStream_t st) {
+namespace {
+std::mutex g_mma_mu;
+int g_mma_on = -1;  // -1: not yet read from XSIL_CUDA_MMA
+std::string g_mma_why;
+int g_mma_checked = 0;  // bit per format: self-check done
+
+bool is_block_quant(Fmt f) { return f == Fmt::Q4_0 || f == Fmt::Q8_0 || f == Fmt::Q4_K; }
+
+void mma_init_locked() {
+  if (g_mma_on >= 0) return;
+  const char* e = std::getenv("XSIL_CUDA_MMA");
+  g_mma_on = !(e && std::string(e) == "0");
+  if (!g_mma_on) g_mma_why = "XSIL_CUDA_MMA=0";
+}
+}  // namespace
+
+bool mma_enabled() {
+  std::lock_guard<std::mutex> lk(g_mma_mu);
+  mma_init_locked();
+  return g_mma_on == 1;
+}
+
+void set_mma_enabled(bool on, const std::string& reason) {
+  std::lock_guard<std::mutex> lk(g_mma_mu);
+  mma_init_locked();
+  g_mma_on = on ? 1 : 0;
+  g_mma_why = on ? "" : reason;
+}
+
+std::string mma_status() {
+  std::lock_guard<std::mutex> lk(g_mma_mu);
+  mma_init_locked();
+  return g_mma_on ? "on (quantized GEMMs with M >= " + std::to_string(kMmaMinM) + ")" : "off: " + g_mma_why;
+}
+
+void matmul(const DevMatrix& w, const float* x, DevQ8a xq, float* y, int64_t M, cudaStream_t st, GemmPath path) {
   SplitOut o;
   o.y[0] = y;
   o.n0[1] = (int)w.N;
-  matmul_split(w, x, xq, o, M, st);
+  matmul_split(w, x, xq, o, M, st, path);
 }
 
-void matmul_split(const DevMatrix& w, const float* x, DevQ8a xq, const SplitOut& y, int64_t M, cudaStream_t st) {
+void matmul_split(const DevMatrix& w, const float* x, DevQ8a xq, const SplitOut& y, int64_t M, cudaStream_t st,
+                  GemmPath path) {
   require(y.segs >= 1 && y.segs <= 3 && y.n0[0] == 0 && y.n0[y.segs] == w.N, "matmul", "bad output split");
   size_t a, b;
   dev_matrix_sizes(w.fmt, w.N, w.K, &a, &b);
   require(M > 0 && M <= 65535LL * kTileM && w.N < (1LL << 31) && w.K < (1LL << 31), "matmul", "sizes out of range");
-  if (M == 1) {
+  const bool quant = is_block_quant(w.fmt);
+  require(path != GemmPath::Mma || quant, "matmul", "the tensor-core GEMM takes Q4_0, Q8_0 or Q4_K weights");
+  require(!quant || (xq.qs && xq.d && xq.s), "matmul", "quantized weights need the q8a activations");
+  const int N = (int)w.N, K = (int)w.K, Mi = (int)M;
+  const bool mma = path == GemmPath::Mma || (path == GemmPath::Auto && quant && M >= kMmaMinM && mma_enabled());
+  if (mma) {
+    require(M <= 65535LL * kMM, "matmul", "M too large");
+    const dim3 grid(grid1(w.N, kMN), (unsigned)((M + kMM - 1) / kMM));
+    switch (w.fmt) {
+      case Fmt::Q4_0:
+        k_gemm_mma<kF_Q4_0><<<grid, 128, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
+        check_launch("gemm_mma_q4_0");
+        break;
+      case Fmt::Q8_0:
+        k_gemm_mma<kF_Q8_0><<<grid, 128, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
+        check_launch("gemm_mma_q8_0");
+        break;
+      default:
+        k_gemm_mma<kF_Q4_K><<<grid, 128, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
+        check_launch("gemm_mma_q4_k");
+    }
+  } else if (M == 1) {
     launch_mm<1>(w, x, xq, y, M, st);
-  } else if (w.fmt == Fmt::Q4_0 || w.fmt == Fmt::Q8_0) {
+  } else if (quant) {
     require(M <= 65535LL * kGM, "matmul", "M too large");
     const dim3 grid(grid1(w.N, kGW), (unsigned)((M + kGM - 1) / kGM));
-    if (w.fmt == Fmt::Q4_0)
-      k_gemm_q<true><<<grid, kGW * 32, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, (int)w.N, (int)w.K,
-                                                (int)M);
-    else
-      k_gemm_q<false><<<grid, kGW * 32, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, (int)w.N, (int)w.K,
-                                                 (int)M);
-    check_launch(w.fmt == Fmt::Q4_0 ? "gemm_q4_0" : "gemm_q8_0");
+    switch (w.fmt) {
+      case Fmt::Q4_0:
+        k_gemm_q<kF_Q4_0><<<grid, kGW * 32, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
+        check_launch("gemm_q4_0");
+        break;
+      case Fmt::Q8_0:
+        k_gemm_q<kF_Q8_0><<<grid, kGW * 32, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
+        check_launch("gemm_q8_0");
+        break;
+      default:
+        k_gemm_q<kF_Q4_K><<<grid, kGW * 32, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
+        check_launch("gemm_q4_k");
+    }
   } else {
     launch_mm<kTileM>(w, x, xq, y, M, st);
   }
+}
+
+namespace {
+// Deterministic pseudo-random GGUF rows for the self-check (no dependence on the host RNG).
+struct Lcg {
+  uint64_t s;
+  uint32_t next() {
+    s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (uint32_t)(s >> 33);
+  }
+};
+
+std::vector<uint8_t> random_gguf_rows(Fmt fmt, int64_t N, int64_t K, Lcg& r) {
+  const FmtInfo* fi = fmt_info(fmt);
+  const int64_t nblk = N * K / fi->block_size;
+  std::vector<uint8_t> v((size_t)(nblk * fi->type_size));
+  for (auto& b : v) b = (uint8_t)r.next();
+  for (int64_t i = 0; i < nblk; ++i) {
+    uint8_t* p = v.data() + i * fi->type_size;
+    // fp16 scales in [2^-8, 2^-7): positive, normal, small
+    const uint16_t d = (uint16_t)(0x1C00 | (r.next() & 0x3FF));
+    std::memcpy(p, &d, 2);
+    if (fmt == Fmt::Q4_K) {
+      const uint16_t dmin = (uint16_t)(0x1C00 | (r.next() & 0x3FF));
+      std::memcpy(p + 2, &dmin, 2);
+    }
+  }
+  return v;
+}
+}  // namespace
+
+std::string mma_self_check(Fmt fmt, cudaStream_t st) {
+  if (!is_block_quant(fmt) || !mma_enabled()) return "";
+  const int bit = fmt == Fmt::Q4_0 ? 1 : fmt == Fmt::Q8_0 ? 2 : 4;
+  {
+    std::lock_guard<std::mutex> lk(g_mma_mu);
+    if (g_mma_checked & bit) return "";
+    g_mma_checked |= bit;
+  }
+  // odd sizes: N and M not multiples of the 64 tile, K an odd number of 32-blocks (Q4_K: of 256)
+  const int64_t N = 72, M = 37, K = fmt == Fmt::Q4_K ? 768 : 352;
+  Lcg r{0x9E3779B97F4A7C15ULL + (uint64_t)fmt};
+  const std::vector<uint8_t> rows = random_gguf_rows(fmt, N, K, r);
+  std::vector<float> x((size_t)(M * K));
+  for (auto& v : x) v = (float)((int)(r.next() % 2001) - 1000) / 500.0f;
+  size_t qb, db;
+  dev_matrix_sizes(fmt, N, K, &qb, &db);
+  std::vector<uint8_t> hq(qb), hd(db);
+  repack_host(fmt, rows.data(), N, K, hq.data(), (uint16_t*)hd.data());
+  std::vector<float> y1((size_t)(M * N)), y2((size_t)(M * N));
+  std::vector<void*> bufs;
+  std::string why;
+  auto alloc = [&](size_t n) {
+    void* p = nullptr;
+    check(cudaMalloc(&p, n), "cudaMalloc(mma self-check)");
+    bufs.push_back(p);
+    return p;
+  };
+  try {
+    void* dq = alloc(qb);
+    void* dd = alloc(db);
+    float* dx = (float*)alloc(x.size() * 4);
+    int8_t* xqs = (int8_t*)alloc((size_t)(M * K));
+    float* xd = (float*)alloc((size_t)(M * K / 32) * 4);
+    float* xs = (float*)alloc((size_t)(M * K / 32) * 4);
+    float* dy1 = (float*)alloc(y1.size() * 4);
+    float* dy2 = (float*)alloc(y2.size() * 4);
+    check(cudaMemcpyAsync(dq, hq.data(), qb, cudaMemcpyHostToDevice, st), "mma self-check upload");
+    check(cudaMemcpyAsync(dd, hd.data(), db, cudaMemcpyHostToDevice, st), "mma self-check upload");
+    check(cudaMemcpyAsync(dx, x.data(), x.size() * 4, cudaMemcpyHostToDevice, st), "mma self-check upload");
+    const DevMatrix w{fmt, N, K, dq, (const uint16_t*)dd};
+    const DevQ8a q{xqs, xd, xs};
+    quantize_q8a(dx, q, M, K, st);
+    matmul(w, dx, q, dy1, M, st, GemmPath::Dp4a);
+    matmul(w, dx, q, dy2, M, st, GemmPath::Mma);
+    check(cudaMemcpyAsync(y1.data(), dy1, y1.size() * 4, cudaMemcpyDeviceToHost, st), "mma self-check download");
+    check(cudaMemcpyAsync(y2.data(), dy2, y2.size() * 4, cudaMemcpyDeviceToHost, st), "mma self-check download");
+    check(cudaStreamSynchronize(st), "mma self-check");
+    double amax = 0.0, dmax = 0.0;
+    for (size_t i = 0; i < y1.size(); ++i) {
+      amax = std::fmax(amax, std::fabs((double)y1[i]));
+      const double dv = std::fabs((double)y1[i] - (double)y2[i]);
+      dmax = std::isnan(dv) ? INFINITY : std::fmax(dmax, dv);
+    }
+    // both compute the same int32 block dots; only the fp32 scaling order differs
+    if (!(dmax <= 1e-4 * amax + 1e-6))
+      why = std::string("self-check failed: the tensor-core GEMM (") + fmt_name(fmt) + ") differs from the dp4a GEMM by " +
+            std::to_string(amax > 0 ? dmax / amax : dmax) + " of max|y|";
+  } catch (const std::exception& e) {
+    why = std::string("self-check failed (") + fmt_name(fmt) + "): " + e.what();
+  }
+  for (void* p : bufs) cudaFree(p);
+  if (!why.empty()) set_mma_enabled(false, why);
+  return why;
 }
 
 void copy_d2d(void* dst, const void* src, size_t bytes, cudaStream_t st) {

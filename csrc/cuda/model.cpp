@@ -9,7 +9,7 @@ namespace xsil::cuda {
 
 namespace {
 std::string s(int64_t v) { return std::to_string(v); }
-bool is_quant(Fmt f) { return f == Fmt::Q4_0 || f == Fmt::Q8_0; }
+bool is_quant(Fmt f) { return f == Fmt::Q4_0 || f == Fmt::Q8_0 || f == Fmt::Q4_K; }
 
 int64_t gguf_bytes(Fmt f, int64_t rows, int64_t cols) {
   switch (f) {
@@ -17,6 +17,7 @@ int64_t gguf_bytes(Fmt f, int64_t rows, int64_t cols) {
     case Fmt::F16: return rows * cols * 2;
     case Fmt::Q4_0: return cols % 32 ? -1 : rows * (cols / 32) * 18;
     case Fmt::Q8_0: return cols % 32 ? -1 : rows * (cols / 32) * 34;
+    case Fmt::Q4_K: return cols % 256 ? -1 : rows * (cols / 256) * 144;
     default: return -1;
   }
 }
@@ -29,7 +30,9 @@ void check_weight(const HostWeight& w, const std::string& name, int64_t rows, in
   const int64_t eb = gguf_bytes(w.fmt, rows, cols);
   if (eb < 0)
     throw std::invalid_argument("[model] tensor " + name +
-                                ": weight type not supported by the CUDA backend (supported: F32, F16, Q4_0, Q8_0)");
+                                (w.fmt == Fmt::Q4_K ? ": Q4_K needs a row length that is a multiple of 256"
+                                                    : ": weight type not supported by the CUDA backend (supported: "
+                                                      "F32, F16, Q4_0, Q8_0, Q4_K)"));
   if (eb != w.nbytes)
     throw std::invalid_argument("[model] tensor " + name + " has " + s(w.nbytes) + " bytes, expected " + s(eb));
 }
@@ -199,6 +202,12 @@ CudaLlama::CudaLlama(const CudaLlamaConfig& cfg, const HostWeight& tok_embd, con
     d_pt_ = (int32_t*)dalloc((size_t)(max_pages_ + 1) * 4);
     check(cudaMallocHost(&h_pt_, (size_t)(max_pages_ + 1) * 4), "cudaMallocHost");
     work_ = (float*)dalloc((size_t)paged_decode_work_floats(1, c.n_head, c.head_dim, max_splits_) * 4);
+    // First use of the tensor-core prefill GEMM for each weight format: checked against the dp4a
+    // GEMM once per process; a mismatch switches it off (mma_status() gives the reason).
+    for (const DevLayer& D : layers_)
+      for (const DevMatrix* m : {&D.wq, &D.wk, &D.wv, &D.wo, &D.w_gate, &D.w_up, &D.w_down, &D.wqkv, &D.wgu})
+        if (m->qs) mma_self_check(m->fmt, stream_);
+    mma_self_check(output_.fmt, stream_);
   } catch (...) {
     for (void* p : allocs_) cudaFree(p);
     allocs_.clear();
@@ -374,7 +383,7 @@ void CudaLlama::run_layers(int64_t n, int64_t pos0, bool all_logits, const int64
       o.n0[2] = (int)(qd + kd);
       o.n0[3] = (int)(qd + 2 * kd);
       o.segs = 3;
-      if (L.wqkv.fmt == Fmt::Q4_0 || L.wqkv.fmt == Fmt::Q8_0) linear_prep(L.wqkv, h_, n);
+      if (is_quant(L.wqkv.fmt)) linear_prep(L.wqkv, h_, n);
       matmul_split(L.wqkv, h_, xq_, o, n, stream_);
     } else {
       linear(L.wq, h_, true, q_, n);
@@ -427,7 +436,7 @@ void CudaLlama::run_layers(int64_t n, int64_t pos0, bool all_logits, const int64
       o.n0[1] = (int)c.n_ff;
       o.n0[2] = (int)(2 * c.n_ff);
       o.segs = 2;
-      if (L.wgu.fmt == Fmt::Q4_0 || L.wgu.fmt == Fmt::Q8_0) linear_prep(L.wgu, h_, n);
+      if (is_quant(L.wgu.fmt)) linear_prep(L.wgu, h_, n);
       matmul_split(L.wgu, h_, xq_, o, n, stream_);
     } else {
       linear(L.w_gate, h_, true, g_, n);

@@ -139,10 +139,19 @@ __global__ void k_get_rows(const uint8_t* __restrict__ w, int fmt, int64_t n, co
       const float d = h2f((uint16_t)(b[0] | (b[1] << 8)));
       const int q = j < 16 ? (b[2 + j] & 0xF) : (b[2 + j - 16] >> 4);
       v = d * (float)(q - 8);
-    } else {  // Q8_0
+    } else if (fmt == (int)Fmt::Q8_0) {
       const uint8_t* b = w + (r * (n / 32) + k / 32) * 34;
       const float d = h2f((uint16_t)(b[0] | (b[1] << 8)));
       v = d * (float)(int8_t)b[2 + k % 32];
+    } else {  // Q4_K: element e of a super-block is in group e / 64, low nibbles first
+      const uint8_t* b = w + (r * (n / 256) + k / 256) * 144;
+      const int e = (int)(k % 256), grp = e / 64, hi = (e / 32) & 1, l = e % 32;
+      int sc, m;
+      q4k_sc_m(2 * grp + hi, b + 4, &sc, &m);
+      const float d1 = __fmul_rn(h2f((uint16_t)(b[0] | (b[1] << 8))), (float)sc);
+      const float m1 = __fmul_rn(h2f((uint16_t)(b[2] | (b[3] << 8))), (float)m);
+      const int q = (b[16 + 32 * grp + l] >> (4 * hi)) & 0xF;
+      v = __fsub_rn(__fmul_rn(d1, (float)q), m1);  // no fma: the same rounding as the CPU dequantize
     }
     o[k] = v;
   }
@@ -204,9 +213,10 @@ void add_bias(float* y, const float* b, int64_t rows, int64_t n, cudaStream_t st
 
 void get_rows(const void* w, Fmt fmt, int64_t n_rows, int64_t n, const int32_t* tokens, int64_t n_tok, float* out,
               cudaStream_t st) {
-  require(fmt == Fmt::F32 || fmt == Fmt::F16 || fmt == Fmt::Q4_0 || fmt == Fmt::Q8_0, "get_rows",
-          "embedding type not supported (supported: F32, F16, Q4_0, Q8_0)");
+  require(fmt == Fmt::F32 || fmt == Fmt::F16 || fmt == Fmt::Q4_0 || fmt == Fmt::Q8_0 || fmt == Fmt::Q4_K, "get_rows",
+          "embedding type not supported (supported: F32, F16, Q4_0, Q8_0, Q4_K)");
   require((fmt != Fmt::Q4_0 && fmt != Fmt::Q8_0) || n % 32 == 0, "get_rows", "n must be a multiple of 32");
+  require(fmt != Fmt::Q4_K || n % 256 == 0, "get_rows", "n must be a multiple of 256 for Q4_K");
   require(n_tok > 0 && n_tok < (1LL << 31) && n > 0 && n_rows > 0, "get_rows", "bad sizes");
   k_get_rows<<<(unsigned)n_tok, 256, 0, st>>>((const uint8_t*)w, (int)fmt, n, tokens, out);
   check_launch("get_rows");

@@ -57,21 +57,113 @@ def test_matmul_quant_matches_cpu_integer_path(fmt, M, NK, rng):
     w = _core.quantize(rng.standard_normal((N, K)).astype(np.float32), fmt)
     x = rng.standard_normal((M, K)).astype(np.float32)
     want = _core.matmul(x, w, fmt)  # int8 activations per 32, as the CUDA kernels
-    got = cuda_ext.matmul(w, fmt, N, K, x)
-    assert got.shape == (M, N)
-    assert _rel(got, want) < 1e-4
+    for path in ("dp4a", "mma", "auto"):
+        got = cuda_ext.matmul(w, fmt, N, K, x, path=path)
+        assert got.shape == (M, N)
+        assert _rel(got, want) < 1e-4, path
+
+
+def _q4k_weights(rng, N, K):
+    from xsil.testing.reference import quantize_q4_k
+
+    return quantize_q4_k(rng.standard_normal((N, K)).astype(np.float32))
+
+
+def _weights(fmt, rng, N, K):
+    if fmt == "Q4_K":
+        return _q4k_weights(rng, N, K)
+    return _core.quantize(rng.standard_normal((N, K)).astype(np.float32), fmt)
+
+
+def _per32_integer_ref(w, fmt, K, x):
+    """The per-32 integer path in float64 from the device's own q8a activations:
+    sum_b d_x[b] * sum_k q_x[k] * w[k] with w the CPU-dequantized weights (w = d*sc*q - dmin*m for
+    Q4_K, so this equals sum_b (d*sc) * d_x * dot(q4, q8) - (dmin*m) * s_x[b] up to fp32 rounding)."""
+    qs, d, _s = cuda_ext.quantize_q8a(x)
+    M = x.shape[0]
+    wd = _core.dequantize(w, fmt, K).astype(np.float64)
+    N = wd.shape[0]
+    xq = qs.reshape(M, K // 32, 32).astype(np.float64) * d.astype(np.float64)[:, :, None]
+    return xq.reshape(M, K) @ wd.reshape(N, K).T
 
 
 @needs_gpu
-@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0"])
-def test_gemm_rows_equal_gemv_bitwise(fmt, rng):
-    # prefill GEMM and decode GEMV keep the same per-lane summation order: batch == step exactly
-    N, K, M = 100, 2048, 19
-    w = _core.quantize(rng.standard_normal((N, K)).astype(np.float32), fmt)
+@pytest.mark.parametrize("M", [1, 2, 5, 8, 16, 17, 33, 70])
+@pytest.mark.parametrize("NK", [(64, 256), (130, 1024), (37, 2816)])
+def test_matmul_q4_k_integer_path(M, NK, rng):
+    # exact per-32 integer path (only fp32 rounding differs), for the GEMV, the dp4a GEMM and the mma GEMM
+    N, K = NK
+    w = _q4k_weights(rng, N, K)
     x = rng.standard_normal((M, K)).astype(np.float32)
-    batch = cuda_ext.matmul(w, fmt, N, K, x)
+    want = _per32_integer_ref(w, "Q4_K", K, x)
+    for path in ("dp4a", "mma", "auto"):
+        got = cuda_ext.matmul(w, "Q4_K", N, K, x, path=path)
+        assert got.shape == (M, N)
+        assert _rel(got, want) < 2e-6, (path, _rel(got, want))
+
+
+@needs_gpu
+def test_matmul_q4_k_vs_cpu_core(rng):
+    # The CPU core quantizes Q4_K activations per 256 (block_q8k), the CUDA kernels per 32 (finer):
+    # not the same integer path, so both are held to the float64 product of the dequantized weights.
+    N, K, M = 96, 2048, 9
+    w = _q4k_weights(rng, N, K)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    exact = x.astype(np.float64) @ _core.dequantize(w, "Q4_K", K).astype(np.float64).T
+    cpu = _core.matmul(x, w, "Q4_K")
+    gpu = cuda_ext.matmul(w, "Q4_K", N, K, x)
+    e_cpu, e_gpu = _rel(cpu, exact), _rel(gpu, exact)
+    assert e_gpu < 1e-2 and e_gpu <= e_cpu * 1.1, (e_gpu, e_cpu)
+    assert _rel(gpu, cpu) < 2e-2
+
+
+@needs_gpu
+@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K"])
+@pytest.mark.parametrize(
+    "MNK", [(16, 64, 256), (17, 65, 512), (37, 100, 768), (64, 64, 1280), (130, 33, 256)]
+)
+def test_mma_gemm_equals_dp4a_gemm(fmt, MNK, rng):
+    # odd M, N and block counts (K / 32 = 8, 16, 24, 40: chunks of 4 blocks, ragged 64-row tiles)
+    M, N, K = MNK
+    w = _weights(fmt, rng, N, K)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    a = cuda_ext.matmul(w, fmt, N, K, x, path="dp4a")
+    b = cuda_ext.matmul(w, fmt, N, K, x, path="mma")
+    assert _rel(b, a) < 2e-6
+    np.testing.assert_allclose(b, _per32_integer_ref(w, fmt, K, x), rtol=0, atol=2e-6 * np.abs(a).max())
+
+
+@needs_gpu
+@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K"])
+def test_gemm_rows_equal_gemv_bitwise(fmt, rng):
+    # prefill dp4a GEMM and decode GEMV keep the same per-lane summation order: batch == step exactly
+    N, K, M = 100, 2048, 19
+    w = _weights(fmt, rng, N, K)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    batch = cuda_ext.matmul(w, fmt, N, K, x, path="dp4a")
     step = np.concatenate([cuda_ext.matmul(w, fmt, N, K, x[i : i + 1]) for i in range(M)])
     np.testing.assert_array_equal(batch, step)
+
+
+@needs_gpu
+@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K"])
+def test_mma_self_check_passes(fmt):
+    assert cuda_ext.mma_self_check(fmt) == ""
+    assert cuda_ext.mma_status().startswith("on")
+
+
+def test_mma_switch_env():
+    # XSIL_CUDA_MMA=0 turns the tensor-core GEMM off (host-side state: no GPU needed)
+    import os
+    import subprocess
+
+    code = "from xsil.backends.cuda import _load_ext; print(_load_ext()[0].mma_status())"
+    env = dict(os.environ, XSIL_CUDA_MMA="0")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip().splitlines()[-1] == "off: XSIL_CUDA_MMA=0"
+    env["XSIL_CUDA_MMA"] = "1"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip().splitlines()[-1].startswith("on")
 
 
 @needs_gpu
@@ -186,12 +278,12 @@ def test_swiglu(rng):
 
 
 @needs_gpu
-@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "F16", "F32"])
+@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K", "F16", "F32"])
 def test_get_rows(fmt, rng):
-    rows, n = 50, 256
+    rows, n = 50, 512
     wf = rng.standard_normal((rows, n)).astype(np.float32)
-    if fmt in ("Q4_0", "Q8_0"):
-        w = _core.quantize(wf, fmt)
+    if fmt in ("Q4_0", "Q8_0", "Q4_K"):
+        w = _weights(fmt, rng, rows, n)
         ref = _core.dequantize(w, fmt, n)
     else:
         w = wf.astype(np.float16) if fmt == "F16" else wf
@@ -246,8 +338,13 @@ def test_attention_quantized_output(nq, nk, rng):
 
 @needs_gpu
 def test_errors_name_the_kernel(rng):
-    with pytest.raises(ValueError, match="Q4_K"):
-        cuda_ext.matmul(np.zeros(144, np.uint8), "Q4_K", 1, 256, np.zeros((1, 256), np.float32))
+    with pytest.raises(ValueError, match="Q6_K"):
+        cuda_ext.matmul(np.zeros(210, np.uint8), "Q6_K", 1, 256, np.zeros((1, 256), np.float32))
+    with pytest.raises(ValueError, match=r"\[cuda:matmul\].*multiple of 256"):
+        cuda_ext.matmul(np.zeros(72, np.uint8), "Q4_K", 1, 128, np.zeros((1, 128), np.float32))
+    with pytest.raises(ValueError, match=r"\[cuda:matmul\].*tensor-core"):
+        z = np.zeros((20, 64), np.float32)
+        cuda_ext.matmul(np.zeros((4, 64), np.float32), "F32", 4, 64, z, path="mma")
     with pytest.raises(ValueError, match=r"\[cuda:matmul\]"):
         cuda_ext.matmul(np.zeros(10, np.uint8), "Q4_0", 1, 100, np.zeros((1, 100), np.float32))
     with pytest.raises(ValueError, match=r"\[cuda:attention\]"):
