@@ -11,9 +11,22 @@ import time
 
 import numpy as np
 
+# XSIL_CUDA_BENCH_SMOKE=1: tiny shapes and a tiny model, to check this script's code paths (the test
+# suite runs it on the CPU emulator) before spending GPU time on it. Its numbers mean nothing.
+SMOKE = os.environ.get("XSIL_CUDA_BENCH_SMOKE") == "1"
+
+
+def _ext():
+    from xsil.backends.cuda import _load_ext
+
+    ext, why = _load_ext()
+    if ext is None:
+        raise RuntimeError(why)
+    return ext
+
 
 def gemv_rows():
-    from xsil import _cuda
+    _cuda = _ext()
 
     rows = []
     # 16384 x 16384 Q4_0 (151 MB of quants, 3x the H100's 50 MB L2): the bandwidth-bound case.
@@ -28,7 +41,9 @@ def gemv_rows():
         ("Q4_K", 5632, 2048),
         ("Q4_K", 2048, 5632),
     ]:
-        r = _cuda.bench_gemv(fmt, n, k, 50)
+        if SMOKE:
+            n, k = min(n, 96), min(k, 512)
+        r = _cuda.bench_gemv(fmt, n, k, 2 if SMOKE else 50)
         rows.append((fmt, n, k, r))
     return rows
 
@@ -37,34 +52,42 @@ def gemm_rows():
     """Prefill GEMM (activation quantization included): dp4a vs mma at M = 16 / 128 / 512 on the
     TinyLlama FFN shape (5632 x 2048) and a square 4096 one. The mma self-check runs first: a failing
     kernel is reported instead of timed."""
-    from xsil import _cuda
+    _cuda = _ext()
 
     rows = []
     for fmt in ("Q4_0", "Q8_0", "Q4_K"):
         why = _cuda.mma_self_check(fmt)
-        for n, k in [(5632, 2048), (4096, 4096)]:
-            for m in (16, 128, 512):
-                d = _cuda.bench_gemm(fmt, n, k, m, "dp4a", 10)
-                t = _cuda.bench_gemm(fmt, n, k, m, "mma", 10) if not why else None
+        for n, k in [(64, 512)] if SMOKE else [(5632, 2048), (4096, 4096)]:
+            for m in (16, 33) if SMOKE else (16, 128, 512):
+                it = 1 if SMOKE else 10
+                d = _cuda.bench_gemm(fmt, n, k, m, "dp4a", it)
+                t = _cuda.bench_gemm(fmt, n, k, m, "mma", it) if not why else None
                 rows.append((fmt, n, k, m, d, t, why))
     return rows
 
 
-def decode_xsil(path: str, n_prompt: int = 16, n_decode: int = 128, graphs: bool = True):
+def decode_xsil(
+    path: str, n_prompt: int = 16, n_decode: int = 128, graphs: bool = True, kv_dtype: str = "f16"
+):
     import xsil
 
     with xsil.Session(
-        path, backend="cuda", n_ctx=n_prompt + n_decode + 8, strict=True, cuda_graphs=graphs
+        path,
+        backend="cuda",
+        n_ctx=n_prompt + n_decode + 8,
+        strict=True,
+        cuda_graphs=graphs,
+        kv_dtype=kv_dtype,
     ) as s:
         t0 = time.perf_counter()
-        s.forward(list(range(1, n_prompt + 1)))
+        s.forward([1 + i % 500 for i in range(n_prompt)])
         t_prefill = time.perf_counter() - t0
         fwd_last = s._forward_last
         tok = np.array([5], np.int32)
         for _ in range(4):  # warm-up (first-call allocations)
             fwd_last(tok)
         s.reset()
-        s.forward(list(range(1, n_prompt + 1)))
+        s.forward([1 + i % 500 for i in range(n_prompt)])
         t0 = time.perf_counter()
         for _ in range(n_decode):
             logits = fwd_last(tok)
@@ -76,7 +99,7 @@ def decode_xsil(path: str, n_prompt: int = 16, n_decode: int = 128, graphs: bool
 def prefill_mma_vs_dp4a(path: str, n: int = 512) -> str:
     """Prefill of n tokens (all logits) with the tensor-core GEMM on, then off (dp4a GEMM)."""
     import xsil
-    from xsil import _cuda
+    _cuda = _ext()
 
     before = _cuda.mma_status()
     out = []
@@ -160,7 +183,7 @@ def main() -> int:
             flush=True,
         )
 
-    from xsil import _cuda
+    _cuda = _ext()
 
     print(
         "\n== prefill GEMM (incl. activation quantization): dp4a vs tensor cores; "
@@ -192,7 +215,14 @@ def main() -> int:
     from xsil.model.llama import LlamaConfig
 
     t0 = time.perf_counter()
-    path = synthetic_model_path(TINYLLAMA)
+    spec = TINYLLAMA
+    if SMOKE:
+        from xsil.model.default import SyntheticSpec
+
+        spec = SyntheticSpec(
+            name="cuda-bench-smoke", n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=512, n_vocab=512
+        )
+    path = synthetic_model_path(spec)
     print(
         f"\nTinyLlama-shaped model: {path} ({os.path.getsize(path) / 1e6:.0f} MB, "
         f"{time.perf_counter() - t0:.1f} s to get)",
@@ -201,11 +231,12 @@ def main() -> int:
     g = GGUFFile(path)
     cfg = LlamaConfig.from_gguf(g)
     g.close()
-    tps, t_pre, desc = decode_xsil(path)
-    tps_nog, _, _ = decode_xsil(path, graphs=False)
+    nd = 4 if SMOKE else 128
+    tps, t_pre, desc = decode_xsil(path, n_decode=nd)
+    tps_nog, _, _ = decode_xsil(path, graphs=False, n_decode=nd)
     print("describe:", {k: desc[k] for k in ("device", "memory", "mma_gemm")}, flush=True)
     try:
-        base = decode_torch(cfg)
+        base = decode_torch(cfg, n_decode=nd)
     except Exception as e:  # torch missing or failing: still report ours
         print("torch baseline failed:", e)
         base = float("nan")
@@ -215,8 +246,18 @@ def main() -> int:
     print(f"{'xsil cuda (Q4_0, fp16 KV)':34} {tps:8.1f} {1e3 / tps:8.2f} {wb * tps / 1e9:15.0f}")
     print(f"{'xsil cuda, no CUDA graph':34} {tps_nog:8.1f} {1e3 / tps_nog:8.2f} {wb * tps_nog / 1e9:15.0f}")
     print(f"{'torch fp16 matmul chain':34} {base:8.1f} {1e3 / base:8.2f}")
+    # long contexts: the paged decode attention splits the keys across CTAs (split-K, 512 tokens
+    # per split); q8_0 K/V halves the cache bytes read per token
+    long_ctx = (40,) if SMOKE else (2048, 8192)
+    for n_prompt, kvd in [(n, d) for n in long_ctx for d in ("f16", "q8_0")]:
+        try:
+            t, tp, _ = decode_xsil(path, n_prompt=n_prompt, n_decode=2 if SMOKE else 64, kv_dtype=kvd)
+            label = f"xsil cuda, ctx {n_prompt}, {kvd} KV"
+            print(f"{label:34} {t:8.1f} {1e3 / t:8.2f}   (prefill {n_prompt}: {tp * 1e3:.0f} ms)", flush=True)
+        except Exception as e:  # report and go on
+            print(f"ctx {n_prompt} {kvd}: failed: {e}", flush=True)
     try:
-        print(prefill_mma_vs_dp4a(path), flush=True)
+        print(prefill_mma_vs_dp4a(path, n=40 if SMOKE else 512), flush=True)
     except Exception as e:
         print("prefill comparison failed:", e, flush=True)
     print(

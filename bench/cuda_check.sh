@@ -44,7 +44,7 @@ cd /tmp
 $PY -c "import xsil, sys; print('cuda imported by import xsil:', 'xsil._cuda' in sys.modules); from xsil import registry; print(registry.probe('cuda'))"
 
 echo "== tests =="
-timeout 150 $PY -m pytest -q -p no:cacheprovider --tb=short -rfE "$SRC/tests/kernels/test_cuda_kernels.py" "$SRC/tests/backends/test_cuda.py" 2>&1 | tail -80
+timeout 150 $PY -m pytest -q -p no:cacheprovider --tb=short -rfE "$SRC/tests/kernels/test_cuda_kernels.py" "$SRC/tests/kernels/test_cuda_kv.py" "$SRC/tests/backends/test_cuda.py" 2>&1 | tail -80
 timeout 90 $PY -m pytest -q -p no:cacheprovider --tb=short -rfE "$SRC/tests/backends/test_conformance.py" -k cuda 2>&1 | tail -30
 
 if [ "${SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null; then

@@ -291,3 +291,21 @@ def test_budget_smaller_than_n_ctx_overflows_cleanly():
         with pytest.raises(ContextOverflowError, match="exhausted"):
             g.forward([1])
         assert g.n_past == 8
+
+
+@gpu
+def test_gpu_bench_script_runs_in_smoke_mode(tmp_path):
+    # bench/cuda_bench.py is what a lent GPU session runs (bench/cuda_check.sh): its code paths are
+    # checked here first, on tiny shapes (on the CPU emulator when there is no GPU)
+    import subprocess
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    env = dict(os.environ, XSIL_CUDA_BENCH_SMOKE="1", XSIL_CACHE_DIR=str(tmp_path))
+    p = subprocess.run(
+        [sys.executable, os.path.join(root, "bench", "cuda_bench.py")],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    out = p.stdout
+    assert "GEMV" in out and "prefill GEMM" in out and "decode" in out
+    assert "failed" not in out.replace("torch baseline failed", ""), out[-3000:]
