@@ -86,8 +86,8 @@ int threads_arg(int32_t threads, const char* op) {
   return threads;
 }
 
-Fmt fmt_arg(int32_t fmt, const char* op, bool allow_q4k = true) {
-  return stage(XSIL_ERR_UNSUPPORTED_FORMAT, [&] { return fmt_from_id(fmt, op, allow_q4k); });
+Fmt fmt_arg(int32_t fmt, const char* op, bool allow_no_quantizer = true) {
+  return stage(XSIL_ERR_UNSUPPORTED_FORMAT, [&] { return fmt_from_id(fmt, op, allow_no_quantizer); });
 }
 
 Tier tier_arg(const char* name) {
@@ -211,7 +211,7 @@ XSIL_API xsil_status xsil_quantize(xsil_format fmt, const float* x, int64_t rows
                                    size_t out_bytes, int32_t threads) {
   return guard([&] {
     const char* op = "quantize";
-    const Fmt f = fmt_arg(fmt, op, /*allow_q4k=*/false);
+    const Fmt f = fmt_arg(fmt, op, /*allow_no_quantizer=*/false);
     const int64_t rb = check_block_multiple(f, cols, op, "cols", /*positive=*/false);
     const int64_t need = checked_bytes(rows, rb, op);
     const int64_t n = checked_bytes(rows, cols, op);  // floats read from x

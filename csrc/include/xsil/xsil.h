@@ -53,7 +53,10 @@ enum {
 
 /* Block formats, by GGML type id (as stored in GGUF tensor infos). */
 typedef int32_t xsil_format;
-enum { XSIL_FMT_Q4_0 = 2, XSIL_FMT_Q8_0 = 8, XSIL_FMT_Q4_K = 12 };
+enum {
+  XSIL_FMT_Q4_0 = 2, XSIL_FMT_Q4_1 = 3, XSIL_FMT_Q5_0 = 6, XSIL_FMT_Q5_1 = 7, XSIL_FMT_Q8_0 = 8,
+  XSIL_FMT_Q4_K = 12, XSIL_FMT_Q5_K = 13, XSIL_FMT_Q6_K = 14
+};
 
 /* --- Version ----------------------------------------------------------------------------------- */
 /* Package version string, e.g. "0.1.0". Static storage. */
