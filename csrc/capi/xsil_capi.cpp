@@ -19,7 +19,9 @@ namespace {
 
 using namespace xsil;
 
-static_assert(XSIL_FMT_Q4_0 == (int)Fmt::Q4_0 && XSIL_FMT_Q8_0 == (int)Fmt::Q8_0 && XSIL_FMT_Q4_K == (int)Fmt::Q4_K,
+static_assert(XSIL_FMT_Q4_0 == (int)Fmt::Q4_0 && XSIL_FMT_Q8_0 == (int)Fmt::Q8_0 && XSIL_FMT_Q4_K == (int)Fmt::Q4_K &&
+                  XSIL_FMT_Q4_1 == (int)Fmt::Q4_1 && XSIL_FMT_Q5_0 == (int)Fmt::Q5_0 &&
+                  XSIL_FMT_Q5_1 == (int)Fmt::Q5_1 && XSIL_FMT_Q5_K == (int)Fmt::Q5_K && XSIL_FMT_Q6_K == (int)Fmt::Q6_K,
               "C ABI format ids must be the GGML type ids");
 
 thread_local std::string t_last_error;
