@@ -267,17 +267,14 @@ def random_blocks(
     return b.reshape(rows, cols // bs * ts)
 
 
-def quantize_q4_k(x: np.ndarray) -> np.ndarray:
-    """A simple Q4_K quantizer (min/max per 32-element sub-block, 6-bit scales and mins relative to
-    fp16 super-block scales). Not llama.cpp's error-minimizing search, but it makes realistic,
-    valid Q4_K rows from real-valued weights (gguf-py has no Q4_K quantizer). float32 [rows, cols]
-    (cols % 256 == 0) -> uint8 [rows, cols / 256 * 144]."""
-    x = np.asarray(x, np.float32)
-    rows, cols = x.shape
+def _k_min_max(x: np.ndarray, levels: int):
+    """Min/max quantization of 32-element sub-blocks with 6-bit scales and mins relative to fp16
+    super-block scales (Q4_K: levels 15, Q5_K: 31). Returns (d, dmin fp16 [nb], sc, m uint8 [nb, 8],
+    q uint8 [nb, 8, 32], packed 12 scale bytes [nb, 12])."""
     xb = x.reshape(-1, 8, 32).astype(np.float64)
     mn = np.minimum(xb.min(axis=2), 0.0)            # [nb, 8] sub-block minimum (<= 0)
     mx = xb.max(axis=2)
-    scale = np.maximum(mx - mn, 1e-30) / 15.0       # [nb, 8]
+    scale = np.maximum(mx - mn, 1e-30) / levels     # [nb, 8]
     d = (scale.max(axis=1) / 63.0).astype(np.float16).astype(np.float64)      # [nb]
     dmin = ((-mn).max(axis=1) / 63.0).astype(np.float16).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -286,16 +283,73 @@ def quantize_q4_k(x: np.ndarray) -> np.ndarray:
         step = d[:, None] * sc                       # [nb, 8]
         off = dmin[:, None] * m
         q = np.where(step[:, :, None] > 0, np.rint((xb + off[:, :, None]) / step[:, :, None]), 0)
-    q = q.clip(0, 15).astype(np.uint8)              # [nb, 8, 32]
+    q = q.clip(0, levels).astype(np.uint8)          # [nb, 8, 32]
     nb = xb.shape[0]
-    out = np.zeros((nb, 144), np.uint8)
-    out[:, 0:2] = d.astype(np.float16).view(np.uint8).reshape(nb, 2)
-    out[:, 2:4] = dmin.astype(np.float16).view(np.uint8).reshape(nb, 2)
     s = np.zeros((nb, 12), np.uint8)
     s[:, 0:4] = sc[:, 0:4] | ((sc[:, 4:8] >> 4) << 6)
     s[:, 4:8] = m[:, 0:4] | ((m[:, 4:8] >> 4) << 6)
     s[:, 8:12] = (sc[:, 4:8] & 0x0F) | ((m[:, 4:8] & 0x0F) << 4)
+    return d.astype(np.float16), dmin.astype(np.float16), q, s
+
+
+def quantize_q4_k(x: np.ndarray) -> np.ndarray:
+    """A simple Q4_K quantizer (min/max per 32-element sub-block, 6-bit scales and mins relative to
+    fp16 super-block scales). Not llama.cpp's error-minimizing search, but it makes realistic,
+    valid Q4_K rows from real-valued weights (gguf-py has no Q4_K quantizer). float32 [rows, cols]
+    (cols % 256 == 0) -> uint8 [rows, cols / 256 * 144]."""
+    x = np.asarray(x, np.float32)
+    rows, cols = x.shape
+    d, dmin, q, s = _k_min_max(x, 15)
+    nb = q.shape[0]
+    out = np.zeros((nb, 144), np.uint8)
+    out[:, 0:2] = d.view(np.uint8).reshape(nb, 2)
+    out[:, 2:4] = dmin.view(np.uint8).reshape(nb, 2)
     out[:, 4:16] = s
     qq = q.reshape(nb, 4, 2, 32)
     out[:, 16:] = (qq[:, :, 0, :] | (qq[:, :, 1, :] << 4)).reshape(nb, 128)
     return out.reshape(rows, cols // 256 * 144)
+
+
+def quantize_q5_k(x: np.ndarray) -> np.ndarray:
+    """Q5_K by the same simple min/max scheme as quantize_q4_k (31 levels). float32 [rows, cols]
+    (cols % 256 == 0) -> uint8 [rows, cols / 256 * 176]."""
+    x = np.asarray(x, np.float32)
+    rows, cols = x.shape
+    d, dmin, q, s = _k_min_max(x, 31)
+    nb = q.shape[0]
+    out = np.zeros((nb, 176), np.uint8)
+    out[:, 0:2] = d.view(np.uint8).reshape(nb, 2)
+    out[:, 2:4] = dmin.view(np.uint8).reshape(nb, 2)
+    out[:, 4:16] = s
+    out[:, 16:48] = ((q >> 4) << np.arange(8, dtype=np.uint8)[None, :, None]).sum(axis=1).astype(np.uint8)
+    lo = (q & 0x0F).reshape(nb, 4, 2, 32)
+    out[:, 48:] = (lo[:, :, 0, :] | (lo[:, :, 1, :] << 4)).reshape(nb, 128)
+    return out.reshape(rows, cols // 256 * 176)
+
+
+def quantize_q6_k(x: np.ndarray) -> np.ndarray:
+    """A simple Q6_K quantizer (symmetric absmax per 16-element sub-block, int8 sub-block scales
+    relative to an fp16 super-block scale; gguf-py has no Q6_K quantizer). float32 [rows, cols]
+    (cols % 256 == 0) -> uint8 [rows, cols / 256 * 210]."""
+    x = np.asarray(x, np.float32)
+    rows, cols = x.shape
+    xb = x.reshape(-1, 16, 16).astype(np.float64)
+    nb = xb.shape[0]
+    scale = np.abs(xb).max(axis=2) / 31.5           # [nb, 16]: q - 32 in [-32, 31]
+    d = (scale.max(axis=1) / 127.0).astype(np.float16).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sc = np.where(d[:, None] > 0, np.rint(scale / d[:, None]), 0).clip(-128, 127)
+        step = d[:, None] * sc
+        q = np.where(step[:, :, None] != 0, np.rint(xb / step[:, :, None]), 0)
+    q = (q.clip(-32, 31) + 32).astype(np.uint8).reshape(nb, 2, 4, 32)  # [half, s, l]
+    out = np.zeros((nb, 210), np.uint8)
+    ql = np.zeros((nb, 2, 2, 32), np.uint8)
+    qh = np.zeros((nb, 2, 32), np.uint8)
+    for s_ in range(4):
+        ql[:, :, s_ & 1, :] |= (q[:, :, s_, :] & 0x0F) << (4 * (s_ >> 1))
+        qh |= (q[:, :, s_, :] >> 4) << (2 * s_)
+    out[:, 0:128] = ql.reshape(nb, 128)
+    out[:, 128:192] = qh.reshape(nb, 64)
+    out[:, 192:208] = sc.astype(np.int8).view(np.uint8)
+    out[:, 208:210] = d.astype(np.float16).view(np.uint8).reshape(nb, 2)
+    return out.reshape(rows, cols // 256 * 210)
