@@ -1,4 +1,5 @@
-"""Q4_0 matmul benchmark: xsil tiers vs ONNX Runtime MatMulNBits vs numpy fp32, as markdown tables.
+"""Q4_0 matmul benchmark: xsil tiers vs ONNX Runtime MatMulNBits vs numpy fp32, as markdown tables;
+plus a hot GEMV row per weight format (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K, Q5_0) on one shape.
 
     python bench/matmul_table.py --quick     # representative subset, < 4 min on a 2-core box
     python bench/matmul_table.py --full      # Llama + TinyLlama shapes, GEMV hot/cold, GEMM M=128/512
@@ -22,6 +23,42 @@ import _matmul as bm  # noqa: E402
 import xsil  # noqa: E402
 
 
+FORMAT_ROWS = ("Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "Q5_0")
+
+
+def bench_formats(threads: list[int], tiers: list[str], log, K: int = 4096, N: int = 4096) -> None:
+    """Hot GEMV (M=1) per weight format on the same shape, GGUF rows (and packed where the tier has
+    a layout): the cost of a Q6_K output / ffn_down next to the Q4_0 and Q4_K matrices."""
+    from xsil.testing import reference as ref
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, K)).astype(np.float32)
+    rows = []
+    for fmt in FORMAT_ROWS:
+        w = ref.random_blocks(fmt, N, K, rng)
+        for tier in tiers:
+            packed = xsil.pack(w, fmt, isa=tier)
+            for th in threads:
+                for layout, wl in (("rows", w), ("packed", packed)):
+                    if wl is None:
+                        continue
+                    t = bm.measure(lambda wl=wl, tier=tier, th=th: xsil.matmul(x, wl, fmt, isa=tier, threads=th))
+                    rows.append((fmt, tier, th, layout, t, w.nbytes))
+                    log((fmt, tier, th, layout, t))
+    base = {(r[1], r[2], r[3]): r[4] for r in rows if r[0] == "Q4_0"}
+    print(f"\n## GEMV by weight format (M=1, K={K} -> N={N}, hot)\n")
+    print("Same process, medians; random valid blocks. 'vs Q4_0' = Q4_0 time / this time, same tier, threads "
+          "and layout (Q4_0 rows for formats without a packed layout: compare with the Q4_0 rows row).\n")
+    print("| format | bits/weight | tier | thr | layout | time (us) | GB/s | vs Q4_0 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for fmt, tier, th, layout, t, nbytes in rows:
+        fi = xsil.format_info(fmt)
+        bpw = 8 * fi["type_size"] / fi["block_size"]
+        b = base.get((tier, th, layout))
+        print(f"| {fmt} | {bpw:.4g} | {tier} | {th} | {layout} | {t * 1e6:.0f} | {nbytes / t / 1e9:.1f} | "
+              f"{b / t if b else float('nan'):.2f}x |")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = ap.add_mutually_exclusive_group()
@@ -29,8 +66,8 @@ def main(argv=None) -> int:
     g.add_argument("--full", action="store_true", help="every shape, GEMV hot+cold, GEMM M=128 and 512")
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     ap.add_argument("--tiers", default=None, help="comma-separated xsil tiers (default: all SIMD tiers)")
-    ap.add_argument("--cases", default="gemv-cold,gemv-hot,gemm",
-                    help="comma-separated subset of gemv-cold, gemv-hot, gemm (default: all)")
+    ap.add_argument("--cases", default="gemv-cold,gemv-hot,gemm,formats",
+                    help="comma-separated subset of gemv-cold, gemv-hot, gemm, formats (default: all)")
     ap.add_argument("--no-ort", action="store_true")
     ap.add_argument("--no-numpy", action="store_true")
     ap.add_argument("-v", "--verbose", action="store_true", help="print each result as it is measured")
@@ -144,6 +181,8 @@ def main(argv=None) -> int:
                 if t_np:
                     s += f"; {t_np / r.seconds:.2f}x numpy fp32 (target >= 1: {'met' if t_np >= r.seconds else 'NOT met'})"
                 print(s)
+    if "formats" in cases:
+        bench_formats(threads, tiers, log)
     print(f"\n(total benchmark time {time.time() - t0:.0f} s)")
     return 0
 

@@ -17,11 +17,10 @@ struct PyModel {
 Fmt parse_weight_fmt(const std::string& f, const std::string& name) {
   if (f == "F32") return Fmt::F32;
   if (f == "F16") return Fmt::F16;
-  if (f == "Q4_0") return Fmt::Q4_0;
-  if (f == "Q8_0") return Fmt::Q8_0;
-  if (f == "Q4_K") return Fmt::Q4_K;
-  throw std::invalid_argument("[model] tensor " + name + " has type " + f +
-                              "; supported weight types: F32, F16, Q4_0, Q8_0, Q4_K");
+  for (Fmt b : {Fmt::Q4_0, Fmt::Q4_1, Fmt::Q5_0, Fmt::Q5_1, Fmt::Q8_0, Fmt::Q4_K, Fmt::Q5_K, Fmt::Q6_K})
+    if (f == fmt_info(b)->name) return b;
+  throw std::invalid_argument("[model] tensor " + name + " has type " + f + "; supported weight types: F32, F16, " +
+                              kBlockFormatList);
 }
 
 // weights[name] = (array | PackedWeights, fmt, rows, cols)

@@ -8,7 +8,7 @@ namespace xsil::bind {
 
 static py::array_t<uint8_t> py_quantize(const py::array& x, const std::string& fmt_name, py::object threads) {
   const char* op = "quantize";
-  const Fmt fmt = parse_fmt(fmt_name, op, /*allow_q4k=*/false);
+  const Fmt fmt = parse_fmt(fmt_name, op, /*allow_no_quantizer=*/false);
   require<float>(x, op, "x", "float32");
   if (x.ndim() != 2)
     throw std::invalid_argument(std::string("[quantize] x must be 2-D [rows, cols], got shape ") + shape_str(x));
@@ -64,9 +64,9 @@ static py::array_t<float> py_dequantize(const py::array& blocks, const std::stri
 
 void register_quant(py::module_& m) {
   m.def("quantize", &py_quantize, py::arg("x"), py::arg("fmt"), py::arg("threads") = py::none(),
-        "Quantize float32 [rows, cols] to GGUF Q4_0/Q8_0 rows: uint8 [rows, cols/32*type_size].");
+        "Quantize float32 [rows, cols] to GGUF Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 rows: uint8 [rows, cols/32*type_size].");
   m.def("dequantize", &py_dequantize, py::arg("blocks"), py::arg("fmt"), py::arg("cols"),
-        py::arg("threads") = py::none(), "Dequantize GGUF Q4_0/Q8_0/Q4_K rows to float32 [rows, cols].");
+        py::arg("threads") = py::none(), "Dequantize GGUF rows (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) to float32 [rows, cols].");
   m.def("format_info", [](const std::string& name) {
     const FmtInfo* fi = fmt_info(parse_fmt(name, "format_info"));
     py::dict d;

@@ -19,7 +19,9 @@ namespace {
 
 using namespace xsil;
 
-static_assert(XSIL_FMT_Q4_0 == (int)Fmt::Q4_0 && XSIL_FMT_Q8_0 == (int)Fmt::Q8_0 && XSIL_FMT_Q4_K == (int)Fmt::Q4_K,
+static_assert(XSIL_FMT_Q4_0 == (int)Fmt::Q4_0 && XSIL_FMT_Q8_0 == (int)Fmt::Q8_0 && XSIL_FMT_Q4_K == (int)Fmt::Q4_K &&
+                  XSIL_FMT_Q4_1 == (int)Fmt::Q4_1 && XSIL_FMT_Q5_0 == (int)Fmt::Q5_0 &&
+                  XSIL_FMT_Q5_1 == (int)Fmt::Q5_1 && XSIL_FMT_Q5_K == (int)Fmt::Q5_K && XSIL_FMT_Q6_K == (int)Fmt::Q6_K,
               "C ABI format ids must be the GGML type ids");
 
 thread_local std::string t_last_error;
@@ -86,8 +88,8 @@ int threads_arg(int32_t threads, const char* op) {
   return threads;
 }
 
-Fmt fmt_arg(int32_t fmt, const char* op, bool allow_q4k = true) {
-  return stage(XSIL_ERR_UNSUPPORTED_FORMAT, [&] { return fmt_from_id(fmt, op, allow_q4k); });
+Fmt fmt_arg(int32_t fmt, const char* op, bool allow_no_quantizer = true) {
+  return stage(XSIL_ERR_UNSUPPORTED_FORMAT, [&] { return fmt_from_id(fmt, op, allow_no_quantizer); });
 }
 
 Tier tier_arg(const char* name) {
@@ -211,7 +213,7 @@ XSIL_API xsil_status xsil_quantize(xsil_format fmt, const float* x, int64_t rows
                                    size_t out_bytes, int32_t threads) {
   return guard([&] {
     const char* op = "quantize";
-    const Fmt f = fmt_arg(fmt, op, /*allow_q4k=*/false);
+    const Fmt f = fmt_arg(fmt, op, /*allow_no_quantizer=*/false);
     const int64_t rb = check_block_multiple(f, cols, op, "cols", /*positive=*/false);
     const int64_t need = checked_bytes(rows, rb, op);
     const int64_t n = checked_bytes(rows, cols, op);  // floats read from x

@@ -15,12 +15,13 @@ void check_threads(int64_t threads, const char* op) {
     throw std::invalid_argument(std::string("[") + op + "] threads=" + str(threads) + " is out of range [1, 1024]");
 }
 
-Fmt fmt_from_id(int64_t id, const char* op, bool allow_q4k) {
-  if (id == (int64_t)Fmt::Q4_0) return Fmt::Q4_0;
-  if (id == (int64_t)Fmt::Q8_0) return Fmt::Q8_0;
-  if (id == (int64_t)Fmt::Q4_K && allow_q4k) return Fmt::Q4_K;
+Fmt fmt_from_id(int64_t id, const char* op, bool allow_no_quantizer) {
+  const Fmt f = (Fmt)(int32_t)id;
+  if (id >= 0 && id <= 64 && fmt_info(f) && (allow_no_quantizer || fmt_has_quantizer(f))) return f;
   throw std::invalid_argument(std::string("[") + op + "] unsupported format id " + str(id) + "; expected one of " +
-                              (allow_q4k ? "Q4_0 (2), Q8_0 (8), Q4_K (12)" : "Q4_0 (2), Q8_0 (8)"));
+                              (allow_no_quantizer ? "Q4_0 (2), Q4_1 (3), Q5_0 (6), Q5_1 (7), Q8_0 (8), Q4_K (12), "
+                                                    "Q5_K (13), Q6_K (14)"
+                                                  : "Q4_0 (2), Q4_1 (3), Q5_0 (6), Q5_1 (7), Q8_0 (8)"));
 }
 
 int64_t check_block_multiple(Fmt fmt, int64_t value, const char* op, const char* what, bool positive) {

@@ -11,9 +11,9 @@ namespace xsil {
 // An explicit thread count: [1, 1024]. (Front ends map "not given" to 0 = the whole pool.)
 void check_threads(int64_t threads, const char* op);
 
-// Format from a GGML type id; throws naming `op` and the supported formats if unknown (or Q4_K
-// where the op does not support it).
-Fmt fmt_from_id(int64_t id, const char* op, bool allow_q4k = true);
+// Format from a GGML type id; throws naming `op` and the supported formats if unknown (or, with
+// allow_no_quantizer = false, a format xsil cannot quantize to: the K-quants).
+Fmt fmt_from_id(int64_t id, const char* op, bool allow_no_quantizer = true);
 
 // `value` (named `what`, e.g. "cols" or "K") must be a multiple of fmt's block size, and >= 1 when
 // `positive` (>= 0 otherwise). Returns the bytes of one row of `value` weights.

@@ -16,7 +16,7 @@ namespace {
 std::string str(int64_t v) { return std::to_string(v); }
 
 int64_t act_row_bytes(Fmt fmt, int64_t K) {
-  return fmt == Fmt::Q4_K ? K / QK_K * (int64_t)sizeof(block_q8k) : K / 32 * (int64_t)sizeof(block_q8a);
+  return fmt_is_k_quant(fmt) ? K / QK_K * (int64_t)sizeof(block_q8k) : K / 32 * (int64_t)sizeof(block_q8a);
 }
 
 // 64-byte aligned scratch, reused by the calling thread across calls (grows, never shrinks).
@@ -39,19 +39,20 @@ int64_t fmt_row_bytes(Fmt fmt, int64_t K) {
   return K / fi->block_size * fi->type_size;
 }
 
-Fmt parse_fmt(const std::string& name, const char* op, bool allow_q4k) {
+Fmt parse_fmt(const std::string& name, const char* op, bool allow_no_quantizer) {
   std::string u;
   for (char c : name) u += (char)std::toupper((unsigned char)c);
-  if (u == "Q4_0") return Fmt::Q4_0;
-  if (u == "Q8_0") return Fmt::Q8_0;
-  if (u == "Q4_K" && allow_q4k) return Fmt::Q4_K;
+  for (Fmt f : {Fmt::Q4_0, Fmt::Q4_1, Fmt::Q5_0, Fmt::Q5_1, Fmt::Q8_0, Fmt::Q4_K, Fmt::Q5_K, Fmt::Q6_K})
+    if (u == fmt_info(f)->name && (allow_no_quantizer || fmt_has_quantizer(f))) return f;
   throw std::invalid_argument(std::string("[") + op + "] unsupported format '" + name + "'; expected one of " +
-                              (allow_q4k ? "Q4_0, Q8_0, Q4_K" : "Q4_0, Q8_0"));
+                              (allow_no_quantizer ? kBlockFormatList : "Q4_0, Q4_1, Q5_0, Q5_1, Q8_0"));
 }
 
 void check_matmul(const MatmulParams& p, int64_t w_bytes, int threads) {
   const FmtInfo* fi = fmt_info(p.fmt);
-  if (!fi) throw std::invalid_argument("[matmul] unsupported weight format id " + str((int)p.fmt));
+  if (!fi)
+    throw std::invalid_argument("[matmul] unsupported weight format id " + str((int)p.fmt) + "; expected one of " +
+                                kBlockFormatList);
   if (p.M < 1) throw std::invalid_argument("[matmul] M=" + str(p.M) + " must be >= 1");
   if (p.N < 1) throw std::invalid_argument("[matmul] N=" + str(p.N) + " must be >= 1");
   if (p.K < 1) throw std::invalid_argument("[matmul] K=" + str(p.K) + " must be >= 1");
@@ -112,6 +113,9 @@ void matmul(const MatmulParams& p, const MatmulKernels& k, int threads, bool exa
   }
 
   const FmtKernels* fk = k.for_fmt(p.fmt);
+  if (!fk)
+    throw std::invalid_argument(std::string("[matmul] unsupported weight format id ") + str((int)p.fmt) +
+                                "; expected one of " + kBlockFormatList);
   const GemmFn gemm = p.w_packed ? fk->gemm_packed : fk->gemm;
   if (!gemm)
     throw std::invalid_argument(std::string("[matmul] tier '") + tier_name(k.tier) + "' has no kernel for this layout");

@@ -35,12 +35,17 @@ struct FmtKernels {
 struct MatmulKernels {
   Tier tier = Tier::Ref;
   int64_t n_tile = 16;            // N granularity of work splitting (see GemmFn)
-  FmtKernels q4_0, q8_0, q4_k;
+  FmtKernels q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k;
   const FmtKernels* for_fmt(Fmt f) const {
     switch (f) {
       case Fmt::Q4_0: return &q4_0;
+      case Fmt::Q4_1: return &q4_1;
+      case Fmt::Q5_0: return &q5_0;
+      case Fmt::Q5_1: return &q5_1;
       case Fmt::Q8_0: return &q8_0;
       case Fmt::Q4_K: return &q4_k;
+      case Fmt::Q5_K: return &q5_k;
+      case Fmt::Q6_K: return &q6_k;
       default: return nullptr;
     }
   }
@@ -60,8 +65,9 @@ const MatmulKernels& matmul_kernels_neon(bool dotprod);
 
 // Bytes of one GGUF row of K weights in fmt (K must be a multiple of the block size).
 int64_t fmt_row_bytes(Fmt fmt, int64_t K);
-// Parses "Q4_0" / "Q8_0" / "Q4_K" (case-insensitive); throws std::invalid_argument naming `op`.
-Fmt parse_fmt(const std::string& name, const char* op, bool allow_q4k = true);
+// Parses a block format name ("Q4_0", "Q6_K", ...; case-insensitive); throws std::invalid_argument
+// naming `op` and the supported formats. allow_no_quantizer = false: only formats with a quantizer.
+Fmt parse_fmt(const std::string& name, const char* op, bool allow_no_quantizer = true);
 
 // Validates sizes of a matmul before anything touches memory; throws std::invalid_argument with the
 // op name and the offending value. w_bytes is the size of the weight buffer.

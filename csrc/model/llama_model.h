@@ -16,7 +16,7 @@ namespace xsil {
 // A weight tensor the model reads in place (a view of the GGUF mapping, or packed weights).
 struct WeightRef {
   const void* data = nullptr;  // rows x cols in fmt (GGUF rows), or the tier's packed layout
-  Fmt fmt = Fmt::F32;          // F32, F16, Q4_0, Q8_0, Q4_K
+  Fmt fmt = Fmt::F32;          // F32, F16 or a block format (fmt_info)
   int64_t rows = 0, cols = 0;  // NumPy shape: rows of cols elements (a 1-D tensor has rows = 1)
   int64_t nbytes = 0;          // size of data
   bool packed = false;         // data is in tier's packed layout

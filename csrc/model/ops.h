@@ -15,7 +15,7 @@ void swiglu(float* g, const float* u, int64_t rows, int64_t n, int threads);
 void add_inplace(float* y, const float* x, int64_t count);
 // y[r, :] += b for rows x n.
 void add_bias(float* y, const float* b, int64_t rows, int64_t n);
-// Row `row` of a [rows, n] weight in fmt (F32, F16, Q4_0, Q8_0, Q4_K) as fp32.
+// Row `row` of a [rows, n] weight in fmt (F32, F16 or a block format) as fp32.
 void get_row(const void* w, Fmt fmt, int64_t n, int64_t row, float* out);
 // y[M, N] = x[M, K] . W[N, K]^T for F32 or F16 weights.
 void matmul_dense(const float* x, const void* w, Fmt fmt, float* y, int64_t M, int64_t N, int64_t K, int threads);

@@ -1,4 +1,5 @@
-"""Block-quantized kernels: GGUF Q4_0 / Q8_0 / Q4_K (de)quantization and matmul.
+"""Block-quantized kernels: GGUF Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 / Q4_K / Q5_K / Q6_K
+(de)quantization and matmul.
 
 Every function checks shapes, dtypes and sizes before native code touches memory and raises
 ``ValueError`` whose message starts with the op name, e.g.
@@ -16,8 +17,10 @@ from . import _core
 
 PackedWeights = _core.PackedWeights
 
-#: Formats the kernels read. Quantization (fp32 -> blocks) is available for Q4_0 and Q8_0.
-FORMATS = ("Q4_0", "Q8_0", "Q4_K")
+#: Formats the kernels read.
+FORMATS = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
+#: Formats :func:`quantize` writes (those gguf-py quantizes too; the K-quants are read-only).
+QUANT_FORMATS = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
 
 
 def _threads(threads: Optional[int], op: str) -> Optional[int]:
@@ -68,7 +71,7 @@ def format_info(fmt: str) -> dict:
 def quantize(x: np.ndarray, fmt: str, *, threads: Optional[int] = None) -> np.ndarray:
     """Quantize float32 ``x[rows, cols]`` to GGUF rows.
 
-    Returns uint8 ``[rows, cols / 32 * type_size]`` (18 bytes per 32 weights for Q4_0, 34 for Q8_0),
+    Returns uint8 ``[rows, cols / 32 * type_size]`` (18 bytes per 32 weights for Q4_0, 20 Q4_1, 22 Q5_0, 24 Q5_1, 34 Q8_0),
     byte-for-byte identical to ``gguf.quants.quantize``. ``cols`` must be a multiple of 32 and every
     value finite. A contiguous float32 input is read without a copy.
     """
@@ -79,7 +82,7 @@ def quantize(x: np.ndarray, fmt: str, *, threads: Optional[int] = None) -> np.nd
 
 def dequantize(blocks: np.ndarray, fmt: str, cols: int, *, threads: Optional[int] = None) -> np.ndarray:
     """Dequantize GGUF rows (uint8 ``[rows, row_bytes]`` or flat) of ``cols`` weights each to
-    float32 ``[rows, cols]``, identical to ``gguf.quants.dequantize``. Q4_0, Q8_0 and Q4_K."""
+    float32 ``[rows, cols]``, identical to ``gguf.quants.dequantize``. Every format in FORMATS."""
     if not isinstance(blocks, np.ndarray):
         raise ValueError(f"[dequantize] blocks must be a numpy array, got {type(blocks).__name__}")
     if isinstance(cols, bool) or not isinstance(cols, (int, np.integer)):

@@ -48,7 +48,7 @@ xsil_status xsil_matmul(const float* x, int64_t M, int64_t K, const void* w, siz
 """
 
 OK, INVALID, BAD_FMT, BAD_TIER = 0, -1, -2, -3
-FMT_ID = {"Q4_0": 2, "Q8_0": 8, "Q4_K": 12}
+FMT_ID = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
 
 ffi = cffi.FFI()
 ffi.cdef(CDEF)
@@ -108,13 +108,16 @@ def bits(a: np.ndarray) -> np.ndarray:
 
 
 def random_blocks(rng, fmt: str, rows: int, cols: int) -> np.ndarray:
-    """Random GGUF rows with finite fp16 scales (d, and dmin for Q4_K)."""
+    """Random GGUF rows with finite fp16 scales (d, and dmin / m where the format has one)."""
     info = xsil.format_info(fmt)
     nb = cols // info["block_size"]
     b = rng.integers(0, 256, (rows * nb, info["type_size"]), dtype=np.uint8)
     scales = (rng.standard_normal((rows * nb, 2)) * 0.05).astype(np.float16).view(np.uint8)
+    if fmt == "Q6_K":
+        b[:, 208:210] = scales[:, :2]  # d is last
+        return b.reshape(rows, -1)
     b[:, :2] = scales[:, :2]
-    if fmt == "Q4_K":
+    if fmt in ("Q4_K", "Q5_K", "Q4_1", "Q5_1"):
         b[:, 2:4] = scales[:, 2:4]
     return b.reshape(rows, -1)
 
@@ -158,8 +161,8 @@ def test_format_info(lib, fmt):
 
 
 def test_unknown_format(lib):
-    assert lib.xsil_format_block_size(3) == -1
-    assert err(lib) == "[format] unsupported format id 3; expected one of Q4_0 (2), Q8_0 (8), Q4_K (12)"
+    assert lib.xsil_format_block_size(10) == -1
+    assert err(lib) == "[format] unsupported format id 10; expected one of Q4_0 (2), Q4_1 (3), Q5_0 (6), Q5_1 (7), Q8_0 (8), Q4_K (12), Q5_K (13), Q6_K (14)"
     assert lib.xsil_format_type_size(0) == -1
     assert lib.xsil_format_name(1) == ffi.NULL
     assert lib.xsil_format_row_bytes(2, 100) == -1
@@ -253,7 +256,7 @@ def test_quantize_matches_binding(lib, rng, fmt, shape):
         assert np.array_equal(c_quantize(lib, x, fmt, threads), ref)
 
 
-@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K"])
+@pytest.mark.parametrize("fmt", list(FMT_ID))
 def test_dequantize_matches_binding(lib, rng, fmt):
     cols = 512
     b = random_blocks(rng, fmt, 9, cols)
@@ -262,7 +265,7 @@ def test_dequantize_matches_binding(lib, rng, fmt):
         assert np.array_equal(bits(c_dequantize(lib, b, fmt, cols, threads)), bits(ref))
 
 
-@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K"])
+@pytest.mark.parametrize("fmt", list(FMT_ID))
 @pytest.mark.parametrize("exact", [False, True])
 @pytest.mark.parametrize("mnk", [(1, 17, 256), (5, 64, 512), (70, 33, 256)])
 def test_matmul_matches_binding(lib, rng, tier, fmt, exact, mnk):
@@ -304,7 +307,7 @@ MATMUL_ERRORS = [
     # (kwargs overriding the good call, status, message)
     (dict(K=100), INVALID, "[matmul] K=100 is not a multiple of the Q4_0 block size 32"),
     (dict(fmt=12), INVALID, "[matmul] K=64 is not a multiple of the Q4_K block size 256"),
-    (dict(fmt=5), BAD_FMT, "[matmul] unsupported format id 5; expected one of Q4_0 (2), Q8_0 (8), Q4_K (12)"),
+    (dict(fmt=5), BAD_FMT, "[matmul] unsupported format id 5; expected one of Q4_0 (2), Q4_1 (3), Q5_0 (6), Q5_1 (7), Q8_0 (8), Q4_K (12), Q5_K (13), Q6_K (14)"),
     (dict(M=0), INVALID, "[matmul] M=0 must be >= 1"),
     (dict(N=-3), INVALID, "[matmul] N=-3 must be >= 1"),
     (dict(K=0), INVALID, "[matmul] K=0 must be >= 1"),
@@ -359,7 +362,8 @@ def test_quantize_errors(lib):
         return lib.xsil_quantize(fmt, xp, rows, cols, op, nbytes, threads)
 
     assert q(fmt=12) == BAD_FMT
-    assert err(lib) == "[quantize] unsupported format id 12; expected one of Q4_0 (2), Q8_0 (8)"
+    assert err(lib) == "[quantize] unsupported format id 12; expected one of Q4_0 (2), Q4_1 (3), Q5_0 (6), Q5_1 (7), Q8_0 (8)"
+    assert q(fmt=14) == BAD_FMT
     assert q(cols=48) == INVALID
     with pytest.raises(ValueError) as e:
         xsil.quantize(np.ones((3, 48), np.float32), "Q4_0")
@@ -397,8 +401,8 @@ def test_dequantize_errors(lib, rng):
         op = fptr(out) if op is None else op
         return lib.xsil_dequantize(fmt, bp, nbytes, rows, cols, op, floats, 0)
 
-    assert d(fmt=7) == BAD_FMT
-    assert err(lib) == "[dequantize] unsupported format id 7; expected one of Q4_0 (2), Q8_0 (8), Q4_K (12)"
+    assert d(fmt=11) == BAD_FMT
+    assert err(lib) == "[dequantize] unsupported format id 11; expected one of Q4_0 (2), Q4_1 (3), Q5_0 (6), Q5_1 (7), Q8_0 (8), Q4_K (12), Q5_K (13), Q6_K (14)"
     assert d(cols=0) == INVALID
     with pytest.raises(ValueError) as e:
         xsil.dequantize(b, "Q4_K", 0)

@@ -68,11 +68,17 @@ def test_empty_shapes(wq):
 
 
 def test_unknown_format(wq):
-    with pytest.raises(ValueError, match=r"\[matmul\] unsupported format 'Q5_1'"):
+    with pytest.raises(ValueError, match=r"\[matmul\] unsupported format 'Q2_K'; expected one of Q4_0, Q4_1, "
+                       r"Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K"):
+        xsil.matmul(np.zeros((1, 64), np.float32), wq, "Q2_K")
+    for fmt in ("Q4_K", "Q6_K"):
+        with pytest.raises(ValueError, match=rf"\[quantize\] unsupported format '{fmt}'; "
+                           r"expected one of Q4_0, Q4_1, Q5_0, Q5_1, Q8_0"):
+            xsil.quantize(np.zeros((1, 256), np.float32), fmt)
+    with pytest.raises(ValueError, match=r"\[matmul\] K=64 is not a multiple of the Q6_K block size 256"):
+        xsil.matmul(np.zeros((1, 64), np.float32), np.zeros((1, 52), np.uint8), "Q6_K")
+    with pytest.raises(ValueError, match=r"\[matmul\] w has 36 bytes per row; K=64 in Q5_1 needs 48"):
         xsil.matmul(np.zeros((1, 64), np.float32), wq, "Q5_1")
-    with pytest.raises(ValueError, match=r"\[quantize\] unsupported format 'Q4_K'; "
-                       r"expected one of Q4_0, Q8_0"):
-        xsil.quantize(np.zeros((1, 256), np.float32), "Q4_K")
     with pytest.raises(ValueError, match=r"\[matmul\] fmt must be a string"):
         xsil.matmul(np.zeros((1, 64), np.float32), wq, 2)
 

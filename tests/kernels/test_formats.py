@@ -36,7 +36,11 @@ def special_rows(cols, rng):
     return np.stack(rows).astype(np.float32)
 
 
-@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0"])
+QUANT_FMTS = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
+K_QUANTS = ["Q4_K", "Q5_K", "Q6_K"]
+
+
+@pytest.mark.parametrize("fmt", QUANT_FMTS)
 @pytest.mark.parametrize("cols", [32, 96, 4096])
 def test_quantize_bit_exact(fmt, cols, rng):
     x = np.concatenate([special_rows(cols, rng), rng.standard_normal((40, cols)).astype(np.float32)])
@@ -46,7 +50,7 @@ def test_quantize_bit_exact(fmt, cols, rng):
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0"])
+@pytest.mark.parametrize("fmt", QUANT_FMTS)
 def test_quantize_random_scales_bit_exact(fmt, rng):
     # Wide dynamic range per row exercises fp16 rounding of d across many exponents.
     scales = np.exp(rng.uniform(-30, 11, size=(300, 1))).astype(np.float32)
@@ -54,10 +58,10 @@ def test_quantize_random_scales_bit_exact(fmt, rng):
     np.testing.assert_array_equal(xsil.quantize(x, fmt), gguf_quant(x, fmt))
 
 
-@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K"])
+@pytest.mark.parametrize("fmt", QUANT_FMTS + K_QUANTS)
 def test_dequantize_matches_gguf(fmt, rng):
     cols = 512
-    if fmt == "Q4_K":
+    if fmt in K_QUANTS:
         b = ref.random_blocks(fmt, 33, cols, rng)
     else:
         rows = np.concatenate([special_rows(cols, rng), rng.standard_normal((22, cols)).astype(np.float32)])
@@ -79,6 +83,26 @@ def test_q4_k_random_bytes_including_extreme_scales(rng):
     np.testing.assert_array_equal(xsil.dequantize(b, "Q4_K", 256), gguf_dequant(b, "Q4_K"))
 
 
+@pytest.mark.parametrize("fmt", ["Q4_1", "Q5_0", "Q5_1", "Q5_K", "Q6_K"])
+def test_random_bytes_dequantize_matches_gguf(fmt, rng):
+    """Any bytes with finite fp16 scales are a valid block: random quants, qh bits and (Q6_K) signed
+    scales, with fp16 scales spanning subnormals to large values."""
+    bs, ts = ref.BLOCK[fmt]
+    n = 96
+    b = rng.integers(0, 256, size=(n, ts), dtype=np.uint8)
+    d = np.concatenate([np.full(16, 6e-8), rng.uniform(-2, 2, 64), rng.uniform(-6e4, 6e4, 16)]).astype(np.float16)
+    if fmt == "Q6_K":
+        b[:, 208:210] = d.view(np.uint8).reshape(-1, 2)
+    else:
+        b[:, 0:2] = d.view(np.uint8).reshape(-1, 2)
+        if fmt in ("Q4_1", "Q5_1", "Q5_K"):
+            b[:, 2:4] = d[::-1].copy().view(np.uint8).reshape(-1, 2)
+    want = gguf_dequant(b, fmt)
+    np.testing.assert_array_equal(xsil.dequantize(b, fmt, bs), want)
+    np.testing.assert_array_equal(xsil.dequantize(b.reshape(-1, 4 * ts), fmt, 4 * bs), want.reshape(-1, 4 * bs))
+    np.testing.assert_array_equal(ref.dequantize(b, fmt, bs), want)
+
+
 def test_dequantize_flat_input(rng):
     b = xsil.quantize(rng.standard_normal((4, 64)).astype(np.float32), "Q8_0")
     np.testing.assert_array_equal(xsil.dequantize(b.ravel(), "Q8_0", 64), xsil.dequantize(b, "Q8_0", 64))
@@ -97,7 +121,19 @@ def test_roundtrip_error_within_half_step(rng):
         assert (np.abs((y - x).reshape(16, -1, 32)) <= tol).all()
 
 
-@pytest.mark.parametrize("fmt,bs,ts", [("Q4_0", 32, 18), ("Q8_0", 32, 34), ("Q4_K", 256, 144)])
+@pytest.mark.parametrize(
+    "fmt,bs,ts",
+    [
+        ("Q4_0", 32, 18),
+        ("Q4_1", 32, 20),
+        ("Q5_0", 32, 22),
+        ("Q5_1", 32, 24),
+        ("Q8_0", 32, 34),
+        ("Q4_K", 256, 144),
+        ("Q5_K", 256, 176),
+        ("Q6_K", 256, 210),
+    ],
+)
 def test_format_info(fmt, bs, ts):
     fi = xsil.format_info(fmt)
     assert (fi["block_size"], fi["type_size"], fi["name"]) == (bs, ts, fmt)

@@ -17,8 +17,11 @@ SIMD = [t for t in xsil.cpu_info()["available_tiers"] if t != "ref"]
 pytestmark = pytest.mark.skipif(not SIMD, reason="no SIMD tier on this machine")
 
 
+ALL = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
+
+
 def weights(fmt, N, K, rng):
-    if fmt == "Q4_K":
+    if fmt in ("Q4_K", "Q5_K", "Q6_K"):
         return ref.random_blocks(fmt, N, K, rng)
     return xsil.quantize((rng.standard_normal((N, K)) * 0.05).astype(np.float32), fmt)
 
@@ -28,7 +31,7 @@ def simd_tier(request):
     return request.param
 
 
-@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K"])
+@pytest.mark.parametrize("fmt", ALL)
 @pytest.mark.parametrize("M", [1, 3, 17, 128, 513])
 def test_bit_identical_to_ref(simd_tier, fmt, M, rng):
     N, K = 37, 512  # N: two full 16-row groups + a partial one (8-row groups: 4 full + 5)
@@ -39,7 +42,7 @@ def test_bit_identical_to_ref(simd_tier, fmt, M, rng):
     np.testing.assert_array_equal(xsil.matmul(x, w, fmt, isa=simd_tier, threads=1), want)
 
 
-@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K"])
+@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K"])  # the formats with packed layouts
 @pytest.mark.parametrize("N", [1, 5, 8, 15, 16, 17, 31, 33, 200])
 @pytest.mark.parametrize("M", [1, 3, 17, 128, 513])
 def test_packed_partial_groups(simd_tier, fmt, N, M, rng):
@@ -59,7 +62,7 @@ def test_packed_partial_groups(simd_tier, fmt, N, M, rng):
     np.testing.assert_array_equal(xsil.matmul(x, p2, fmt), want)
 
 
-@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K"])
+@pytest.mark.parametrize("fmt", ALL)
 def test_k11008(simd_tier, fmt, rng):
     N, K = 45, 11008
     w = weights(fmt, N, K, rng)
@@ -93,13 +96,30 @@ def test_extreme_activations(simd_tier, rng):
     x = np.where(rng.random((4, K)) < 0.5, -3.0, 3.0).astype(np.float32)
     for wq, fmt in ((w, "Q4_0"), (w8, "Q8_0")):
         np.testing.assert_array_equal(xsil.matmul(x, wq, fmt, isa=simd_tier), xsil.matmul(x, wq, fmt, isa="ref"))
+    # Largest quants (all bits set or all clear) with extreme scales: every int16 pair sum at its bound.
+    for fmt in ("Q4_1", "Q5_0", "Q5_1", "Q5_K", "Q6_K"):
+        for fill in (0x00, 0xFF):
+            wq = ref.random_blocks(fmt, N, K, rng)
+            bs, ts = ref.BLOCK[fmt]
+            b = wq.reshape(-1, ts)
+            if fmt == "Q6_K":
+                b[:, 0:192] = fill
+                b[:, 192:208] = np.where(rng.random((b.shape[0], 16)) < 0.5, 0x80, 0x7F)  # -128 / 127
+            elif fmt == "Q5_K":
+                b[:, 4:16] = 0xFF  # 6-bit scales and mins at 63
+                b[:, 16:] = fill
+            else:
+                b[:, 4 if fmt == "Q4_1" else (2 if fmt == "Q5_0" else 4) :] = fill
+            np.testing.assert_array_equal(xsil.matmul(x, wq, fmt, isa=simd_tier), xsil.matmul(x, wq, fmt, isa="ref"))
+            want = ref.matmul_int8(x, wq, fmt)
+            assert np.allclose(xsil.matmul(x, wq, fmt, isa=simd_tier), want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
 
 
 _NO_VNNI_SCRIPT = r"""
 import numpy as np, xsil
 from xsil.testing import reference as ref
 rng = np.random.default_rng(7)
-for fmt in ("Q4_0", "Q8_0", "Q4_K"):
+for fmt in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"):
     for M, N, K in ((1, 37, 512), (17, 33, 768), (130, 20, 256)):
         w = ref.random_blocks(fmt, N, K, rng)
         x = rng.standard_normal((M, K)).astype(np.float32)
@@ -141,7 +161,7 @@ def guarded(nbytes, at_end):
 
 rng = np.random.default_rng(3)
 tiers = [t for t in xsil.cpu_info()["available_tiers"] if t != "ref"]
-for fmt in ("Q4_0", "Q8_0", "Q4_K"):
+for fmt in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"):
     for M, N, K in ((1, 1, 256), (1, 17, 256), (3, 37, 512), (7, 33, 256), (70, 50, 256)):
         src = ref.random_blocks(fmt, N, K, rng)
         for at_end in (True, False):
@@ -172,7 +192,7 @@ def test_no_reads_outside_buffers():
     assert r.returncode == 0 and "ok" in r.stdout, (r.returncode, r.stderr[-2000:])
 
 
-@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K"])
+@pytest.mark.parametrize("fmt", ALL)
 def test_odd_activations_match_ref(simd_tier, fmt, rng):
     """Activation quantization matches ref byte for byte also for blocks so tiny that 1/d overflows,
     and for NaN / inf entries (results are then meaningless, but tiers stay comparable)."""

@@ -48,7 +48,8 @@ def _vocab_gpt2(n):
 
 def write_model(path, *, arch="llama", n_embd=64, n_layer=2, n_head=4, n_head_kv=2, n_ff=96, n_vocab=320,
                 wtype="Q4_0", mix=None, tied=False, biases=False, seed=0, rope_base=10000.0, head_dim=None):
-    """mix: optional dict of tensor-name suffix -> type name overriding wtype (e.g. {"ffn_down": "Q8_0"})."""
+    """mix: optional dict of tensor-name part -> type name overriding wtype (e.g. {"ffn_down": "Q8_0"});
+    a key starting with "=" matches the whole name only (e.g. {"=output.weight": "Q6_K"})."""
     rng = np.random.default_rng(seed)
     hd = head_dim or n_embd // n_head
     w = gguf.GGUFWriter(path, arch)
@@ -80,7 +81,7 @@ def write_model(path, *, arch="llama", n_embd=64, n_layer=2, n_head=4, n_head_kv
 
     def typ(name):
         for k, v in (mix or {}).items():
-            if k in name:
+            if (name == k[1:]) if k.startswith("=") else (k in name):
                 return v
         return wtype
 
@@ -91,11 +92,11 @@ def write_model(path, *, arch="llama", n_embd=64, n_layer=2, n_head=4, n_head_kv
             w.add_tensor(name, x)
         elif t == "F16":
             w.add_tensor(name, x.astype(np.float16))
-        elif t == "Q4_K":
-            from xsil.testing.reference import quantize_q4_k
+        elif t in ("Q4_K", "Q5_K", "Q6_K"):  # gguf-py has no K-quant quantizers: xsil's simple ones
+            from xsil.testing import reference
 
-            b = quantize_q4_k(x)
-            w.add_tensor(name, b, raw_dtype=GT.Q4_K)
+            b = getattr(reference, "quantize_" + t.lower())(x)
+            w.add_tensor(name, b, raw_dtype=getattr(GT, t))
         else:
             q = gguf.quants.quantize(x, getattr(GT, t))
             w.add_tensor(name, q, raw_dtype=getattr(GT, t))
@@ -138,6 +139,9 @@ MODEL_CASES = {
     "tied_f16_mix": dict(tied=True, mix={"ffn_down": "F16", "attn_v": "Q8_0", "token_embd": "F16"}),
     "f32_all": dict(wtype="F32", n_head_kv=1),
     "q4_k_mix": dict(n_embd=256, n_ff=512, n_head=4, n_head_kv=2, wtype="Q4_K", mix={"token_embd": "Q8_0"}),
+    # llama.cpp "Q4_K_M"-like: Q4_K matrices, Q6_K output and ffn_down, a Q5_K attn_v, F32 norms.
+    "q4_k_m_mix": dict(n_embd=256, n_ff=512, n_head=4, n_head_kv=2, wtype="Q4_K",
+                       mix={"ffn_down": "Q6_K", "=output.weight": "Q6_K", "attn_v": "Q5_K"}),
     "qwen2_biases": dict(arch="qwen2", biases=True, n_head=4, n_head_kv=2, rope_base=1000000.0),
 }
 

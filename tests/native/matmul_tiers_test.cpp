@@ -13,6 +13,7 @@
 //   4. where the tier has a packed layout: pack_weights (out of place and in place) keeps the size
 //      and matmul on the packed copy gives bit-identical outputs on 1 and 2 threads.
 #include <cinttypes>
+#include <cstddef>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -42,7 +43,7 @@ void fail(const std::string& what) {
 const char* fmt_name(Fmt f) { return fmt_info(f)->name; }
 
 int64_t act_row_bytes(Fmt fmt, int64_t K) {
-  return fmt == Fmt::Q4_K ? K / QK_K * (int64_t)sizeof(block_q8k) : K / 32 * (int64_t)sizeof(block_q8a);
+  return fmt_is_k_quant(fmt) ? K / QK_K * (int64_t)sizeof(block_q8k) : K / 32 * (int64_t)sizeof(block_q8a);
 }
 
 // Random GGUF weight rows: random quant bytes (the full range, Q8_0 including -128), random finite
@@ -56,8 +57,8 @@ std::vector<uint8_t> random_weights(Fmt fmt, int64_t N, int64_t K, std::mt19937&
   const int bs = fmt_info(fmt)->type_size;
   for (int64_t off = 0; off < N * rb; off += bs) {
     uint16_t d = fp32_to_fp16(sc(rng) * (byte(rng) & 1 ? -1.0f : 1.0f));
-    std::memcpy(&w[off], &d, 2);
-    if (fmt == Fmt::Q4_K) {
+    std::memcpy(&w[off + (fmt == Fmt::Q6_K ? offsetof(block_q6_K, d) : 0)], &d, 2);
+    if (fmt == Fmt::Q4_K || fmt == Fmt::Q5_K || fmt == Fmt::Q4_1 || fmt == Fmt::Q5_1) {  // dmin / m
       uint16_t dm = fp32_to_fp16(sc(rng));
       std::memcpy(&w[off + 2], &dm, 2);
     }
@@ -79,7 +80,7 @@ std::vector<float> random_acts(int64_t M, int64_t K, std::mt19937& rng) {
 // Dequantized activation row (from ref's bytes), to bound the terms of each output.
 std::vector<float> deq_act(Fmt fmt, const uint8_t* xq, int64_t K) {
   std::vector<float> r((size_t)K);
-  if (fmt == Fmt::Q4_K) {
+  if (fmt_is_k_quant(fmt)) {
     const block_q8k* b = (const block_q8k*)xq;
     for (int64_t i = 0; i < K; ++i) r[i] = b[i / QK_K].d * b[i / QK_K].qs[i % QK_K];
   } else {
@@ -315,11 +316,11 @@ int main(int argc, char** argv) {
     ++tested;
     const int fails0 = g_fail;
     check_quantize(tk, rk, rng);
-    for (Fmt fmt : {Fmt::Q4_0, Fmt::Q8_0, Fmt::Q4_K}) {
+    for (Fmt fmt : {Fmt::Q4_0, Fmt::Q8_0, Fmt::Q4_K, Fmt::Q4_1, Fmt::Q5_0, Fmt::Q5_1, Fmt::Q5_K, Fmt::Q6_K}) {
       Stats st;
       const int fails1 = g_fail;
       for (int64_t K : {32, 256, 4096}) {
-        if (fmt == Fmt::Q4_K && K < QK_K) continue;
+        if (fmt_is_k_quant(fmt) && K < QK_K) continue;
         for (int64_t N : {1, 7, 33, 77})
           for (int64_t M : {1, 3, 17, 64}) check_matmul_case(tk, rk, fmt, M, N, K, rng, st, false);
       }

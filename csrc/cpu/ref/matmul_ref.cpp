@@ -95,6 +95,77 @@ float dot_q4_k(const block_q4_K* w, const block_q8k* x, int64_t nb) {
   return acc;
 }
 
+// Q4_1: sum_k (d q_k + m) x_k with x_k ~ d_x qx_k is (d d_x) isum + m (d_x sum qx) = ... + m * s.
+float dot_q4_1(const block_q4_1* w, const block_q8a* x, int64_t nb) {
+  float acc = 0.0f;
+  for (int64_t i = 0; i < nb; ++i) {
+    int isum = 0;
+    for (int j = 0; j < 16; ++j) {
+      isum += (w[i].qs[j] & 0x0F) * x[i].qs[j];
+      isum += (w[i].qs[j] >> 4) * x[i].qs[j + 16];
+    }
+    acc += fp16_to_fp32(w[i].d) * x[i].d * (float)isum + fp16_to_fp32(w[i].m) * x[i].s;
+  }
+  return acc;
+}
+
+float dot_q5_0(const block_q5_0* w, const block_q8a* x, int64_t nb) {
+  float acc = 0.0f;
+  for (int64_t i = 0; i < nb; ++i) {
+    int isum = 0;
+    for (int j = 0; j < 32; ++j) isum += (q5_quant(w[i].qs, w[i].qh, j) - 16) * x[i].qs[j];
+    acc += fp16_to_fp32(w[i].d) * x[i].d * (float)isum;
+  }
+  return acc;
+}
+
+float dot_q5_1(const block_q5_1* w, const block_q8a* x, int64_t nb) {
+  float acc = 0.0f;
+  for (int64_t i = 0; i < nb; ++i) {
+    int isum = 0;
+    for (int j = 0; j < 32; ++j) isum += q5_quant(w[i].qs, w[i].qh, j) * x[i].qs[j];
+    acc += fp16_to_fp32(w[i].d) * x[i].d * (float)isum + fp16_to_fp32(w[i].m) * x[i].s;
+  }
+  return acc;
+}
+
+// Q5_K: as Q4_K with 5-bit quants.
+float dot_q5_k(const block_q5_K* w, const block_q8k* x, int64_t nb) {
+  float acc = 0.0f;
+  for (int64_t i = 0; i < nb; ++i) {
+    const float d = fp16_to_fp32(w[i].d) * x[i].d;
+    const float dmin = fp16_to_fp32(w[i].dmin) * x[i].d;
+    int sum_sc = 0, sum_m = 0;
+    for (int j = 0; j < 8; ++j) {
+      uint8_t sc, m;
+      q4k_scale_min(j, w[i].scales, &sc, &m);
+      int isum = 0;
+      for (int l = 0; l < 32; ++l) isum += q5k_quant(w[i], 32 * j + l) * x[i].qs[32 * j + l];
+      sum_sc += sc * isum;
+      sum_m += m * (x[i].bsums[2 * j] + x[i].bsums[2 * j + 1]);
+    }
+    acc += d * (float)sum_sc - dmin * (float)sum_m;
+  }
+  return acc;
+}
+
+// Q6_K: isum = sum_j sc_j * sum_{k in j} (q_k - 32) qx_k over the 16 sub-blocks of 16 (exact int32:
+// |isum| <= 16 * 128 * 16 * 32 * 127 < 2^31), then acc += (d * d_x) * isum.
+float dot_q6_k(const block_q6_K* w, const block_q8k* x, int64_t nb) {
+  float acc = 0.0f;
+  for (int64_t i = 0; i < nb; ++i) {
+    const float d = fp16_to_fp32(w[i].d) * x[i].d;
+    int isum = 0;
+    for (int j = 0; j < 16; ++j) {
+      int s = 0;
+      for (int l = 0; l < 16; ++l) s += (q6k_quant(w[i], 16 * j + l) - 32) * x[i].qs[16 * j + l];
+      isum += w[i].scales[j] * s;
+    }
+    acc += d * (float)isum;
+  }
+  return acc;
+}
+
 template <typename WB, typename XB, float (*DOT)(const WB*, const XB*, int64_t), int QK>
 void gemm_ref(const GemmArgs& a, int64_t n0, int64_t n1) {
   const int64_t nb = a.K / QK;
@@ -117,6 +188,16 @@ MatmulKernels make_ref() {
   k.q8_0.gemm = gemm_ref<block_q8_0, block_q8a, dot_q8_0, QK8_0>;
   k.q4_k.quantize_act = quantize_act_q8k;
   k.q4_k.gemm = gemm_ref<block_q4_K, block_q8k, dot_q4_k, QK_K>;
+  k.q4_1.quantize_act = quantize_act_q8a;
+  k.q4_1.gemm = gemm_ref<block_q4_1, block_q8a, dot_q4_1, QK4_1>;
+  k.q5_0.quantize_act = quantize_act_q8a;
+  k.q5_0.gemm = gemm_ref<block_q5_0, block_q8a, dot_q5_0, QK5_0>;
+  k.q5_1.quantize_act = quantize_act_q8a;
+  k.q5_1.gemm = gemm_ref<block_q5_1, block_q8a, dot_q5_1, QK5_1>;
+  k.q5_k.quantize_act = quantize_act_q8k;
+  k.q5_k.gemm = gemm_ref<block_q5_K, block_q8k, dot_q5_k, QK_K>;
+  k.q6_k.quantize_act = quantize_act_q8k;
+  k.q6_k.gemm = gemm_ref<block_q6_K, block_q8k, dot_q6_k, QK_K>;
   return k;
 }
 

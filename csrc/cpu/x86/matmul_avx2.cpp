@@ -276,6 +276,7 @@ MatmulKernels make_avx2() {
   k.q4_k.gemm_packed = gemm_q4_k_packed8;
   k.q4_k.pack = pack_q4_k_rows8;
   k.q4_k.pack_rows = G;
+  set_row_wise_kernels_x86(k);
   return k;
 }
 

@@ -455,6 +455,7 @@ MatmulKernels make_avx512_table() {
   k.q8_0.gemm = gemm_q8_0_x86;
   k.q4_k.quantize_act = quantize_act_q8k_x86;
   k.q4_k.gemm = gemm_q4_k_x86;
+  set_row_wise_kernels_x86(k);
 #if defined(__AVX512VNNI__)
   k.q8_0.gemm_packed = gemm_q8_0_packed_vnni;
   k.q8_0.pack = pack_q8_0_rows16;

@@ -319,6 +319,241 @@ void gemm_q4_k_x86(const GemmArgs& a, int64_t n0, int64_t n1) {
   }
 }
 
+// --- Q4_1 / Q5_0 / Q5_1: row-wise kernels (GGUF rows, block_q8a activations) ------------------
+// Quants are decoded to unsigned bytes (0..15 or 0..31) and dotted with the int8 activations
+// (vpmaddubsw pair sums <= 2 * 31 * 127, or vpdpbusd). Q5_0's "-16" is applied in integers:
+// isum = sum q_w q_x - 16 * sum q_x. The _1 formats add m * s (s = d_x * sum q_x) per block, as ref.
+
+// 32 bytes 0..15: element j (< 16) = low nibble of qs[j], element j + 16 = high nibble.
+inline __m256i nibbles32(const uint8_t* qs) {
+  const __m128i v = _mm_loadu_si128((const __m128i*)qs);
+  const __m128i m4 = _mm_set1_epi8(0x0F);
+  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m4), _mm_and_si128(v, m4));
+}
+
+// Bit j of the little-endian 32-bit word at qh as 0x10 in byte j (the 5th bit of Q5_0 / Q5_1).
+inline __m256i q5_high32(const uint8_t* qh) {
+  const __m256i v = _mm256_set1_epi32(ld32(qh));
+  const __m256i sel = _mm256_shuffle_epi8(
+      v, _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+  const __m256i bit = _mm256_set1_epi64x((int64_t)0x8040201008040201ull);
+  return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(sel, bit), bit), _mm256_set1_epi8(0x10));
+}
+
+struct X86Q4_1 {
+  static constexpr int kBytes = 20, kOffset = 0;
+  static constexpr bool kMin = true;
+  static __m256i quants(const uint8_t* b) { return nibbles32(b + 4); }
+};
+struct X86Q5_0 {
+  static constexpr int kBytes = 22, kOffset = 16;
+  static constexpr bool kMin = false;
+  static __m256i quants(const uint8_t* b) { return _mm256_or_si256(nibbles32(b + 6), q5_high32(b + 2)); }
+};
+struct X86Q5_1 {
+  static constexpr int kBytes = 24, kOffset = 0;
+  static constexpr bool kMin = true;
+  static __m256i quants(const uint8_t* b) { return _mm256_or_si256(nibbles32(b + 8), q5_high32(b + 4)); }
+};
+
+// 4 W rows (row pointers; a partial group repeats its last row, only nvalid outputs are stored) x R
+// activation rows. The 4 rows' quants and scales are decoded once per block.
+template <class F, int R>
+void q32_tile4(const uint8_t* const* rows, const block_q8a* const* x, int64_t nb, float* const* y, int nvalid) {
+  __m128 acc[R];
+  for (int m = 0; m < R; ++m) acc[m] = _mm_setzero_ps();
+  const __m256i ones8 = _mm256_set1_epi8(1);
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t off = b * F::kBytes;
+    __m256i q[4];
+    for (int r = 0; r < 4; ++r) q[r] = F::quants(rows[r] + off);
+    const __m128 dw = _mm_cvtph_ps(_mm_setr_epi16((short)ld16(rows[0] + off), (short)ld16(rows[1] + off),
+                                                  (short)ld16(rows[2] + off), (short)ld16(rows[3] + off), 0, 0, 0, 0));
+    __m128 mw = _mm_setzero_ps();
+    if (F::kMin)
+      mw = _mm_cvtph_ps(_mm_setr_epi16((short)ld16(rows[0] + off + 2), (short)ld16(rows[1] + off + 2),
+                                       (short)ld16(rows[2] + off + 2), (short)ld16(rows[3] + off + 2), 0, 0, 0, 0));
+    for (int m = 0; m < R; ++m) {
+      const __m256i xv = _mm256_loadu_si256((const __m256i*)x[m][b].qs);
+      __m128i isum = hsum4_i32(dot_u8s8(q[0], xv), dot_u8s8(q[1], xv), dot_u8s8(q[2], xv), dot_u8s8(q[3], xv));
+      if (F::kOffset) isum = _mm_sub_epi32(isum, _mm_set1_epi32(F::kOffset * hsum_i32(dot_u8s8(ones8, xv))));
+      __m128 t = _mm_mul_ps(_mm_mul_ps(dw, _mm_set1_ps(x[m][b].d)), _mm_cvtepi32_ps(isum));
+      if (F::kMin) t = _mm_add_ps(t, _mm_mul_ps(mw, _mm_set1_ps(x[m][b].s)));
+      acc[m] = _mm_add_ps(acc[m], t);
+    }
+  }
+  for (int m = 0; m < R; ++m) {
+    if (nvalid == 4) {
+      _mm_storeu_ps(y[m], acc[m]);
+    } else {
+      alignas(16) float t[4];
+      _mm_store_ps(t, acc[m]);
+      for (int r = 0; r < nvalid; ++r) y[m][r] = t[r];
+    }
+  }
+}
+
+template <class F>
+void gemm_q32_x86(const GemmArgs& a, int64_t n0, int64_t n1) {
+  const int64_t nb = a.K / 32;
+  const uint8_t* W = (const uint8_t*)a.w;
+  for (int64_t n = n0; n < n1; n += 4) {
+    const int nv = (int)(n1 - n < 4 ? n1 - n : 4);
+    const uint8_t* rows[4];
+    for (int r = 0; r < 4; ++r) rows[r] = W + (n + (r < nv ? r : nv - 1)) * a.w_row_bytes;  // never past n1
+    for (int64_t m0 = 0; m0 < a.M; m0 += 4) {
+      const int R = (int)(a.M - m0 < 4 ? a.M - m0 : 4);
+      const block_q8a* x[4];
+      float* y[4];
+      for (int m = 0; m < R; ++m) {
+        x[m] = (const block_q8a*)((const uint8_t*)a.xq + (m0 + m) * a.xq_row_bytes);
+        y[m] = a.y + (m0 + m) * a.ldy + n;
+      }
+      switch (R) {
+        case 1: q32_tile4<F, 1>(rows, x, nb, y, nv); break;
+        case 2: q32_tile4<F, 2>(rows, x, nb, y, nv); break;
+        case 3: q32_tile4<F, 3>(rows, x, nb, y, nv); break;
+        default: q32_tile4<F, 4>(rows, x, nb, y, nv); break;
+      }
+    }
+  }
+}
+
+// --- Q5_K: row-wise kernel (GGUF rows) -----------------------------------------------------------
+// As q4_k_tile, with the 5th bit of sub-block j (bit j of qh[l]) or-ed in as 0x10: quants 0..31,
+// vpmaddubsw pair sums <= 7874, times the 6-bit scale with vpmaddwd (exact int32).
+template <int R>
+void q5_k_tile(const block_q5_K* w, const block_q8k* const* x, int64_t nb, float* const* y) {
+  const __m256i m4 = _mm256_set1_epi8(0x0F), b4 = _mm256_set1_epi8(0x10);
+  float acc[R];
+  for (int m = 0; m < R; ++m) acc[m] = 0.0f;
+  for (int64_t i = 0; i < nb; ++i) {
+    uint8_t sc[8], mn[8];
+    q4k_scales_mins(w[i].scales, sc, mn);
+    const __m256i qh = _mm256_loadu_si256((const __m256i*)w[i].qh);
+    __m256i u[8], s16[8];
+    for (int g = 0; g < 4; ++g) {
+      const __m256i q = _mm256_loadu_si256((const __m256i*)(w[i].qs + 32 * g));
+      const __m256i bit0 = _mm256_set1_epi8((char)(1 << (2 * g))), bit1 = _mm256_set1_epi8((char)(2 << (2 * g)));
+      const __m256i h0 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bit0), bit0), b4);
+      const __m256i h1 = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bit1), bit1), b4);
+      u[2 * g] = _mm256_or_si256(_mm256_and_si256(q, m4), h0);
+      u[2 * g + 1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), h1);
+      s16[2 * g] = _mm256_set1_epi16(sc[2 * g]);
+      s16[2 * g + 1] = _mm256_set1_epi16(sc[2 * g + 1]);
+    }
+    const __m128i mn8 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i*)mn));
+    const __m256i mins16 = _mm256_setr_m128i(_mm_unpacklo_epi16(mn8, mn8), _mm_unpackhi_epi16(mn8, mn8));
+    const float wd = h2f(w[i].d), wdmin = h2f(w[i].dmin);
+    for (int m = 0; m < R; ++m) {
+      const block_q8k* xb = x[m] + i;
+      __m256i t = _mm256_setzero_si256();
+      for (int j = 0; j < 8; ++j) {
+        const __m256i p = _mm256_maddubs_epi16(u[j], _mm256_loadu_si256((const __m256i*)(xb->qs + 32 * j)));
+        t = _mm256_add_epi32(t, _mm256_madd_epi16(p, s16[j]));
+      }
+      const __m256i tm = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i*)xb->bsums), mins16);
+      const int sum_sc = hsum_i32(t);
+      const int sum_m = hsum_i32(tm);
+      const float d = wd * xb->d;
+      const float dmin = wdmin * xb->d;
+      acc[m] += d * (float)sum_sc - dmin * (float)sum_m;
+    }
+  }
+  for (int m = 0; m < R; ++m) *y[m] = acc[m];
+}
+
+// --- Q6_K: row-wise kernel (GGUF rows) -----------------------------------------------------------
+// Chunk c = 4h + s (elements 128h + 32s .. +31, sub-blocks 2c and 2c + 1) is decoded to unsigned
+// quants 0..63: low nibbles from ql, bits 2s..2s+1 of qh moved to bits 4..5. vpmaddubsw pair sums
+// (<= 2 * 63 * 127 = 16002) times the int8 sub-block scale with vpmaddwd (low 128-bit lane: scale
+// 2c, high lane: 2c + 1) are exact int32; the "-32" is applied once per super-block in integers:
+// isum = sum_j sc_j (sum q_w q_x) - 32 sum_j sc_j bsum_j. Then acc += (d * d_x) * isum, as ref.
+template <int R>
+void q6_k_tile(const block_q6_K* w, const block_q8k* const* x, int64_t nb, float* const* y) {
+  const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+  float acc[R];
+  for (int m = 0; m < R; ++m) acc[m] = 0.0f;
+  for (int64_t i = 0; i < nb; ++i) {
+    __m256i q[8], s16[8];
+    for (int h = 0; h < 2; ++h) {
+      const __m256i l0 = _mm256_loadu_si256((const __m256i*)(w[i].ql + 64 * h));
+      const __m256i l1 = _mm256_loadu_si256((const __m256i*)(w[i].ql + 64 * h + 32));
+      const __m256i qh = _mm256_loadu_si256((const __m256i*)(w[i].qh + 32 * h));
+      q[4 * h + 0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
+      q[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
+      q[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(qh, m30));
+      q[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                     _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
+    }
+    for (int c = 0; c < 8; ++c)
+      s16[c] = _mm256_set_m128i(_mm_set1_epi16(w[i].scales[2 * c + 1]), _mm_set1_epi16(w[i].scales[2 * c]));
+    const __m256i sc_all = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)w[i].scales));
+    const float wd = h2f(w[i].d);
+    for (int m = 0; m < R; ++m) {
+      const block_q8k* xb = x[m] + i;
+      __m256i t = _mm256_setzero_si256();
+      for (int c = 0; c < 8; ++c) {
+        const __m256i p = _mm256_maddubs_epi16(q[c], _mm256_loadu_si256((const __m256i*)(xb->qs + 32 * c)));
+        t = _mm256_add_epi32(t, _mm256_madd_epi16(p, s16[c]));
+      }
+      const __m256i off = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i*)xb->bsums), sc_all);
+      const int isum = hsum_i32(_mm256_sub_epi32(t, _mm256_slli_epi32(off, 5)));
+      const float d = wd * xb->d;
+      acc[m] += d * (float)isum;
+    }
+  }
+  for (int m = 0; m < R; ++m) *y[m] = acc[m];
+}
+
+// One W row x up to 4 activation rows per call, for the row-wise K-quant kernels.
+template <class WB, void (*TILE1)(const WB*, const block_q8k* const*, int64_t, float* const*),
+          void (*TILE2)(const WB*, const block_q8k* const*, int64_t, float* const*),
+          void (*TILE3)(const WB*, const block_q8k* const*, int64_t, float* const*),
+          void (*TILE4)(const WB*, const block_q8k* const*, int64_t, float* const*)>
+void gemm_kq_rows_x86(const GemmArgs& a, int64_t n0, int64_t n1) {
+  const int64_t nb = a.K / QK_K;
+  for (int64_t n = n0; n < n1; ++n) {
+    const WB* w = (const WB*)((const uint8_t*)a.w + n * a.w_row_bytes);
+    for (int64_t m0 = 0; m0 < a.M; m0 += 4) {
+      const int R = (int)(a.M - m0 < 4 ? a.M - m0 : 4);
+      const block_q8k* x[4];
+      float* y[4];
+      for (int m = 0; m < R; ++m) {
+        x[m] = (const block_q8k*)((const uint8_t*)a.xq + (m0 + m) * a.xq_row_bytes);
+        y[m] = a.y + (m0 + m) * a.ldy + n;
+      }
+      switch (R) {
+        case 1: TILE1(w, x, nb, y); break;
+        case 2: TILE2(w, x, nb, y); break;
+        case 3: TILE3(w, x, nb, y); break;
+        default: TILE4(w, x, nb, y); break;
+      }
+    }
+  }
+}
+
+void gemm_q5_k_x86(const GemmArgs& a, int64_t n0, int64_t n1) {
+  gemm_kq_rows_x86<block_q5_K, q5_k_tile<1>, q5_k_tile<2>, q5_k_tile<3>, q5_k_tile<4>>(a, n0, n1);
+}
+void gemm_q6_k_x86(const GemmArgs& a, int64_t n0, int64_t n1) {
+  gemm_kq_rows_x86<block_q6_K, q6_k_tile<1>, q6_k_tile<2>, q6_k_tile<3>, q6_k_tile<4>>(a, n0, n1);
+}
+
+// The new formats' entries of a tier table (row-wise kernels, no packed layout).
+inline void set_row_wise_kernels_x86(MatmulKernels& k) {
+  k.q4_1.quantize_act = quantize_act_q8a_x86;
+  k.q4_1.gemm = gemm_q32_x86<X86Q4_1>;
+  k.q5_0.quantize_act = quantize_act_q8a_x86;
+  k.q5_0.gemm = gemm_q32_x86<X86Q5_0>;
+  k.q5_1.quantize_act = quantize_act_q8a_x86;
+  k.q5_1.gemm = gemm_q32_x86<X86Q5_1>;
+  k.q5_k.quantize_act = quantize_act_q8k_x86;
+  k.q5_k.gemm = gemm_q5_k_x86;
+  k.q6_k.quantize_act = quantize_act_q8k_x86;
+  k.q6_k.gemm = gemm_q6_k_x86;
+}
+
 // --- Q4_0 packed layout (group of G rows) -------------------------------------------------------
 // For each block column b (0 .. K/32-1), one packed group-block of G * 18 bytes:
 //   [G fp16 scales, row order][4 chunks of 4*G bytes: chunk c holds, for each row r, the 4 bytes

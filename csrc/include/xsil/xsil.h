@@ -53,7 +53,10 @@ enum {
 
 /* Block formats, by GGML type id (as stored in GGUF tensor infos). */
 typedef int32_t xsil_format;
-enum { XSIL_FMT_Q4_0 = 2, XSIL_FMT_Q8_0 = 8, XSIL_FMT_Q4_K = 12 };
+enum {
+  XSIL_FMT_Q4_0 = 2, XSIL_FMT_Q4_1 = 3, XSIL_FMT_Q5_0 = 6, XSIL_FMT_Q5_1 = 7, XSIL_FMT_Q8_0 = 8,
+  XSIL_FMT_Q4_K = 12, XSIL_FMT_Q5_K = 13, XSIL_FMT_Q6_K = 14
+};
 
 /* --- Version ----------------------------------------------------------------------------------- */
 /* Package version string, e.g. "0.1.0". Static storage. */
@@ -101,13 +104,13 @@ XSIL_API xsil_status xsil_set_num_threads(int32_t n);
 /* --- Kernels ----------------------------------------------------------------------------------- */
 /* `threads`: 0 = the whole pool, otherwise a cap in [1, 1024]. Results never depend on it. */
 
-/* Quantize x[rows, cols] (row-major fp32, all finite) to GGUF rows of fmt (Q4_0 or Q8_0; cols a
- * multiple of 32): rows * row_bytes(fmt, cols) bytes into out, out_bytes >= that. Byte-identical
+/* Quantize x[rows, cols] (row-major fp32, all finite) to GGUF rows of fmt (Q4_0, Q4_1, Q5_0,
+ * Q5_1 or Q8_0; cols a multiple of 32): rows * row_bytes(fmt, cols) bytes into out, out_bytes >= that. Byte-identical
  * to gguf-py's gguf.quants.quantize. */
 XSIL_API xsil_status xsil_quantize(xsil_format fmt, const float* x, int64_t rows, int64_t cols, void* out,
                                    size_t out_bytes, int32_t threads);
 
-/* Dequantize rows GGUF rows of `cols` weights (Q4_0, Q8_0 or Q4_K; blocks_bytes == rows *
+/* Dequantize rows GGUF rows of `cols` weights (any xsil_format; blocks_bytes == rows *
  * row_bytes(fmt, cols)) to out[rows, cols], out_floats >= rows * cols. Identical to gguf-py's
  * gguf.quants.dequantize. */
 XSIL_API xsil_status xsil_dequantize(xsil_format fmt, const void* blocks, size_t blocks_bytes, int64_t rows,

@@ -23,7 +23,7 @@ from .gguf import GGUFFile
 from .tokenizer import Tokenizer, from_gguf
 
 SUPPORTED_ARCHS = ("llama", "qwen2")
-WEIGHT_TYPES = ("F32", "F16", "Q4_0", "Q8_0", "Q4_K")
+WEIGHT_TYPES = ("F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
 LAYER_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up",
                  "ffn_down")
 
@@ -211,7 +211,7 @@ class LlamaModel:
         rather than adding to them (peak = file + one tensor), and the file is never written."""
         cands = []
         for name, (arr, fmt, rows, cols) in weights.items():
-            if fmt in ("Q4_0", "Q8_0", "Q4_K") and name != "token_embd.weight":
+            if fmt not in ("F32", "F16") and name != "token_embd.weight":
                 probe = _core.pack(np.array(arr[:1]), fmt, tier, False, 1)  # does the tier pack fmt?
                 if probe is not None:
                     cands.append((g.tensor_info(name).offset, name))
