@@ -28,7 +28,9 @@ def _selfcheck(rng) -> bool:
     for fmt in xsil.FORMATS:
         K, N, M = 512, 96, 5
         w = rng.standard_normal((N, K)).astype(np.float32)
-        wq = ref.quantize_q4_k(w) if fmt == "Q4_K" else xsil.quantize(w, fmt)
+        # K-quants: the reference's simple quantizers (the core quantizes only the 32-element formats)
+        kq = {"Q4_K": ref.quantize_q4_k, "Q5_K": ref.quantize_q5_k, "Q6_K": ref.quantize_q6_k}
+        wq = kq[fmt](w) if fmt in kq else xsil.quantize(w, fmt)
         x = rng.standard_normal((M, K)).astype(np.float32)
         want = ref.matmul_int8(x, wq, fmt)
         scale = np.abs(want).max() + 1e-30

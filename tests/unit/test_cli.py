@@ -5,7 +5,10 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+
+import xsil
 
 ORACLE = os.path.join(os.path.dirname(__file__), "..", "data", "oracle", "tiny.gguf")
 
@@ -62,3 +65,13 @@ def test_synthetic_vocab_has_unique_tokens():
 
     toks, scores, types = synthetic_vocab(4000)
     assert len(toks) == len(set(toks)) == len(scores) == len(types) == 4000
+
+
+def test_demo_selfcheck_covers_every_format_and_passes(capsys):
+    # `xsil demo` is the README's main command: its self-check must handle every format the core has
+    from xsil.cli import _selfcheck
+
+    assert _selfcheck(np.random.default_rng(0))
+    out = capsys.readouterr().out
+    for fmt in xsil.FORMATS:
+        assert f"  {fmt}" in out
