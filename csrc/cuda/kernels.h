@@ -19,6 +19,22 @@ inline void check(cudaError_t e, const char* what) {
     throw std::runtime_error(std::string("[cuda:") + what + "] " + cudaGetErrorName(e) + ": " +
                              cudaGetErrorString(e));
 }
+// cudaMalloc of `bytes` for `what`; when the device is out of memory the error says how much was
+// asked for, how much is free and what to do (`advice`).
+inline void* device_alloc(size_t bytes, const char* what, const char* advice) {
+  void* p = nullptr;
+  const cudaError_t e = cudaMalloc(&p, bytes < 16 ? 16 : bytes);
+  if (e == cudaErrorMemoryAllocation) {
+    cudaGetLastError();  // clear
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    throw std::runtime_error(std::string("[cuda] out of device memory: ") + what + " needs " +
+                             std::to_string(bytes >> 20) + " MiB, " + std::to_string(free_b >> 20) + " MiB of " +
+                             std::to_string(total_b >> 20) + " MiB are free; " + advice);
+  }
+  check(e, what);
+  return p;
+}
 // After a launch: reports a bad configuration at once (not on the next synchronizing call).
 inline void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
 

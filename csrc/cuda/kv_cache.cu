@@ -199,7 +199,8 @@ CudaKVStorage::~CudaKVStorage() {
 }
 
 uint8_t* CudaKVStorage::allocate(const KVLayout& L) {
-  check(cudaMalloc(&pool_, (size_t)std::max<int64_t>(L.pool_bytes(), 16)), "cudaMalloc(kv_cache)");
+  pool_ = device_alloc((size_t)std::max<int64_t>(L.pool_bytes(), 16), "the KV cache",
+                       "lower n_ctx (or kv_budget_tokens), or use kv_dtype='q8_0' (half the bytes of f16)");
   // Zeroed so that never-written rows (a caller's bug) read as 0, not as garbage NaNs; on the cache's
   // stream, finished before any other stream can touch the pool.
   check(cudaMemsetAsync(pool_, 0, (size_t)L.pool_bytes(), st_), "cudaMemset(kv_cache)");

@@ -40,7 +40,9 @@ void check_weight(const HostWeight& w, const std::string& name, int64_t rows, in
 
 void* CudaLlama::dalloc(size_t bytes) {
   void* p = nullptr;
-  check(cudaMalloc(&p, std::max<size_t>(bytes, 16)), "cudaMalloc");
+  p = device_alloc(bytes, "the model",
+                   "the weights (and scratch) do not fit on this GPU: use a smaller or more quantized model, or "
+                   "another backend");
   allocs_.push_back(p);
   return p;
 }

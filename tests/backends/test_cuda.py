@@ -309,3 +309,9 @@ def test_gpu_bench_script_runs_in_smoke_mode(tmp_path):
     out = p.stdout
     assert "GEMV" in out and "prefill GEMM" in out and "decode" in out
     assert "failed" not in out.replace("torch baseline failed", ""), out[-3000:]
+
+
+@gpu
+def test_kv_cache_too_large_for_the_device_says_what_to_do():
+    with pytest.raises(BackendError, match=r"out of device memory: the KV cache needs .* MiB.*n_ctx.*q8_0"):
+        xsil.Session(MODEL, backend="cuda", strict=True, n_ctx=2**29)
