@@ -6,6 +6,8 @@
 #include <cstring>
 #include <stdexcept>
 
+#include <unistd.h>
+
 #include "core/fp16.h"
 #include "cpu/kv_rows.h"
 #include "cpu/quant.h"
@@ -81,8 +83,15 @@ void kv_load_row(KVDtype dt, const uint8_t* src, float* out, int64_t hd) {
 
 uint8_t* HostKVStorage::allocate(const KVLayout& L) {
   const int64_t total = L.pool_bytes();
-  void* mem = std::aligned_alloc(64, (size_t)((total + 63) / 64 * 64));
-  if (!mem) throw std::bad_alloc();
+  // More than the machine's physical memory can never work (with overcommit the allocation itself
+  // might succeed and the process die later): refuse it up front, like a failed allocation.
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  const int64_t phys = pages > 0 && page > 0 ? (int64_t)pages * page : INT64_MAX;
+  void* mem = total <= phys ? std::aligned_alloc(64, (size_t)((total + 63) / 64 * 64)) : nullptr;
+  if (!mem)
+    throw std::runtime_error("[kv_cache] cannot allocate the KV cache: it needs " + std::to_string(total >> 20) +
+                             " MiB of memory (this machine has " + std::to_string(phys >> 20) +
+                             " MiB); lower n_ctx (or the budget), or use kv_dtype='q8_0' (half the bytes of f16)");
   mem_ = std::unique_ptr<uint8_t, void (*)(void*)>((uint8_t*)mem, std::free);
   return (uint8_t*)mem;
 }

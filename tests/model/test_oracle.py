@@ -104,3 +104,12 @@ def test_file_hash_is_the_oracles(oracle_path):
         meta = json.load(f)
     with open(oracle_path, "rb") as f:
         assert hashlib.sha256(f.read()).hexdigest() == meta["sha256"]
+
+
+def test_kv_cache_too_large_says_what_to_do(oracle_path):
+    # 2^29 tokens of KV for this model is 512 GiB, more than any test machine has: refused up front
+    # with the size and the remedy (not std::bad_alloc, not an overcommitted allocation)
+    from xsil.errors import BackendError
+
+    with pytest.raises(BackendError, match=r"cannot allocate the KV cache: it needs \d+ MiB.*n_ctx.*q8_0"):
+        xsil.Session(oracle_path, backend="cpu", strict=True, n_ctx=2**29)
