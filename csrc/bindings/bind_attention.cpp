@@ -2,6 +2,7 @@
 #include <cmath>
 
 #include "bindings/common.h"
+#include "bindings/kv_pages_api.h"
 #include "cpu/attention.h"
 #include "cpu/kv_cache.h"
 #include "cpu/kv_rows.h"
@@ -10,17 +11,6 @@
 namespace xsil::bind {
 
 namespace {
-
-RopeMode parse_rope_mode(const std::string& s, const char* op) {
-  if (s == "normal") return RopeMode::Normal;
-  if (s == "neox") return RopeMode::Neox;
-  if (s == "none") return RopeMode::None;
-  throw std::invalid_argument(std::string("[") + op + "] rope mode '" + s + "' is not one of 'normal', 'neox', 'none'");
-}
-
-const char* rope_mode_name(RopeMode m) {
-  return m == RopeMode::Normal ? "normal" : m == RopeMode::Neox ? "neox" : "none";
-}
 
 std::string sh(const std::vector<int64_t>& v) {
   std::string s = "(";
@@ -36,30 +26,7 @@ void require_shape(const py::array& a, const std::vector<int64_t>& want, const c
                                 shape_str(a));
 }
 
-std::unique_ptr<KVCache> make_cache(int n_layers, int n_kv_heads, int head_dim, int page_size, const std::string& k_dtype,
-                                    const std::string& v_dtype, int64_t budget_bytes, int64_t budget_tokens,
-                                    int64_t n_ctx, const std::string& context_shift, int n_keep, const std::string& rope,
-                                    double freq_base, double freq_scale) {
-  const char* op = "kv_cache";
-  KVCacheParams p;
-  p.n_layers = n_layers;
-  p.n_kv_heads = n_kv_heads;
-  p.head_dim = head_dim;
-  p.page_size = page_size;
-  p.k_dtype = parse_kv_dtype(k_dtype, op);
-  p.v_dtype = parse_kv_dtype(v_dtype, op);
-  p.budget_bytes = budget_bytes;
-  p.budget_tokens = budget_tokens;
-  p.n_ctx = n_ctx;
-  if (context_shift == "error") p.shift = ShiftPolicy::Error;
-  else if (context_shift == "shift") p.shift = ShiftPolicy::Shift;
-  else throw std::invalid_argument("[kv_cache] context_shift must be 'error' or 'shift', got '" + context_shift + "'");
-  p.n_keep = n_keep;
-  p.rope.mode = parse_rope_mode(rope, op);
-  p.rope.freq_base = (float)freq_base;
-  p.rope.freq_scale = (float)freq_scale;
-  return std::make_unique<KVCache>(p);
-}
+std::unique_ptr<KVCache> make_cache(const KVCacheParams& p) { return std::make_unique<KVCache>(p); }
 
 void py_write(KVCache& c, int layer, int seq_id, int64_t pos0, const py::array& k, const py::array& v, bool k_rotated) {
   const char* op = "kv_cache.write";
@@ -136,26 +103,6 @@ py::tuple py_read(const KVCache& c, int layer, int seq_id) {
   return py::make_tuple(K, V);
 }
 
-py::dict py_stats(const KVCache& c) {
-  const KVStats s = c.stats();
-  py::dict d;
-  d["pages_total"] = s.pages_total;
-  d["pages_used"] = s.pages_used;
-  d["pages_free"] = s.pages_free;
-  d["pages_shared"] = s.pages_shared;
-  d["page_bytes"] = s.page_bytes;
-  d["pool_bytes"] = s.pool_bytes;
-  d["bytes_used"] = s.bytes_used;
-  d["tokens_cached"] = s.tokens_cached;
-  d["budget_tokens"] = s.budget_tokens;
-  d["bytes_per_token"] = s.bytes_per_token;
-  d["n_seqs"] = s.n_seqs;
-  d["refs_total"] = s.refs_total;
-  py::dict lens;
-  for (int32_t id : c.sequence_ids()) lens[py::int_(id)] = c.length(id);
-  d["lengths"] = lens;
-  return d;
-}
 
 py::array_t<float> py_decode(const KVCache& c, int layer, const py::array& seq_ids, const py::array& q, double scale,
                              bool q_rotated, py::object threads, const std::string& isa) {
@@ -227,7 +174,7 @@ py::array_t<float> py_rope(const py::array& x, const py::array& positions, const
     throw std::invalid_argument("[rope] positions must be 1-D with " + std::to_string(n) + " entries, got " +
                                 shape_str(positions));
   RopeParams rp;
-  rp.mode = parse_rope_mode(mode, op);
+  rp.mode = kvapi::parse_rope_mode(mode, op);
   rp.freq_base = (float)base;
   rp.freq_scale = (float)scale;
   if (!(base > 0) || !std::isfinite(base)) throw std::invalid_argument("[rope] freq_base must be finite and > 0");
@@ -241,52 +188,12 @@ py::array_t<float> py_rope(const py::array& x, const py::array& positions, const
 }  // namespace
 
 void register_attention(py::module_& m) {
-  py::class_<KVCache>(m, "KVCache", "Paged, budgeted KV cache (native). Use xsil.KVCache.")
-      .def(py::init(&make_cache), py::arg("n_layers"), py::arg("n_kv_heads"), py::arg("head_dim"),
-           py::arg("page_size") = 16, py::arg("k_dtype") = "f16", py::arg("v_dtype") = "f16",
-           py::arg("budget_bytes") = 0, py::arg("budget_tokens") = 0, py::arg("n_ctx") = 0,
-           py::arg("context_shift") = "error", py::arg("n_keep") = 0, py::arg("rope") = "normal",
-           py::arg("rope_freq_base") = 10000.0, py::arg("rope_freq_scale") = 1.0)
-      .def("add_sequence", &KVCache::add_sequence)
-      .def("remove_sequence", &KVCache::remove_sequence, py::arg("seq_id"))
-      .def("fork", &KVCache::fork, py::arg("seq_id"))
-      .def("truncate", &KVCache::truncate, py::arg("seq_id"), py::arg("length"))
-      .def("reserve", &KVCache::reserve, py::arg("seq_id"), py::arg("n_tokens"))
-      .def("shift", &KVCache::shift, py::arg("seq_id"), py::arg("n_discard"))
-      .def("write", &py_write, py::arg("layer"), py::arg("seq_id"), py::arg("pos0"), py::arg("k"), py::arg("v"),
-           py::arg("k_rotated") = false)
+  py::class_<KVCache> cls(m, "KVCache", "Paged, budgeted KV cache (native). Use xsil.KVCache.");
+  kvapi::def_kv_pages<KVCache, &make_cache>(cls);
+  cls.def("write", &py_write, py::arg("layer"), py::arg("seq_id"), py::arg("pos0"), py::arg("k"), py::arg("v"),
+          py::arg("k_rotated") = false)
       .def("append", &py_append, py::arg("seq_id"), py::arg("k"), py::arg("v"))
-      .def("read", &py_read, py::arg("layer"), py::arg("seq_id"))
-      .def("length", &KVCache::length, py::arg("seq_id"))
-      .def("n_shifted", &KVCache::n_shifted, py::arg("seq_id"))
-      .def("has", &KVCache::has, py::arg("seq_id"))
-      .def("page_table", &KVCache::page_table, py::arg("seq_id"))
-      .def("refcount", [](const KVCache& c, int32_t pg) {
-        if (pg < 0 || pg >= c.n_pages()) throw std::invalid_argument("[kv_cache] page " + std::to_string(pg) + " out of range");
-        return c.refcount(pg);
-      }, py::arg("page"))
-      .def("stats", &py_stats)
-      .def("check", &KVCache::check)
-      .def_property_readonly("sequences", &KVCache::sequence_ids)
-      .def_property_readonly("bytes_per_token", &KVCache::bytes_per_token)
-      .def_property_readonly("budget_tokens", &KVCache::budget_tokens)
-      .def_property_readonly("n_pages", &KVCache::n_pages)
-      .def_property_readonly("page_bytes", &KVCache::page_bytes)
-      .def_property_readonly("n_ctx", &KVCache::n_ctx)
-      .def_property_readonly("n_layers", [](const KVCache& c) { return c.params().n_layers; })
-      .def_property_readonly("n_kv_heads", [](const KVCache& c) { return c.params().n_kv_heads; })
-      .def_property_readonly("head_dim", [](const KVCache& c) { return c.params().head_dim; })
-      .def_property_readonly("page_size", [](const KVCache& c) { return c.params().page_size; })
-      .def_property_readonly("n_keep", [](const KVCache& c) { return c.params().n_keep; })
-      .def_property_readonly("k_dtype", [](const KVCache& c) { return std::string(kv_dtype_name(c.params().k_dtype)); })
-      .def_property_readonly("v_dtype", [](const KVCache& c) { return std::string(kv_dtype_name(c.params().v_dtype)); })
-      .def_property_readonly("context_shift", [](const KVCache& c) {
-        return std::string(c.params().shift == ShiftPolicy::Shift ? "shift" : "error");
-      })
-      .def_property_readonly("rope", [](const KVCache& c) {
-        const RopeParams& r = c.params().rope;
-        return py::make_tuple(rope_mode_name(r.mode), r.freq_base, r.freq_scale);
-      });
+      .def("read", &py_read, py::arg("layer"), py::arg("seq_id"));
   m.def("attention_decode", &py_decode, py::arg("cache"), py::arg("layer"), py::arg("seq_ids"), py::arg("q"),
         py::arg("scale") = 0.0, py::arg("q_rotated") = false, py::arg("threads") = py::none(), py::arg("isa") = "");
   m.def("attention_prefill", &py_prefill, py::arg("cache"), py::arg("layer"), py::arg("seq_id"), py::arg("q"),

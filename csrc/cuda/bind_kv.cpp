@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/fp16.h"
+#include "bindings/kv_pages_api.h"
 #include "cuda/kv_cache.h"
 
 namespace py = pybind11;
@@ -52,12 +53,6 @@ void require_shape(const py::array& a, const std::vector<int64_t>& want, const c
   }
 }
 
-RopeMode parse_rope_mode(const std::string& s, const char* op) {
-  if (s == "normal") return RopeMode::Normal;
-  if (s == "neox") return RopeMode::Neox;
-  if (s == "none") return RopeMode::None;
-  bad(op, "rope mode '" + s + "' is not one of 'normal', 'neox', 'none'");
-}
 
 // RAII device buffer.
 struct DBuf {
@@ -71,30 +66,7 @@ struct DBuf {
   void down(void* h, size_t n) const { check(cudaMemcpy(h, p, n, cudaMemcpyDeviceToHost), "download"); }
 };
 
-std::unique_ptr<CudaKVCache> make_cache(int n_layers, int n_kv_heads, int head_dim, int page_size,
-                                        const std::string& k_dtype, const std::string& v_dtype, int64_t budget_bytes,
-                                        int64_t budget_tokens, int64_t n_ctx, const std::string& context_shift,
-                                        int n_keep, const std::string& rope, double freq_base, double freq_scale) {
-  const char* op = "kv_cache";
-  KVCacheParams p;
-  p.n_layers = n_layers;
-  p.n_kv_heads = n_kv_heads;
-  p.head_dim = head_dim;
-  p.page_size = page_size;
-  p.k_dtype = parse_kv_dtype(k_dtype, op);
-  p.v_dtype = parse_kv_dtype(v_dtype, op);
-  p.budget_bytes = budget_bytes;
-  p.budget_tokens = budget_tokens;
-  p.n_ctx = n_ctx;
-  if (context_shift == "error") p.shift = ShiftPolicy::Error;
-  else if (context_shift == "shift") p.shift = ShiftPolicy::Shift;
-  else bad(op, "context_shift must be 'error' or 'shift', got '" + context_shift + "'");
-  p.n_keep = n_keep;
-  p.rope.mode = parse_rope_mode(rope, op);
-  p.rope.freq_base = (float)freq_base;
-  p.rope.freq_scale = (float)freq_scale;
-  return std::make_unique<CudaKVCache>(p, nullptr);
-}
+std::unique_ptr<CudaKVCache> make_cache(const KVCacheParams& p) { return std::make_unique<CudaKVCache>(p, nullptr); }
 
 // k, v host [n, n_kv, hd] float32 for one layer: uploaded, then written (K rotated unless k_rotated).
 void write_layer(CudaKVCache& c, int layer, int seq_id, int64_t pos0, const float* k, const float* v, int64_t n,
@@ -192,26 +164,6 @@ py::tuple py_read(const CudaKVCache& c, int layer, int seq_id) {
   return py::make_tuple(K, V);
 }
 
-py::dict py_stats(const CudaKVCache& c) {
-  const KVStats s = c.stats();
-  py::dict d;
-  d["pages_total"] = s.pages_total;
-  d["pages_used"] = s.pages_used;
-  d["pages_free"] = s.pages_free;
-  d["pages_shared"] = s.pages_shared;
-  d["page_bytes"] = s.page_bytes;
-  d["pool_bytes"] = s.pool_bytes;
-  d["bytes_used"] = s.bytes_used;
-  d["tokens_cached"] = s.tokens_cached;
-  d["budget_tokens"] = s.budget_tokens;
-  d["bytes_per_token"] = s.bytes_per_token;
-  d["n_seqs"] = s.n_seqs;
-  d["refs_total"] = s.refs_total;
-  py::dict lens;
-  for (int32_t id : c.sequence_ids()) lens[py::int_(id)] = c.length(id);
-  d["lengths"] = lens;
-  return d;
-}
 
 void check_common(const char* op, const CudaKVCache& c, int layer, int64_t n_heads, double scale) {
   const KVCacheParams& cp = c.params();
@@ -326,59 +278,17 @@ py::array_t<float> py_prefill(const CudaKVCache& c, int layer, int seq_id, const
   return out;
 }
 
-const char* rope_mode_name(RopeMode m) {
-  return m == RopeMode::Normal ? "normal" : m == RopeMode::Neox ? "neox" : "none";
-}
 
 }  // namespace
 
 void register_kv(py::module_& m) {
-  py::class_<CudaKVCache>(m, "KVCache", py::module_local(), "Paged, budgeted KV cache in device memory (the CPU KVCache's API).")
-      .def(py::init(&make_cache), py::arg("n_layers"), py::arg("n_kv_heads"), py::arg("head_dim"),
-           py::arg("page_size") = 16, py::arg("k_dtype") = "f16", py::arg("v_dtype") = "f16",
-           py::arg("budget_bytes") = 0, py::arg("budget_tokens") = 0, py::arg("n_ctx") = 0,
-           py::arg("context_shift") = "error", py::arg("n_keep") = 0, py::arg("rope") = "normal",
-           py::arg("rope_freq_base") = 10000.0, py::arg("rope_freq_scale") = 1.0)
-      .def("add_sequence", &CudaKVCache::add_sequence)
-      .def("remove_sequence", &CudaKVCache::remove_sequence, py::arg("seq_id"))
-      .def("fork", &CudaKVCache::fork, py::arg("seq_id"))
-      .def("truncate", &CudaKVCache::truncate, py::arg("seq_id"), py::arg("length"))
-      .def("reserve", &CudaKVCache::reserve, py::arg("seq_id"), py::arg("n_tokens"))
-      .def("shift", &CudaKVCache::shift, py::arg("seq_id"), py::arg("n_discard"))
-      .def("write", &py_write, py::arg("layer"), py::arg("seq_id"), py::arg("pos0"), py::arg("k"), py::arg("v"),
-           py::arg("k_rotated") = false)
+  py::class_<CudaKVCache> cls(m, "KVCache", py::module_local(),
+                             "Paged, budgeted KV cache in device memory (the CPU KVCache's API).");
+  kvapi::def_kv_pages<CudaKVCache, &make_cache>(cls);
+  cls.def("write", &py_write, py::arg("layer"), py::arg("seq_id"), py::arg("pos0"), py::arg("k"), py::arg("v"),
+          py::arg("k_rotated") = false)
       .def("append", &py_append, py::arg("seq_id"), py::arg("k"), py::arg("v"))
-      .def("read", &py_read, py::arg("layer"), py::arg("seq_id"))
-      .def("length", &CudaKVCache::length, py::arg("seq_id"))
-      .def("n_shifted", &CudaKVCache::n_shifted, py::arg("seq_id"))
-      .def("has", &CudaKVCache::has, py::arg("seq_id"))
-      .def("page_table", &CudaKVCache::page_table, py::arg("seq_id"))
-      .def("refcount", [](const CudaKVCache& c, int32_t pg) {
-        if (pg < 0 || pg >= c.n_pages()) bad("kv_cache", "page " + std::to_string(pg) + " out of range");
-        return c.refcount(pg);
-      }, py::arg("page"))
-      .def("stats", &py_stats)
-      .def("check", &CudaKVCache::check)
-      .def_property_readonly("sequences", &CudaKVCache::sequence_ids)
-      .def_property_readonly("bytes_per_token", &CudaKVCache::bytes_per_token)
-      .def_property_readonly("budget_tokens", &CudaKVCache::budget_tokens)
-      .def_property_readonly("n_pages", &CudaKVCache::n_pages)
-      .def_property_readonly("page_bytes", &CudaKVCache::page_bytes)
-      .def_property_readonly("n_ctx", &CudaKVCache::n_ctx)
-      .def_property_readonly("n_layers", [](const CudaKVCache& c) { return c.params().n_layers; })
-      .def_property_readonly("n_kv_heads", [](const CudaKVCache& c) { return c.params().n_kv_heads; })
-      .def_property_readonly("head_dim", [](const CudaKVCache& c) { return c.params().head_dim; })
-      .def_property_readonly("page_size", [](const CudaKVCache& c) { return c.params().page_size; })
-      .def_property_readonly("n_keep", [](const CudaKVCache& c) { return c.params().n_keep; })
-      .def_property_readonly("k_dtype", [](const CudaKVCache& c) { return std::string(kv_dtype_name(c.params().k_dtype)); })
-      .def_property_readonly("v_dtype", [](const CudaKVCache& c) { return std::string(kv_dtype_name(c.params().v_dtype)); })
-      .def_property_readonly("context_shift", [](const CudaKVCache& c) {
-        return std::string(c.params().shift == ShiftPolicy::Shift ? "shift" : "error");
-      })
-      .def_property_readonly("rope", [](const CudaKVCache& c) {
-        const RopeParams& r = c.params().rope;
-        return py::make_tuple(rope_mode_name(r.mode), r.freq_base, r.freq_scale);
-      });
+      .def("read", &py_read, py::arg("layer"), py::arg("seq_id"));
   m.def("attention_decode", &py_decode, py::arg("cache"), py::arg("layer"), py::arg("seq_ids"), py::arg("q"),
         py::arg("scale") = 0.0, py::arg("q_rotated") = false, py::arg("split_tokens") = 512,
         py::arg("max_splits") = 0,
