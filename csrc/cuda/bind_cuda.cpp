@@ -229,37 +229,6 @@ py::array_t<float> py_get_rows(const py::array& w, const std::string& fmt, int64
 
 // q [n_q, n_heads, hd]; k, v [n_keys, n_kv, hd] (stored as fp16 on the device, already rotated);
 // query i sits at position n_keys - n_q + i and sees keys [0, its position].
-py::object py_attention(const py::array& q, const py::array& k, const py::array& v, float scale, bool quantized) {
-  auto qa = arr<float>(q);
-  auto ka = arr<float>(k);
-  auto va = arr<float>(v);
-  if (qa.ndim() != 3 || ka.ndim() != 3 || va.ndim() != 3 || ka.shape(0) != va.shape(0) || ka.shape(1) != va.shape(1) ||
-      ka.shape(2) != qa.shape(2) || va.shape(2) != qa.shape(2) || ka.shape(0) < qa.shape(0))
-    throw std::invalid_argument("[cuda:attention] q [n_q, H, hd], k/v [n_keys >= n_q, n_kv, hd]");
-  const int64_t nq = qa.shape(0), H = qa.shape(1), hd = qa.shape(2), nk = ka.shape(0), nkv = ka.shape(1);
-  const int64_t kvd = nkv * hd;
-  DBuf dq(qa.nbytes()), dk(nk * kvd * 4), dv(nk * kvd * 4), kc(nk * kvd * 2), vc(nk * kvd * 2), dout(qa.nbytes());
-  up(dq, qa.data(), qa.nbytes());
-  up(dk, ka.data(), nk * kvd * 4);
-  up(dv, va.data(), nk * kvd * 4);
-  kv_write(kc.as<uint16_t>(), vc.as<uint16_t>(), dk.as<float>(), dv.as<float>(), 0, nk, kvd, 0);
-  const int64_t ne = nq * H * hd;
-  DBuf oq(ne), od(ne / 32 * 4 + 4), os(ne / 32 * 4 + 4);
-  DevQ8a qo{};
-  if (quantized) qo = DevQ8a{oq.as<int8_t>(), od.as<float>(), os.as<float>()};
-  attention(dq.as<float>(), kc.as<uint16_t>(), vc.as<uint16_t>(), dout.as<float>(), nq, nk - nq, (int)H, (int)nkv,
-            (int)hd, scale, 0, nullptr, qo);
-  sync("attention");
-  py::array_t<float> y({nq, H, hd});
-  down(y.mutable_data(), dout, qa.nbytes());
-  if (!quantized) return std::move(y);
-  py::array_t<int8_t> hq(ne);
-  py::array_t<float> hd_(ne / 32), hs(ne / 32);
-  down(hq.mutable_data(), oq, ne);
-  down(hd_.mutable_data(), od, ne / 32 * 4);
-  down(hs.mutable_data(), os, ne / 32 * 4);
-  return py::make_tuple(y, hq, hd_, hs);
-}
 
 // Fused norm: returns (x + add, rmsnorm(x + add) * w, qs, d, s).
 py::tuple py_rms_norm_q(const py::array& x, const py::array& add, const py::array& w, float eps) {
@@ -310,61 +279,8 @@ py::tuple py_swiglu_q(const py::array& g, const py::array& u) {
 
 // Fused RoPE(k) + fp16 KV write at positions pos0..: returns the cache rows (k, v) as float32
 // [n_tok, n_kv, hd] read back from fp16.
-py::tuple py_rope_kv_write(const py::array& k, const py::array& v, int64_t pos0, const std::string& mode, float base,
-                           float scale) {
-  auto ka = arr<float>(k);
-  auto va = arr<float>(v);
-  if (ka.ndim() != 3 || va.ndim() != 3 || ka.size() != va.size())
-    throw std::invalid_argument("[cuda:kv_write] k, v [n_tok, n_kv, hd]");
-  RopeParams rp;
-  rp.mode = mode == "normal" ? RopeMode::Normal : mode == "neox" ? RopeMode::Neox : RopeMode::None;
-  rp.freq_base = base;
-  rp.freq_scale = scale;
-  const int64_t T = ka.shape(0), H = ka.shape(1), hd = ka.shape(2), cells = (pos0 + T) * H * hd;
-  DBuf dk(ka.nbytes()), dv(va.nbytes()), kc(cells * 2), vc(cells * 2);
-  up(dk, ka.data(), ka.nbytes());
-  up(dv, va.data(), va.nbytes());
-  rope_kv_write(dk.as<float>(), dv.as<float>(), kc.as<uint16_t>(), vc.as<uint16_t>(), T, H, hd, pos0, rp, 0);
-  sync("kv_write");
-  std::vector<uint16_t> hk(T * H * hd), hv(T * H * hd);
-  check(cudaMemcpy(hk.data(), kc.as<uint16_t>() + pos0 * H * hd, hk.size() * 2, cudaMemcpyDeviceToHost), "download");
-  check(cudaMemcpy(hv.data(), vc.as<uint16_t>() + pos0 * H * hd, hv.size() * 2, cudaMemcpyDeviceToHost), "download");
-  py::array_t<uint16_t> ok({T, H, hd}), ov({T, H, hd});
-  std::memcpy(ok.mutable_data(), hk.data(), hk.size() * 2);
-  std::memcpy(ov.mutable_data(), hv.data(), hv.size() * 2);
-  return py::make_tuple(ok, ov);  // raw fp16 bits (view as np.float16)
-}
 
 // Fused RoPE(q, k) + KV write: returns (rotated q, cache k bits, cache v bits) for q [n_tok, H, hd].
-py::tuple py_rope_qkv_write(const py::array& q, const py::array& k, const py::array& v, int64_t pos0,
-                            const std::string& mode, float base, float scale) {
-  auto qa = arr<float>(q);
-  auto ka = arr<float>(k);
-  auto va = arr<float>(v);
-  if (qa.ndim() != 3 || ka.ndim() != 3 || va.ndim() != 3 || ka.size() != va.size() || qa.shape(0) != ka.shape(0) ||
-      qa.shape(2) != ka.shape(2))
-    throw std::invalid_argument("[cuda:rope] q [n_tok, H, hd], k, v [n_tok, n_kv, hd]");
-  RopeParams rp;
-  rp.mode = mode == "normal" ? RopeMode::Normal : mode == "neox" ? RopeMode::Neox : RopeMode::None;
-  rp.freq_base = base;
-  rp.freq_scale = scale;
-  const int64_t T = ka.shape(0), H = ka.shape(1), hd = ka.shape(2), cells = (pos0 + T) * H * hd;
-  DBuf dq(qa.nbytes()), dk(ka.nbytes()), dv(va.nbytes()), kc(cells * 2), vc(cells * 2);
-  up(dq, qa.data(), qa.nbytes());
-  up(dk, ka.data(), ka.nbytes());
-  up(dv, va.data(), va.nbytes());
-  rope_qkv_write(dq.as<float>(), qa.shape(1), dk.as<float>(), dv.as<float>(), kc.as<uint16_t>(), vc.as<uint16_t>(), T,
-                 H, hd, pos0, rp, 0);
-  sync("rope");
-  py::array_t<float> oq({qa.shape(0), qa.shape(1), qa.shape(2)});
-  down(oq.mutable_data(), dq, qa.nbytes());
-  py::array_t<uint16_t> ok({T, H, hd}), ov({T, H, hd});
-  check(cudaMemcpy(ok.mutable_data(), kc.as<uint16_t>() + pos0 * H * hd, T * H * hd * 2, cudaMemcpyDeviceToHost),
-        "download");
-  check(cudaMemcpy(ov.mutable_data(), vc.as<uint16_t>() + pos0 * H * hd, T * H * hd * 2, cudaMemcpyDeviceToHost),
-        "download");
-  return py::make_tuple(oq, ok, ov);
-}
 
 // Bandwidth bench: times `iters` Q4_0 GEMVs (M = 1) over an N x K matrix of random bytes and `iters`
 // device-to-device copies of the same number of bytes, with CUDA events. Returns GB/s of each.
@@ -573,14 +489,8 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("freq_scale") = 1.0f);
   m.def("swiglu", &py_swiglu, py::arg("g"), py::arg("u"));
   m.def("get_rows", &py_get_rows, py::arg("w"), py::arg("fmt"), py::arg("n_rows"), py::arg("n"), py::arg("tokens"));
-  m.def("attention", &py_attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale") = 0.0f,
-        py::arg("quantized") = false, "out (or (out, qs, d, s) with quantized=True)");
   m.def("rms_norm_q", &py_rms_norm_q, py::arg("x"), py::arg("add"), py::arg("w"), py::arg("eps"));
   m.def("swiglu_q", &py_swiglu_q, py::arg("g"), py::arg("u"));
-  m.def("rope_kv_write", &py_rope_kv_write, py::arg("k"), py::arg("v"), py::arg("pos0"), py::arg("mode"),
-        py::arg("freq_base") = 10000.0f, py::arg("freq_scale") = 1.0f);
-  m.def("rope_qkv_write", &py_rope_qkv_write, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("pos0"),
-        py::arg("mode"), py::arg("freq_base") = 10000.0f, py::arg("freq_scale") = 1.0f);
   xsil::cuda::register_kv(m);
   m.def("bench_gemv", &bench_gemv, py::arg("fmt"), py::arg("N"), py::arg("K"), py::arg("iters") = 50);
   py::class_<PyCudaModel>(m, "LlamaModel", py::module_local())

@@ -108,19 +108,10 @@ void rms_norm_q(float* x, const float* add, const float* w, float* h, DevQ8a xq,
                 cudaStream_t st);
 // g[r][i] = silu(g[r][i]) * u[r][i] for rows x n, and g quantized to q8a (n a multiple of 32).
 void swiglu_q(float* g, const float* u, DevQ8a xq, int64_t rows, int64_t n, cudaStream_t st);
-// RoPE on q (in place, n_q_heads per token) and on k, fused with the fp16 KV write of k and v at
-// positions pos0.. (or *dpos): one launch for what rope(q) + rope_kv_write do.
-void rope_qkv_write(float* q, int64_t n_q_heads, const float* k, const float* v, uint16_t* kc, uint16_t* vc,
-                    int64_t n_tok, int64_t n_kv, int64_t hd, int64_t pos0, const RopeParams& rp, cudaStream_t st,
-                    const int64_t* dpos = nullptr);
-// RoPE on k (as rope()) fused with the fp16 KV write of k and v at positions pos0.. (or *dpos).
-void rope_kv_write(const float* k, const float* v, uint16_t* kc, uint16_t* vc, int64_t n_tok, int64_t n_kv,
-                   int64_t hd, int64_t pos0, const RopeParams& rp, cudaStream_t st, const int64_t* dpos = nullptr);
-
 void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t n, float eps, cudaStream_t st);
 // x[t][h][hd] rotated in place at positions pos0 + t (t < n_tok), h < n_vec.
 // dpos (optional, device): when given, the kernels read pos0 from it instead (so a captured CUDA graph
-// can be replayed at every decode position); the same holds for kv_write and attention.
+// can be replayed at every decode position); the paged KV write and attention do the same.
 void rope(float* x, int64_t n_tok, int64_t n_vec, int64_t hd, int64_t pos0, const RopeParams& rp,
           cudaStream_t st, const int64_t* dpos = nullptr);
 void swiglu(float* g, const float* u, int64_t count, cudaStream_t st);           // g = silu(g) * u
@@ -129,16 +120,6 @@ void add_bias(float* y, const float* b, int64_t rows, int64_t n, cudaStream_t st
 // out[i][:] = row tokens[i] of W[rows, n] in GGUF layout (F32, F16, Q4_0, Q8_0, Q4_K), dequantized to fp32.
 void get_rows(const void* w, Fmt fmt, int64_t n_rows, int64_t n, const int32_t* tokens, int64_t n_tok,
               float* out, cudaStream_t st);
-
-// Contiguous fp16 KV cache of one sequence and one layer: k/v [n_ctx][kvd], kvd = n_kv * hd.
-// Writes n_tok rows at positions pos0.. (k is expected already rotated).
-void kv_write(uint16_t* kc, uint16_t* vc, const float* k, const float* v, int64_t pos0, int64_t n_tok,
-              int64_t kvd, cudaStream_t st, const int64_t* dpos = nullptr);
-// Causal attention: query i (position pos0 + i, i < n_q) attends to cached positions [0, pos0 + i].
-// q/out [n_q][n_heads][hd]; GQA group = n_heads / n_kv. hd <= 256 and a multiple of 32... (checked).
-void attention(const float* q, const uint16_t* kc, const uint16_t* vc, float* out, int64_t n_q, int64_t pos0,
-               int n_heads, int n_kv, int hd, float scale, cudaStream_t st, const int64_t* dpos = nullptr,
-               DevQ8a qout = {});  // qout.qs set: also write out quantized to q8a (fused in decode)
 
 // Device memory bandwidth probe: device-to-device copy of `bytes` (for the bench).
 void copy_d2d(void* dst, const void* src, size_t bytes, cudaStream_t st);

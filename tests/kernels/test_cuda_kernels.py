@@ -236,41 +236,6 @@ def test_swiglu_q_fused(rng):
 
 
 @needs_gpu
-@pytest.mark.parametrize("mode", ["normal", "neox"])
-def test_rope_kv_write_fused(mode, rng):
-    k = rng.standard_normal((3, 4, 64)).astype(np.float32)
-    v = rng.standard_normal((3, 4, 64)).astype(np.float32)
-    kc, vc = cuda_ext.rope_kv_write(k, v, 17, mode)
-    want = _core.rope(k, np.arange(17, 20, dtype=np.int64), mode, 10000.0, 1.0)
-    np.testing.assert_allclose(
-        kc.view(np.float16).astype(np.float32),
-        want.astype(np.float16).astype(np.float32),
-        rtol=2e-3,
-        atol=2e-3,
-    )
-    np.testing.assert_array_equal(vc.view(np.float16), v.astype(np.float16))
-
-
-@needs_gpu
-@pytest.mark.parametrize("mode", ["normal", "neox"])
-def test_rope_qkv_write_fused(mode, rng):
-    q = rng.standard_normal((3, 8, 64)).astype(np.float32)
-    k = rng.standard_normal((3, 2, 64)).astype(np.float32)
-    v = rng.standard_normal((3, 2, 64)).astype(np.float32)
-    pos = np.arange(40, 43, dtype=np.int64)
-    qr, kc, vc = cuda_ext.rope_qkv_write(q, k, v, 40, mode)
-    np.testing.assert_allclose(qr, _core.rope(q, pos, mode, 10000.0, 1.0), rtol=1e-5, atol=1e-5)
-    want = _core.rope(k, pos, mode, 10000.0, 1.0)
-    np.testing.assert_allclose(
-        kc.view(np.float16).astype(np.float32),
-        want.astype(np.float16).astype(np.float32),
-        rtol=2e-3,
-        atol=2e-3,
-    )
-    np.testing.assert_array_equal(vc.view(np.float16), v.astype(np.float16))
-
-
-@needs_gpu
 def test_swiglu(rng):
     g = rng.standard_normal(1000).astype(np.float32)
     u = rng.standard_normal(1000).astype(np.float32)
@@ -309,6 +274,19 @@ def _attn_ref(q, k, v, scale):
     return out
 
 
+def _paged_attention(q, k, v, page_size=16):
+    """Causal attention of q (the last nq positions) over k/v through the device paged cache: decode
+    (split-K, up to 8 splits of 64 tokens) for one query, the tiled prefill for several."""
+    nq, _H, hd = q.shape
+    nk, nkv, _ = k.shape
+    c = cuda_ext.KVCache(1, nkv, hd, page_size=page_size, budget_tokens=nk + page_size, rope="none")
+    s = c.add_sequence()
+    c.append(s, k[None], v[None])
+    if nq == 1:
+        return cuda_ext.attention_decode(c, 0, np.array([s], np.int32), q, split_tokens=64, max_splits=8)
+    return cuda_ext.attention_prefill(c, 0, s, q)
+
+
 @needs_gpu
 @pytest.mark.parametrize(
     "nq,nk", [(1, 1), (1, 37), (1, 600), (2, 2), (9, 9), (7, 40), (33, 33), (20, 100), (70, 300)]
@@ -319,21 +297,8 @@ def test_attention(nq, nk, hd, rng):
     q = rng.standard_normal((nq, H, hd)).astype(np.float32)
     k = rng.standard_normal((nk, nkv, hd)).astype(np.float32)
     v = rng.standard_normal((nk, nkv, hd)).astype(np.float32)
-    got = cuda_ext.attention(q, k, v)
+    got = _paged_attention(q, k, v, page_size=16 if nk % 3 else 7)
     np.testing.assert_allclose(got, _attn_ref(q, k, v, 1 / np.sqrt(hd)), rtol=1e-4, atol=1e-4)
-
-
-@needs_gpu
-@pytest.mark.parametrize("nq,nk", [(1, 50), (5, 20)])
-def test_attention_quantized_output(nq, nk, rng):
-    q = rng.standard_normal((nq, 8, 64)).astype(np.float32)
-    k = rng.standard_normal((nk, 2, 64)).astype(np.float32)
-    v = rng.standard_normal((nk, 2, 64)).astype(np.float32)
-    out, qs, d, _s = cuda_ext.attention(q, k, v, quantized=True)
-    np.testing.assert_array_equal(out, cuda_ext.attention(q, k, v))
-    q2, d2, _s2 = cuda_ext.quantize_q8a(out.reshape(nq, -1))
-    np.testing.assert_array_equal(qs, q2.reshape(-1))
-    np.testing.assert_array_equal(d, d2.reshape(-1))
 
 
 @needs_gpu
@@ -347,6 +312,5 @@ def test_errors_name_the_kernel(rng):
         cuda_ext.matmul(np.zeros((4, 64), np.float32), "F32", 4, 64, z, path="mma")
     with pytest.raises(ValueError, match=r"\[cuda:matmul\]"):
         cuda_ext.matmul(np.zeros(10, np.uint8), "Q4_0", 1, 100, np.zeros((1, 100), np.float32))
-    with pytest.raises(ValueError, match=r"\[cuda:attention\]"):
-        z = np.zeros((1, 2, 48), np.float32)
-        cuda_ext.attention(z, z, z)
+    with pytest.raises(ValueError, match=r"\[kv_cache\].*head_dim"):
+        cuda_ext.KVCache(1, 2, 48)  # the device attention needs head_dim a multiple of 32
