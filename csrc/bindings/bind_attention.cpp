@@ -12,19 +12,7 @@ namespace xsil::bind {
 
 namespace {
 
-std::string sh(const std::vector<int64_t>& v) {
-  std::string s = "(";
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
-  return s + (v.size() == 1 ? ",)" : ")");
-}
 
-void require_shape(const py::array& a, const std::vector<int64_t>& want, const char* op, const char* arg) {
-  bool ok = a.ndim() == (py::ssize_t)want.size();
-  for (size_t i = 0; ok && i < want.size(); ++i) ok = a.shape(i) == want[i];
-  if (!ok)
-    throw std::invalid_argument(std::string("[") + op + "] " + arg + " must have shape " + sh(want) + ", got " +
-                                shape_str(a));
-}
 
 std::unique_ptr<KVCache> make_cache(const KVCacheParams& p) { return std::make_unique<KVCache>(p); }
 
@@ -54,20 +42,7 @@ int64_t py_append(KVCache& c, int seq_id, const py::array& k, const py::array& v
   require<float>(k, op, "k", "float32");
   require<float>(v, op, "v", "float32");
   c.require_seq(seq_id, op);
-  int64_t n;
-  if (k.ndim() == 3 && cp.n_layers == 1) {
-    n = k.shape(0);
-    require_shape(k, {n, cp.n_kv_heads, cp.head_dim}, op, "k");
-    require_shape(v, {n, cp.n_kv_heads, cp.head_dim}, op, "v");
-  } else {
-    if (k.ndim() != 4)
-      throw std::invalid_argument("[kv_cache.append] k must be 4-D [n_layers, n_tokens, n_kv_heads, head_dim] (3-D "
-                                  "[n_tokens, n_kv_heads, head_dim] for a 1-layer cache), got " + shape_str(k));
-    n = k.shape(1);
-    require_shape(k, {cp.n_layers, n, cp.n_kv_heads, cp.head_dim}, op, "k");
-    require_shape(v, {cp.n_layers, n, cp.n_kv_heads, cp.head_dim}, op, "v");
-  }
-  if (n < 1) throw std::invalid_argument("[kv_cache.append] no tokens to append");
+  const int64_t n = kvapi::append_tokens(cp, k, v, op);
   const int64_t pos0 = c.reserve(seq_id, n);
   const int64_t per_layer = n * cp.n_kv_heads * cp.head_dim;
   for (int l = 0; l < cp.n_layers; ++l) {

@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "bindings/arrays.h"
 #include "cpu/checks.h"
 
 namespace py = pybind11;
@@ -21,25 +22,10 @@ struct PyPacked {
   py::object keepalive;  // the caller's array when packed in place
 };
 
-inline std::string shape_str(const py::array& a) {
-  std::string s = "(";
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
-  if (a.ndim() == 1) s += ",";
-  return s + ")";
-}
-
-inline std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
-
-// Requires dtype T and C-contiguity; names the op, the argument and what to do.
-template <typename T>
-void require(const py::array& a, const char* op, const char* arg, const char* expect_dtype) {
-  if (!a.dtype().equal(py::dtype::of<T>()))  // equivalent dtypes (e.g. from ctypes buffers) pass
-    throw std::invalid_argument(std::string("[") + op + "] " + arg + " must be " + expect_dtype + ", got " +
-                                dtype_str(a) + " (convert with .astype(np." + expect_dtype + "))");
-  if (!(a.flags() & py::array::c_style))
-    throw std::invalid_argument(std::string("[") + op + "] " + arg +
-                                " must be C-contiguous (use np.ascontiguousarray)");
-}
+using pyargs::dtype_str;
+using pyargs::require;
+using pyargs::require_shape;
+using pyargs::shape_str;
 
 // None = the whole pool (0); otherwise the shared range check (cpu/checks.h).
 inline int check_threads(py::object threads, const char* op) {

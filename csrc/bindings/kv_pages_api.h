@@ -11,6 +11,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "bindings/arrays.h"
 #include "core/kv_pages.h"
 
 namespace xsil::kvapi {
@@ -72,6 +73,27 @@ inline py::dict stats_dict(const KVPages& c) {
   for (int32_t id : c.sequence_ids()) lens[py::int_(id)] = c.length(id);
   d["lengths"] = lens;
   return d;
+}
+
+// Tokens in an append's k / v: [n_layers, n, n_kv_heads, head_dim] (or [n, n_kv_heads, head_dim] for
+// a one-layer cache); validates both arrays' shapes and that n >= 1.
+inline int64_t append_tokens(const KVCacheParams& cp, const py::array& k, const py::array& v, const char* op) {
+  int64_t n;
+  if (k.ndim() == 3 && cp.n_layers == 1) {
+    n = k.shape(0);
+    pyargs::require_shape(k, {n, cp.n_kv_heads, cp.head_dim}, op, "k");
+    pyargs::require_shape(v, {n, cp.n_kv_heads, cp.head_dim}, op, "v");
+  } else {
+    if (k.ndim() != 4)
+      throw std::invalid_argument(std::string("[") + op +
+                                  "] k must be 4-D [n_layers, n_tokens, n_kv_heads, head_dim] (3-D [n_tokens, "
+                                  "n_kv_heads, head_dim] for a 1-layer cache), got " + pyargs::shape_str(k));
+    n = k.shape(1);
+    pyargs::require_shape(k, {cp.n_layers, n, cp.n_kv_heads, cp.head_dim}, op, "k");
+    pyargs::require_shape(v, {cp.n_layers, n, cp.n_kv_heads, cp.head_dim}, op, "v");
+  }
+  if (n < 1) throw std::invalid_argument(std::string("[") + op + "] no tokens to append");
+  return n;
 }
 
 // Constructor (through Make: KVCacheParams -> std::unique_ptr<C>), bookkeeping methods, stats and

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/fp16.h"
+#include "bindings/arrays.h"
 #include "bindings/kv_pages_api.h"
 #include "cuda/kv_cache.h"
 
@@ -27,30 +28,11 @@ std::string str(int64_t v) { return std::to_string(v); }
   throw std::invalid_argument(std::string("[") + op + "] " + msg);
 }
 
-std::string shape_str(const py::array& a) {
-  std::string s = "(";
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
-  if (a.ndim() == 1) s += ",";
-  return s + ")";
-}
-
+using pyargs::require_shape;
+using pyargs::shape_str;
 template <typename T>
 void require_arr(const py::array& a, const char* op, const char* arg, const char* expect_dtype) {
-  if (!a.dtype().equal(py::dtype::of<T>()))
-    bad(op, std::string(arg) + " must be " + expect_dtype + ", got " + py::str(a.dtype()).cast<std::string>() +
-                " (convert with .astype(np." + expect_dtype + "))");
-  if (!(a.flags() & py::array::c_style)) bad(op, std::string(arg) + " must be C-contiguous (use np.ascontiguousarray)");
-}
-
-void require_shape(const py::array& a, const std::vector<int64_t>& want, const char* op, const char* arg) {
-  bool ok = a.ndim() == (py::ssize_t)want.size();
-  for (size_t i = 0; ok && i < want.size(); ++i) ok = a.shape(i) == want[i];
-  if (!ok) {
-    std::string s = "(";
-    for (size_t i = 0; i < want.size(); ++i) s += (i ? ", " : "") + std::to_string(want[i]);
-    s += want.size() == 1 ? ",)" : ")";
-    bad(op, std::string(arg) + " must have shape " + s + ", got " + shape_str(a));
-  }
+  pyargs::require<T>(a, op, arg, expect_dtype);
 }
 
 
@@ -100,20 +82,7 @@ int64_t py_append(CudaKVCache& c, int seq_id, const py::array& k, const py::arra
   require_arr<float>(k, op, "k", "float32");
   require_arr<float>(v, op, "v", "float32");
   c.require_seq(seq_id, op);
-  int64_t n;
-  if (k.ndim() == 3 && cp.n_layers == 1) {
-    n = k.shape(0);
-    require_shape(k, {n, cp.n_kv_heads, cp.head_dim}, op, "k");
-    require_shape(v, {n, cp.n_kv_heads, cp.head_dim}, op, "v");
-  } else {
-    if (k.ndim() != 4)
-      bad(op, "k must be 4-D [n_layers, n_tokens, n_kv_heads, head_dim] (3-D [n_tokens, n_kv_heads, head_dim] for a "
-              "1-layer cache), got " + shape_str(k));
-    n = k.shape(1);
-    require_shape(k, {cp.n_layers, n, cp.n_kv_heads, cp.head_dim}, op, "k");
-    require_shape(v, {cp.n_layers, n, cp.n_kv_heads, cp.head_dim}, op, "v");
-  }
-  if (n < 1) bad(op, "no tokens to append");
+  const int64_t n = kvapi::append_tokens(cp, k, v, op);
   c.reserve(seq_id, n);
   const int64_t pos0 = c.length(seq_id) - n;  // a context shift in reserve may have moved the end
   const int64_t per_layer = n * cp.n_kv_heads * cp.head_dim;
