@@ -70,7 +70,7 @@ _UNSUPPORTED_KEYS = {
 
 def _unsupported(path: str, arch: str, what: str) -> GGUFError:
     return GGUFError(f"{os.path.basename(path)}: {arch} file uses {what}, which xsil does not implement "
-                     f"(supported: {', '.join(SUPPORTED_ARCHS)} dense decoders with rope scaling none or linear)")
+                     f"(xsil runs dense {', '.join(SUPPORTED_ARCHS)} decoders, rope scaling none or linear)")
 
 
 def check_arch(g: GGUFFile) -> str:
