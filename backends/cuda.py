@@ -244,6 +244,7 @@ class CudaSession(Session):
         g = GGUFFile(path)
         try:
             self.config = cfg = LlamaConfig.from_gguf(g)
+            cfg.check_n_ctx(int(n_ctx))
             self.tokenizer = from_gguf(g)
             weights = load_weights(g, cfg)
             t1 = time.perf_counter()

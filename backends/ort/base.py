@@ -23,6 +23,10 @@ from xsil.errors import BackendError, ContextOverflowError
 from . import options as O
 
 WEIGHT_TYPES = ("F32", "F16", "Q4_0", "Q8_0", "Q4_K")
+# Architectures the exporters (export.py, static.py) write graphs for. qwen3's per-head q/k RMSNorm
+# is not exported: qwen3 files are refused here (BackendError, so a non-strict session falls back
+# to cpu, loudly) rather than exported without it.
+ARCHS = ("llama", "qwen2")
 KV_DTYPES = ("f16", "f32")
 _LEVELS = {
     "disable": "ORT_DISABLE_ALL",
@@ -74,7 +78,7 @@ class OrtBackendBase:
         raise NotImplementedError
 
     def supports(self, spec: ModelSpec) -> Support:
-        return model_support(spec, WEIGHT_TYPES)
+        return model_support(spec, WEIGHT_TYPES, self.name, ARCHS)
 
     def options(self) -> Dict[str, str]:
         return O.describe(self.table)
@@ -227,6 +231,12 @@ class OrtSession(Session):
         g = GGUFFile(path)
         self._gguf = g
         self.config = cfg = LlamaConfig.from_gguf(g)
+        if cfg.arch not in ARCHS:
+            raise BackendError(
+                f"{backend.name}: architecture {cfg.arch} is not exported to ONNX (supported: "
+                f"{', '.join(ARCHS)}); xsil's cpu backend runs it"
+            )
+        cfg.check_n_ctx(n_ctx)
         self.tokenizer = from_gguf(g)
         if self.tokenizer.vocab_size != cfg.n_vocab:
             from xsil.errors import GGUFError

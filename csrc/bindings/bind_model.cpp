@@ -75,6 +75,7 @@ std::unique_ptr<PyModel> make_model(const py::dict& cfgd, const py::dict& weight
   c.rope.mode = rope == "neox" ? RopeMode::Neox : RopeMode::Normal;
   c.rope.freq_base = cfgd["rope_freq_base"].cast<float>();
   c.rope.freq_scale = cfgd["rope_freq_scale"].cast<float>();
+  c.qk_norm = cfgd.contains("qk_norm") && cfgd["qk_norm"].cast<bool>();
   if (c.n_layer > 4096) throw std::invalid_argument("[model] n_layer is absurd");
 
   auto pm = std::make_unique<PyModel>();
@@ -98,6 +99,8 @@ std::unique_ptr<PyModel> make_model(const py::dict& cfgd, const py::dict& weight
     L.w_gate = weight(weights, b + "ffn_gate.weight", keep);
     L.w_up = weight(weights, b + "ffn_up.weight", keep);
     L.w_down = weight(weights, b + "ffn_down.weight", keep);
+    L.q_norm = weight(weights, b + "attn_q_norm.weight", keep, true);
+    L.k_norm = weight(weights, b + "attn_k_norm.weight", keep, true);
   }
   KVCacheParams kv;
   kv.page_size = (int32_t)kvd["page_size"].cast<int64_t>();

@@ -418,6 +418,7 @@ std::unique_ptr<PyCudaModel> make_model(const py::dict& cfgd, const py::dict& we
   c.rope.mode = cfgd["rope_mode"].cast<std::string>() == "neox" ? RopeMode::Neox : RopeMode::Normal;
   c.rope.freq_base = cfgd["rope_freq_base"].cast<float>();
   c.rope.freq_scale = cfgd["rope_freq_scale"].cast<float>();
+  c.qk_norm = cfgd.contains("qk_norm") && cfgd["qk_norm"].cast<bool>();
   if (c.n_layer <= 0 || c.n_layer > 4096) throw std::invalid_argument("[model] n_layer out of range");
   py::list keep;
   HostWeight tok = hw(weights, "token_embd.weight", false, keep);
@@ -439,6 +440,8 @@ std::unique_ptr<PyCudaModel> make_model(const py::dict& cfgd, const py::dict& we
     L.w_gate = hw(weights, b + "ffn_gate.weight", false, keep);
     L.w_up = hw(weights, b + "ffn_up.weight", false, keep);
     L.w_down = hw(weights, b + "ffn_down.weight", false, keep);
+    L.q_norm = hw(weights, b + "attn_q_norm.weight", true, keep);
+    L.k_norm = hw(weights, b + "attn_k_norm.weight", true, keep);
   }
   auto pm = std::make_unique<PyCudaModel>();
   {

@@ -173,6 +173,12 @@ CudaLlama::CudaLlama(const CudaLlamaConfig& cfg, const HostWeight& tok_embd, con
       if (L.bq.present()) D.bq = upload_vec(L.bq, b + "attn_q.bias", qd);
       if (L.bk.present()) D.bk = upload_vec(L.bk, b + "attn_k.bias", kd);
       if (L.bv.present()) D.bv = upload_vec(L.bv, b + "attn_v.bias", kd);
+      if (!c.qk_norm && (L.q_norm.present() || L.k_norm.present()))
+        throw std::invalid_argument("[model] tensor " + b + "attn_q_norm/attn_k_norm given but the config has no qk_norm");
+      if (c.qk_norm) {
+        D.q_norm = upload_vec(L.q_norm, b + "attn_q_norm.weight", c.head_dim);
+        D.k_norm = upload_vec(L.k_norm, b + "attn_k_norm.weight", c.head_dim);
+      }
       D.ffn_norm = upload_vec(L.ffn_norm, b + "ffn_norm.weight", E);
       if (L.w_gate.fmt == L.w_up.fmt) {
         D.wgu = upload_stacked({&L.w_gate, &L.w_up}, {b + "ffn_gate.weight", b + "ffn_up.weight"}, {c.n_ff, c.n_ff}, E);
@@ -270,6 +276,10 @@ void CudaLlama::ensure_scratch(int64_t n) {
   g_ = (float*)a(n * c.n_ff * 4);
   u_ = (float*)a(n * c.n_ff * 4);
   logits_ = (float*)a(n * c.n_vocab * 4);
+  if (c.qk_norm) {
+    qn_ = (float*)a(n * qd * 4);
+    kn_ = (float*)a(n * kd * 4);
+  }
   xq_.qs = (int8_t*)a(n * kmax);
   xq_.d = (float*)a(n * (kmax / 32) * 4 + 16);
   xq_.s = (float*)a(n * (kmax / 32) * 4 + 16);
@@ -395,9 +405,17 @@ void CudaLlama::run_layers(int64_t n, int64_t pos0, bool all_logits, const int64
     if (L.bq) add_bias(q_, L.bq, n, qd, stream_);
     if (L.bk) add_bias(k_, L.bk, n, kd, stream_);
     if (L.bv) add_bias(v_, L.bv, n, kd, stream_);
+    // qwen3: RMSNorm of every head's head_dim values of q and k (one row per token and head)
+    float *q = q_, *k = k_;
+    if (c.qk_norm) {
+      rms_norm(q_, L.q_norm, qn_, n * c.n_head, c.head_dim, c.rms_eps, stream_);
+      rms_norm(k_, L.k_norm, kn_, n * c.n_head_kv, c.head_dim, c.rms_eps, stream_);
+      q = qn_;
+      k = kn_;
+    }
     // RoPE(q, k) and the K/V store through the page table (device memory: replays see new pages)
     const DevKV kv = cache_->dev();
-    paged_rope_qkv_write(q_, c.n_head, k_, v_, kv, (int32_t)l, d_pt_, n, pos0, c.rope, true, stream_, dpos);
+    paged_rope_qkv_write(q, c.n_head, k, v_, kv, (int32_t)l, d_pt_, n, pos0, c.rope, true, stream_, dpos);
     const bool q_att = is_quant(L.wo.fmt);
     if (n == 1) {  // decode (plain and graph replays alike): split-K over the pages
       PagedDecodeArgs a;
@@ -408,7 +426,7 @@ void CudaLlama::run_layers(int64_t n, int64_t pos0, bool all_logits, const int64
       a.pt = d_pt_;
       a.pt_stride = (int32_t)max_pages_;
       a.lens = d_pt_ + max_pages_;
-      a.q = q_;
+      a.q = q;
       a.out = att_;
       a.qout = q_att ? xq_ : none;
       a.max_splits = max_splits_;
@@ -423,7 +441,7 @@ void CudaLlama::run_layers(int64_t n, int64_t pos0, bool all_logits, const int64
       a.n_heads = (int32_t)c.n_head;
       a.pt = d_pt_;
       a.lens = d_pt_ + max_pages_;
-      a.q = q_;
+      a.q = q;
       a.out = att_;
       a.qout = q_att ? xq_ : none;
       paged_attention_prefill(a, stream_);

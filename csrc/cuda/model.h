@@ -24,12 +24,14 @@ struct HostWeight {
 
 struct HostLayer {
   HostWeight attn_norm, wq, wk, wv, wo, bq, bk, bv, ffn_norm, w_gate, w_up, w_down;
+  HostWeight q_norm, k_norm;  // per-head RMSNorm weights [head_dim] (qwen3: required when cfg.qk_norm)
 };
 
 struct CudaLlamaConfig {
   int64_t n_embd = 0, n_layer = 0, n_head = 0, n_head_kv = 0, head_dim = 0, n_ff = 0, n_vocab = 0;
   float rms_eps = 1e-5f;
   RopeParams rope;
+  bool qk_norm = false;  // qwen3: q and k RMS-normalized per head (over head_dim) before RoPE
 };
 
 // KV cache of a CudaLlama: n_ctx tokens per sequence, a pool of budget_tokens (0 = n_ctx) rounded
@@ -77,6 +79,7 @@ class CudaLlama {
     DevMatrix wqkv, wgu;
     bool qkv_fused = false, gu_fused = false;
     const float *attn_norm = nullptr, *ffn_norm = nullptr, *bq = nullptr, *bk = nullptr, *bv = nullptr;
+    const float *q_norm = nullptr, *k_norm = nullptr;  // [head_dim] (qk_norm)
   };
   void* dalloc(size_t bytes);
   DevMatrix upload_matrix(const HostWeight& w, const std::string& name, int64_t rows, int64_t cols);
@@ -118,6 +121,7 @@ class CudaLlama {
   int32_t* tok_ = nullptr;
   float *x_ = nullptr, *h_ = nullptr, *q_ = nullptr, *k_ = nullptr, *v_ = nullptr, *att_ = nullptr, *g_ = nullptr,
         *u_ = nullptr, *logits_ = nullptr;
+  float *qn_ = nullptr, *kn_ = nullptr;  // per-head normalized q / k (qk_norm only; RoPE runs on these)
   DevQ8a xq_;
   int64_t xq_k_ = 0;  // K of the activations currently quantized in xq_ (0: none)
   bool graphs_ = true;

@@ -73,6 +73,12 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, WeightRef tok_embd, WeightRef out
     if (L.bq.present()) check(L.bq, b + "attn_q.bias", 1, qd, true);
     if (L.bk.present()) check(L.bk, b + "attn_k.bias", 1, kd, true);
     if (L.bv.present()) check(L.bv, b + "attn_v.bias", 1, kd, true);
+    if (c.qk_norm) {
+      check(L.q_norm, b + "attn_q_norm.weight", 1, c.head_dim, true);
+      check(L.k_norm, b + "attn_k_norm.weight", 1, c.head_dim, true);
+    } else if (L.q_norm.present() || L.k_norm.present()) {
+      throw std::invalid_argument("[model] tensor " + b + "attn_q_norm/attn_k_norm given but the config has no qk_norm");
+    }
     check(L.ffn_norm, b + "ffn_norm.weight", 1, c.n_embd, true);
     check(L.w_gate, b + "ffn_gate.weight", c.n_ff, c.n_embd);
     check(L.w_up, b + "ffn_up.weight", c.n_ff, c.n_embd);
@@ -161,6 +167,12 @@ void LlamaModel::forward(const int32_t* tokens, int64_t n, int32_t seq, float* l
     if (L.bq.present()) ops::add_bias(q_.data(), (const float*)L.bq.data, n, qd);
     if (L.bk.present()) ops::add_bias(k_.data(), (const float*)L.bk.data, n, kd);
     if (L.bv.present()) ops::add_bias(v_.data(), (const float*)L.bv.data, n, kd);
+    if (c.qk_norm) {  // per-head RMSNorm (rows = tokens x heads of head_dim), in place, before RoPE
+      ops::rms_norm(q_.data(), (const float*)L.q_norm.data, q_.data(), n * c.n_head, c.head_dim, c.rms_eps,
+                    threads_);
+      ops::rms_norm(k_.data(), (const float*)L.k_norm.data, k_.data(), n * c.n_head_kv, c.head_dim, c.rms_eps,
+                    threads_);
+    }
     KVWriteParams w;
     w.layer = (int32_t)l;
     w.seq_id = seq;

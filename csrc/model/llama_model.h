@@ -1,4 +1,4 @@
-// Llama-family decoder forward (llama, qwen2) run entirely in the core: one call per chunk of
+// Llama-family decoder forward (llama, qwen2, qwen3) run entirely in the core: one call per chunk of
 // tokens does every layer (norms, block-quantized matmuls, RoPE + paged KV cache, attention,
 // SwiGLU) without returning to Python.
 #pragma once
@@ -26,12 +26,16 @@ struct WeightRef {
 
 struct LlamaLayer {
   WeightRef attn_norm, wq, wk, wv, wo, bq, bk, bv, ffn_norm, w_gate, w_up, w_down;
+  WeightRef q_norm, k_norm;  // per-head RMSNorm weights [head_dim] (qwen3; required when cfg.qk_norm)
 };
 
 struct LlamaConfig {
   int64_t n_embd = 0, n_layer = 0, n_head = 0, n_head_kv = 0, head_dim = 0, n_ff = 0, n_vocab = 0;
   float rms_eps = 1e-5f;
-  RopeParams rope;            // mode (normal for llama, neox for qwen2), base, linear scale
+  RopeParams rope;            // mode (normal for llama, neox for qwen2/qwen3), base, linear scale
+  // qwen3: q and k are RMS-normalized per head (over head_dim, weights q_norm / k_norm, eps rms_eps)
+  // after the projections and before RoPE. head_dim need not be n_embd / n_head.
+  bool qk_norm = false;
 };
 
 class LlamaModel {

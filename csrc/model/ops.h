@@ -7,7 +7,7 @@
 
 namespace xsil::ops {
 
-// y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, for `rows` rows of n.
+// y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, for `rows` rows of n (y may be x: in place).
 void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t n, float eps, int threads);
 // g[i] = silu(g[i]) * u[i]  (SwiGLU), rows x n, in place on g.
 void swiglu(float* g, const float* u, int64_t rows, int64_t n, int threads);

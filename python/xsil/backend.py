@@ -61,12 +61,19 @@ class ModelSpec:
     n_vocab: int
 
 
-def model_support(spec: "ModelSpec", weight_types: Sequence[str], who: str = "") -> Support:
-    """The common supports() check: a Llama-family architecture and tensor types in weight_types."""
+def model_support(spec: "ModelSpec", weight_types: Sequence[str], who: str = "",
+                  archs: Optional[Sequence[str]] = None) -> Support:
+    """The common supports() check: an architecture in archs (default: every one xsil's loader
+    accepts, xsil.model.llama.SUPPORTED_ARCHS) and tensor types in weight_types."""
     from .model.llama import SUPPORTED_ARCHS
 
-    if spec.arch not in SUPPORTED_ARCHS:
-        return Support(False, f"architecture {spec.arch} not supported (supported: {', '.join(SUPPORTED_ARCHS)})")
+    archs = tuple(SUPPORTED_ARCHS if archs is None else archs)
+    if spec.arch not in archs:
+        by = f" by {who}" if who else ""
+        extra = ""
+        if spec.arch in SUPPORTED_ARCHS:
+            extra = "; xsil's cpu backend runs it"
+        return Support(False, f"architecture {spec.arch} not supported{by} (supported: {', '.join(archs)}){extra}")
     bad = sorted(set(spec.tensor_types) - set(weight_types))
     if bad:
         by = f" by {who}" if who else ""

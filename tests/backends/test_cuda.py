@@ -252,6 +252,34 @@ def test_q4_k_models_match_cpu_and_reference(tmp_path, case, overrides):
 
 
 @gpu
+@pytest.mark.parametrize("case", ["qwen3_hd32", "qwen3_gqa4_q8_0", "llama_hd32_wide"])
+def test_qwen3_and_wide_head_models_match_cpu_and_reference(tmp_path, case):
+    # qwen3: per-head q/k RMSNorm (the rms_norm kernel over rows = tokens x heads) before neox RoPE;
+    # all three have head_dim 32 from key_length with n_head * head_dim = 2 * n_embd (q/k/v wider than
+    # the residual stream, attn_output [n_embd, n_head * head_dim]); GQA 2:1 and 4:1; a tied Q8_0
+    # output. Prefill (21 tokens: the tensor-core GEMM), decode step by step (the CUDA graph), against
+    # the cpu backend and the float64 reference with tests/model/test_models.py's bounds.
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "model"))
+    from gguf_cases import reference_case
+
+    path, toks, ref = reference_case(case, tmp_path)
+    with xsil.Session(path, backend="cpu", n_ctx=64) as c, xsil.Session(path, backend="cuda", n_ctx=64) as g:
+        assert g.backend_name == "cuda" and g.config.qk_norm == case.startswith("qwen3") and g.config.head_dim == 32
+        a = c.forward(toks)
+        b = g.forward(toks)
+        g.reset()
+        step = np.concatenate([g.forward(toks[i : i + 1]) for i in range(len(toks))])
+
+    def cos(x, y):
+        return float(((x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)).min())
+
+    for got in (a, b, step):
+        assert cos(got, ref) >= 0.999 and np.abs(got - ref).max() / ref.std() <= 0.2, (cos(got, ref), case)
+    assert cos(a, b) >= 0.999 and np.abs(a - b).max() / a.std() < 0.2
+    assert np.abs(b - step).max() / b.std() < 0.15
+
+
+@gpu
 def test_q8_0_kv_cache_matches_cpu():
     o = np.load(os.path.join(ORACLE, "tiny.npz"))
     toks = o["tokens"]

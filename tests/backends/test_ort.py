@@ -87,8 +87,11 @@ def test_matmulnbits_matches_dequantized_matmul(fmt):
 # -- the exported graph against the float64 reference --------------------------------------------
 # head_dim must be a multiple of 16 for GroupQueryAttention: gqa4 gets n_embd=128, gqa8_hd16 is cpu-only.
 ORT_CASES = {"gqa4_q8_0": dict(n_embd=128)}
-# q4_k_m_mix has Q5_K / Q6_K tensors, which the ORT backends refuse (test_ort_refuses_k_quant_mix).
-ORT_CASE_NAMES = sorted(n for n in MODEL_CASES if n not in ("gqa8_hd16", "q4_k_m_mix"))
+# q4_k_m_mix has Q5_K / Q6_K tensors, which the ORT backends refuse (test_ort_refuses_k_quant_mix);
+# qwen3's per-head q/k norm is not exported (test_qwen3_is_refused_by_the_ort_backends).
+ORT_CASE_NAMES = sorted(
+    n for n in MODEL_CASES if n not in ("gqa8_hd16", "q4_k_m_mix") and MODEL_CASES[n].get("arch") != "qwen3"
+)
 
 
 @pytest.fixture(scope="module", params=ORT_CASE_NAMES)
@@ -146,6 +149,31 @@ def test_unsupported_head_dim_is_a_backend_error(tmp_path):
 
 
 # -- options, cache, placement -------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["ort-cpu", "qnn", "coreml"])
+def test_qwen3_is_refused_by_the_ort_backends(name):
+    # supports() says so without loading anything (and without needing onnxruntime)
+    from xsil.backend import ModelSpec
+
+    b = registry.get(name)
+    if b is None:
+        pytest.skip(f"backend {name} not importable here: {registry.import_error(name)}")
+    s = b.supports(ModelSpec("m.gguf", "qwen3", ["F32", "Q4_0"], 0, 2, 64, 320))
+    assert not s.ok and "qwen3" in s.reason and "llama, qwen2" in s.reason, s.reason
+    assert b.supports(ModelSpec("m.gguf", "qwen2", ["F32", "Q4_0"], 0, 2, 64, 320)).ok
+
+
+@needs_ort
+def test_qwen3_open_is_a_backend_error_and_falls_back_to_cpu(tmp_path):
+    path = write_model(str(tmp_path / "q3.gguf"), **MODEL_CASES["qwen3_hd32"])
+    with pytest.raises(xsil.BackendError, match=r"ort-cpu: architecture qwen3 is not exported"):
+        xsil.Session(path, backend="ort-cpu", strict=True, n_ctx=32, cache=False)
+    with pytest.warns(RuntimeWarning, match="qwen3"):
+        s = xsil.Session(path, backend=["ort-cpu", "cpu"], n_ctx=32, cache=False)
+    with s:
+        assert s.backend_name == "cpu"
+        assert s.forward([1, 2, 3]).shape == (3, 320)
+
+
 @needs_ort
 @pytest.mark.parametrize(
     "opt,val,match",

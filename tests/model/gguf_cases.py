@@ -47,11 +47,18 @@ def _vocab_gpt2(n):
 
 
 def write_model(path, *, arch="llama", n_embd=64, n_layer=2, n_head=4, n_head_kv=2, n_ff=96, n_vocab=320,
-                wtype="Q4_0", mix=None, tied=False, biases=False, seed=0, rope_base=10000.0, head_dim=None):
+                wtype="Q4_0", mix=None, tied=False, biases=False, seed=0, rope_base=10000.0, head_dim=None,
+                qk_norm=None, kv=None, extra_tensors=None):
     """mix: optional dict of tensor-name part -> type name overriding wtype (e.g. {"ffn_down": "Q8_0"});
-    a key starting with "=" matches the whole name only (e.g. {"=output.weight": "Q6_K"})."""
+    a key starting with "=" matches the whole name only (e.g. {"=output.weight": "Q6_K"}).
+    head_dim: written as {arch}.attention.key_length / value_length (q has n_head * head_dim rows,
+    which need not be n_embd). qk_norm: write blk.N.attn_q_norm / attn_k_norm [head_dim] (default:
+    arch == "qwen3"). kv: extra metadata {key (without "{arch}." when it starts with "."): value}.
+    extra_tensors: {name: shape} written as F32 (e.g. expert tensors for refusal tests)."""
     rng = np.random.default_rng(seed)
     hd = head_dim or n_embd // n_head
+    if qk_norm is None:
+        qk_norm = arch == "qwen3"
     w = gguf.GGUFWriter(path, arch)
     w.add_context_length(256)
     w.add_embedding_length(n_embd)
@@ -62,7 +69,22 @@ def write_model(path, *, arch="llama", n_embd=64, n_layer=2, n_head=4, n_head_kv
     w.add_rope_dimension_count(hd)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_freq_base(rope_base)
-    if arch == "qwen2":
+    if head_dim is not None:
+        w.add_key_length(hd)
+        w.add_value_length(hd)
+    for k, v in (kv or {}).items():
+        k = arch + k if k.startswith(".") else k
+        if isinstance(v, bool):
+            w.add_bool(k, v)
+        elif isinstance(v, int):
+            w.add_uint32(k, v)
+        elif isinstance(v, float):
+            w.add_float32(k, v)
+        elif isinstance(v, str):
+            w.add_string(k, v)
+        else:
+            w.add_array(k, list(v))
+    if arch in ("qwen2", "qwen3"):
         toks, merges, types = _vocab_gpt2(n_vocab)
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre("qwen2")
@@ -115,6 +137,9 @@ def write_model(path, *, arch="llama", n_embd=64, n_layer=2, n_head=4, n_head_kv
             vec(b + "attn_q.bias", n_head * hd, 0.0, 0.2)
             vec(b + "attn_k.bias", n_head_kv * hd, 0.0, 0.2)
             vec(b + "attn_v.bias", n_head_kv * hd, 0.0, 0.2)
+        if qk_norm:
+            vec(b + "attn_q_norm.weight", hd, 1.0, 0.3)
+            vec(b + "attn_k_norm.weight", hd, 1.0, 0.3)
         mat(b + "attn_output.weight", n_embd, n_head * hd, 0.1)
         vec(b + "ffn_norm.weight", n_embd)
         mat(b + "ffn_gate.weight", n_ff, n_embd, 0.1)
@@ -123,6 +148,8 @@ def write_model(path, *, arch="llama", n_embd=64, n_layer=2, n_head=4, n_head_kv
     vec("output_norm.weight", n_embd)
     if not tied:
         mat("output.weight", n_vocab, n_embd, 0.1)
+    for name, shape in (extra_tensors or {}).items():
+        w.add_tensor(name, (0.1 * rng.standard_normal(shape)).astype(np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -143,6 +170,13 @@ MODEL_CASES = {
     "q4_k_m_mix": dict(n_embd=256, n_ff=512, n_head=4, n_head_kv=2, wtype="Q4_K",
                        mix={"ffn_down": "Q6_K", "=output.weight": "Q6_K", "attn_v": "Q5_K"}),
     "qwen2_biases": dict(arch="qwen2", biases=True, n_head=4, n_head_kv=2, rope_base=1000000.0),
+    # Qwen3-shaped: no biases, per-head q/k RMSNorm, head_dim 32 from key_length with n_embd 64 and 4
+    # heads (q has 128 rows, like Qwen3-0.6B's 16 x 128 for n_embd 1024), GQA 4:2 and 8:2.
+    "qwen3_hd32": dict(arch="qwen3", n_head=4, n_head_kv=2, head_dim=32, rope_base=1000000.0),
+    "qwen3_gqa4_q8_0": dict(arch="qwen3", n_embd=128, n_head=8, n_head_kv=2, head_dim=32, wtype="Q8_0", tied=True,
+                            rope_base=1000000.0),
+    # llama with key_length != n_embd / n_head (q/k/v wider than the residual stream)
+    "llama_hd32_wide": dict(n_head=4, n_head_kv=2, head_dim=32),
 }
 
 

@@ -1,5 +1,8 @@
 """Llama-family decoders from GGUF (arch ``llama``: Llama 2/3, Mistral, TinyLlama, SmolLM; arch
-``qwen2``: Q/K/V biases, neox RoPE), run by the native core (``xsil._core.LlamaModel``).
+``qwen2``: Q/K/V biases, neox RoPE; arch ``qwen3``: neox RoPE, per-head RMSNorm on q and k, head_dim
+from ``key_length``), run by the native core (``xsil._core.LlamaModel``). Any other architecture, and
+any feature of these the forward does not compute (MoE experts, YaRN, softcapping, ...), is refused
+with a GGUFError before anything is allocated (:func:`check_features`).
 
 Weights stay in the file mapping (zero-copy). Where the ISA tier has a faster packed layout, a
 tensor is repacked *in place* in a private (copy-on-write) mapping: the packed copy replaces the
@@ -22,10 +25,218 @@ from ..errors import ContextOverflowError, GGUFError
 from .gguf import GGUFFile
 from .tokenizer import Tokenizer, from_gguf
 
-SUPPORTED_ARCHS = ("llama", "qwen2")
+SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3")
+# RoPE pairing per architecture: llama rotates adjacent pairs (ggml mode 0), qwen2/qwen3 split halves
+# (neox, ggml mode 2).
+ARCH_ROPE = {"llama": "normal", "qwen2": "neox", "qwen3": "neox"}
+# Architectures with a per-head RMSNorm on q and k before RoPE (attn_q_norm / attn_k_norm, [head_dim]).
+QK_NORM_ARCHS = ("qwen3",)
 WEIGHT_TYPES = ("F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
 LAYER_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up",
                  "ffn_down")
+# Optional per-layer tensors xsil computes with (any supported arch): Q/K/V biases (qwen2 has them).
+LAYER_OPTIONAL = ("attn_q.bias", "attn_k.bias", "attn_v.bias")
+# Per-layer tensors that mark a feature xsil does not implement, with what it is (checked before the
+# generic "unexpected tensor" refusal so the message says what the file needs).
+_UNSUPPORTED_TENSORS = (
+    ("_exps", "mixture-of-experts FFN (expert tensors)"),
+    ("_shexp", "mixture-of-experts FFN (shared-expert tensors)"),
+    ("ffn_gate_inp", "mixture-of-experts FFN (router)"),
+    ("attn_output.bias", "an attention output bias"),
+    ("ffn_gate.bias", "FFN biases"), ("ffn_up.bias", "FFN biases"), ("ffn_down.bias", "FFN biases"),
+    ("post_attention_norm", "post-attention norms (gemma2-style)"),
+    ("post_ffw_norm", "post-FFN norms (gemma2-style)"),
+    ("attn_rot_embd", None),  # a stored copy of the standard RoPE frequencies (harmless, ignored)
+)
+# Metadata that changes the arithmetic of the forward when present with a non-neutral value:
+# key suffix -> (neutral value or None for "refused whenever present", what it is).
+_UNSUPPORTED_KEYS = {
+    "expert_count": (0, "mixture-of-experts (expert_count)"),
+    "expert_used_count": (0, "mixture-of-experts (expert_used_count)"),
+    "attention.sliding_window_pattern": (None, "interleaved sliding-window attention"),
+    "attention.scale": (None, "a custom attention scale"),
+    "attention.clamp_kqv": (None, "clamped Q/K/V"),
+    "attention.max_alibi_bias": (0.0, "ALiBi position biases"),
+    "attention.causal": (True, "non-causal attention"),
+    "attn_logit_softcapping": (None, "attention logit soft-capping"),
+    "final_logit_softcapping": (None, "final logit soft-capping"),
+    "logit_scale": (1.0, "a logit scale"),
+    "embedding_scale": (1.0, "an embedding scale"),
+    "residual_scale": (1.0, "a residual scale"),
+    "rope.dimension_sections": (None, "multi-section (M-RoPE) rotary embeddings"),
+    "rope.scaling.attn_factor": (1.0, "a RoPE attention factor"),
+}
+
+
+def _unsupported(path: str, arch: str, what: str) -> GGUFError:
+    return GGUFError(f"{os.path.basename(path)}: {arch} file uses {what}, which xsil does not implement "
+                     f"(xsil runs dense {', '.join(SUPPORTED_ARCHS)} decoders, rope scaling none or linear)")
+
+
+def check_arch(g: GGUFFile) -> str:
+    """The file's architecture if xsil runs it, else GGUFError naming it and the supported list.
+    Reads only metadata and tensor names: nothing is allocated or mapped."""
+    arch = g.require("general.architecture", (str,))
+    if arch not in SUPPORTED_ARCHS:
+        raise GGUFError(f"{os.path.basename(g.path)}: unsupported architecture {arch!r}; "
+                        f"supported: {', '.join(SUPPORTED_ARCHS)}")
+    return arch
+
+
+def check_features(g: GGUFFile, arch: str) -> None:
+    """Refuse (GGUFError) a file of a supported architecture that uses a feature the forward does
+    not compute: expert (MoE) tensors, extra per-layer tensors, softcapping, ALiBi, sliding-window
+    patterns, rope scaling other than none/linear (yarn, longrope, llama3 frequency factors), ...
+    Silently skipping any of them would produce wrong logits. Metadata and tensor names only."""
+    p = arch + "."
+    path = g.path
+    for suffix, (neutral, what) in _UNSUPPORTED_KEYS.items():
+        if p + suffix not in g.metadata:
+            continue
+        v = g.get(p + suffix)
+        if isinstance(v, np.generic):
+            v = v.item()
+        if neutral is None or v != neutral:
+            raise _unsupported(path, arch, f"{what} ({p + suffix} = {v!r})")
+    st = g.get(p + "rope.scaling.type")
+    if st not in (None, "none", "linear"):
+        raise _unsupported(path, arch, f"rope scaling type {st!r} ({p}rope.scaling.type; supported: none, linear)")
+    yarn = sorted(k for k in g.metadata if k.startswith(p + "rope.scaling.yarn_"))
+    if yarn:
+        raise _unsupported(path, arch, f"YaRN rope scaling parameters ({yarn[0]})")
+
+
+@dataclass
+class LlamaConfig:
+    arch: str
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int              # key_length (= value_length); may differ from n_embd / n_head
+    n_ff: int
+    n_vocab: int
+    n_ctx_train: int
+    rms_eps: float
+    rope_mode: str
+    rope_freq_base: float
+    rope_freq_scale: float
+    qk_norm: bool = False      # per-head RMSNorm on q and k before RoPE (qwen3)
+    sliding_window: int = 0    # attention window in tokens (0: none); n_ctx must not exceed it
+
+    @classmethod
+    def from_gguf(cls, g: GGUFFile) -> "LlamaConfig":
+        """The decoder's shape from the file's metadata. Raises GGUFError, before anything is
+        allocated, for an architecture or a feature xsil does not compute (see check_features)."""
+        arch = check_arch(g)
+        check_features(g, arch)
+        p = arch + "."
+        n_embd = g.require(p + "embedding_length")
+        n_head = g.require(p + "attention.head_count")
+        n_head_kv = g.get(p + "attention.head_count_kv", n_head)
+        if not isinstance(n_head_kv, (int, np.integer)) or isinstance(n_head_kv, bool):
+            # a per-layer array (different KV heads per layer) or another type
+            raise GGUFError(f"{os.path.basename(g.path)}: {p}attention.head_count_kv must be one integer "
+                            f"(per-layer head counts are not supported)")
+        n_head_kv = int(n_head_kv)
+        if n_head <= 0:
+            raise GGUFError(f"model dimension n_head={n_head} is out of range")
+        key_len = g.get(p + "attention.key_length")
+        if key_len is None and n_embd % n_head:
+            raise GGUFError(f"{os.path.basename(g.path)}: n_embd={n_embd} is not a multiple of n_head={n_head} "
+                            f"and {p}attention.key_length is missing")
+        head_dim = int(key_len if key_len is not None else n_embd // n_head)
+        n_rot = int(g.get(p + "rope.dimension_count", head_dim))
+        if n_rot != head_dim:
+            raise GGUFError(f"partial rotary embeddings (rope.dimension_count={n_rot} < head_dim={head_dim}) are "
+                            f"not supported")
+        v_len = int(g.get(p + "attention.value_length", head_dim))
+        if v_len != head_dim:
+            raise GGUFError(f"{os.path.basename(g.path)}: value_length={v_len} != key_length={head_dim} is not "
+                            f"supported")
+        if head_dim % 2:
+            raise GGUFError(f"{os.path.basename(g.path)}: head_dim={head_dim} must be even (RoPE pairs)")
+        tok = g.tensor_info("token_embd.weight")
+        n_vocab = tok.dims[1] if len(tok.dims) == 2 else 0
+        scale = 1.0
+        if g.get(p + "rope.scaling.type") == "linear":
+            scale = 1.0 / float(g.get(p + "rope.scaling.factor", 1.0))
+        cfg = cls(arch=arch, n_embd=int(n_embd), n_layer=int(g.require(p + "block_count")), n_head=int(n_head),
+                  n_head_kv=n_head_kv, head_dim=head_dim, n_ff=int(g.require(p + "feed_forward_length")),
+                  n_vocab=int(n_vocab), n_ctx_train=int(g.get(p + "context_length", 0)),
+                  rms_eps=float(g.get(p + "attention.layer_norm_rms_epsilon", 1e-5)),
+                  rope_mode=ARCH_ROPE[arch],
+                  rope_freq_base=float(g.get(p + "rope.freq_base", 10000.0)), rope_freq_scale=scale,
+                  qk_norm=arch in QK_NORM_ARCHS,
+                  sliding_window=int(g.get(p + "attention.sliding_window", 0) or 0))
+        for k in ("n_embd", "n_layer", "n_head", "n_head_kv", "head_dim", "n_ff", "n_vocab"):
+            v = getattr(cfg, k)
+            if not 0 < v < 1 << 24:
+                raise GGUFError(f"model dimension {k}={v} is out of range")
+        if cfg.n_head % cfg.n_head_kv:
+            raise GGUFError(f"n_head={cfg.n_head} is not a multiple of n_head_kv={cfg.n_head_kv}")
+        if not 0 < scale <= 1e6 or not np.isfinite(scale):
+            raise GGUFError(f"{os.path.basename(g.path)}: {p}rope.scaling.factor gives a frequency scale {scale}")
+        check_tensors(g, cfg)
+        return cfg
+
+    def check_n_ctx(self, n_ctx: int) -> None:
+        """Sliding-window attention equals full attention while no sequence is longer than the window:
+        refuse a context that could exceed it (xsil attends to every cached position)."""
+        if self.sliding_window and n_ctx > self.sliding_window:
+            raise GGUFError(f"{self.arch} model uses sliding-window attention ({self.sliding_window} tokens), "
+                            f"which xsil does not implement; open it with n_ctx <= {self.sliding_window} "
+                            f"(asked for {n_ctx})")
+
+    def as_core(self) -> Dict[str, Any]:
+        return dict(n_embd=self.n_embd, n_layer=self.n_layer, n_head=self.n_head, n_head_kv=self.n_head_kv,
+                    head_dim=self.head_dim, n_ff=self.n_ff, n_vocab=self.n_vocab, rms_eps=self.rms_eps,
+                    rope_mode=self.rope_mode, rope_freq_base=self.rope_freq_base,
+                    rope_freq_scale=self.rope_freq_scale, qk_norm=self.qk_norm)
+
+
+def tensor_names(cfg: LlamaConfig) -> List[str]:
+    names = ["token_embd.weight", "output_norm.weight"]
+    for i in range(cfg.n_layer):
+        names += [f"blk.{i}.{t}.weight" for t in LAYER_TENSORS]
+        if cfg.qk_norm:
+            names += [f"blk.{i}.attn_q_norm.weight", f"blk.{i}.attn_k_norm.weight"]
+    return names
+
+
+def check_tensors(g: GGUFFile, cfg: "LlamaConfig") -> None:
+    """Every tensor the forward needs is present, and every tensor in the file is one it computes
+    with: a tensor it would skip (an expert, an output bias, ...) means the logits would be wrong,
+    so the file is refused naming it. Tensor names only."""
+    arch, path = cfg.arch, g.path
+    missing = [n for n in tensor_names(cfg) if n not in g.tensors]
+    if missing:
+        raise GGUFError(f"{os.path.basename(path)}: tensors missing for {arch}: {', '.join(missing[:5])}")
+    allowed = {"token_embd.weight", "output_norm.weight", "output.weight"}
+    per_layer = set(t + ".weight" for t in LAYER_TENSORS) | set(LAYER_OPTIONAL)
+    if cfg.qk_norm:
+        per_layer |= {"attn_q_norm.weight", "attn_k_norm.weight"}
+    for name in g.tensors:
+        if name in allowed:
+            continue
+        if name == "rope_freqs.weight":
+            f = np.asarray(g.tensor(name), np.float64)
+            if f.size and np.all(f == 1.0):
+                continue  # all ones: the standard frequencies
+            raise _unsupported(path, arch, "per-dimension RoPE frequency factors (rope_freqs.weight, "
+                                           "Llama 3.1-style rope scaling)")
+        parts = name.split(".", 2)
+        if (len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and int(parts[1]) < cfg.n_layer
+                and parts[2] in per_layer):
+            continue
+        rest = parts[2] if len(parts) == 3 else name
+        for marker, what in _UNSUPPORTED_TENSORS:
+            if marker in rest:
+                if what is None:
+                    break
+                raise _unsupported(path, arch, f"{what} (tensor {name!r})")
+        else:
+            raise _unsupported(path, arch, f"a tensor xsil does not know for {arch} ({name!r})")
 
 
 def peak_rss_bytes() -> int:
@@ -39,76 +250,6 @@ def peak_rss_bytes() -> int:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-@dataclass
-class LlamaConfig:
-    arch: str
-    n_embd: int
-    n_layer: int
-    n_head: int
-    n_head_kv: int
-    head_dim: int
-    n_ff: int
-    n_vocab: int
-    n_ctx_train: int
-    rms_eps: float
-    rope_mode: str
-    rope_freq_base: float
-    rope_freq_scale: float
-
-    @classmethod
-    def from_gguf(cls, g: GGUFFile) -> "LlamaConfig":
-        arch = g.require("general.architecture", (str,))
-        if arch not in SUPPORTED_ARCHS:
-            raise GGUFError(f"unsupported architecture {arch!r}; supported: {', '.join(SUPPORTED_ARCHS)}")
-        p = arch + "."
-        n_embd = g.require(p + "embedding_length")
-        n_head = g.require(p + "attention.head_count")
-        n_head_kv = int(g.get(p + "attention.head_count_kv", n_head))
-        head_dim = int(g.get(p + "attention.key_length", n_embd // max(n_head, 1)))
-        n_rot = int(g.get(p + "rope.dimension_count", head_dim))
-        if n_rot != head_dim:
-            raise GGUFError(f"partial rotary embeddings (rope.dimension_count={n_rot} < head_dim={head_dim}) are "
-                            f"not supported")
-        if int(g.get(p + "attention.value_length", head_dim)) != head_dim:
-            raise GGUFError("value_length != key_length is not supported")
-        tok = g.tensor_info("token_embd.weight")
-        n_vocab = tok.dims[1] if len(tok.dims) == 2 else 0
-        scale = 1.0
-        st = g.get(p + "rope.scaling.type")
-        if st in (None, "none"):
-            pass
-        elif st == "linear":
-            scale = 1.0 / float(g.get(p + "rope.scaling.factor", 1.0))
-        else:
-            raise GGUFError(f"rope scaling type {st!r} is not supported (supported: none, linear)")
-        cfg = cls(arch=arch, n_embd=int(n_embd), n_layer=int(g.require(p + "block_count")), n_head=int(n_head),
-                  n_head_kv=n_head_kv, head_dim=head_dim, n_ff=int(g.require(p + "feed_forward_length")),
-                  n_vocab=int(n_vocab), n_ctx_train=int(g.get(p + "context_length", 0)),
-                  rms_eps=float(g.get(p + "attention.layer_norm_rms_epsilon", 1e-5)),
-                  rope_mode="neox" if arch == "qwen2" else "normal",
-                  rope_freq_base=float(g.get(p + "rope.freq_base", 10000.0)), rope_freq_scale=scale)
-        for k in ("n_embd", "n_layer", "n_head", "n_head_kv", "head_dim", "n_ff", "n_vocab"):
-            v = getattr(cfg, k)
-            if not 0 < v < 1 << 24:
-                raise GGUFError(f"model dimension {k}={v} is out of range")
-        if cfg.n_head % cfg.n_head_kv:
-            raise GGUFError(f"n_head={cfg.n_head} is not a multiple of n_head_kv={cfg.n_head_kv}")
-        return cfg
-
-    def as_core(self) -> Dict[str, Any]:
-        return dict(n_embd=self.n_embd, n_layer=self.n_layer, n_head=self.n_head, n_head_kv=self.n_head_kv,
-                    head_dim=self.head_dim, n_ff=self.n_ff, n_vocab=self.n_vocab, rms_eps=self.rms_eps,
-                    rope_mode=self.rope_mode, rope_freq_base=self.rope_freq_base,
-                    rope_freq_scale=self.rope_freq_scale)
-
-
-def tensor_names(cfg: LlamaConfig) -> List[str]:
-    names = ["token_embd.weight", "output_norm.weight"]
-    for i in range(cfg.n_layer):
-        names += [f"blk.{i}.{t}.weight" for t in LAYER_TENSORS]
-    return names
 
 
 @dataclass
@@ -148,6 +289,7 @@ class LlamaModel:
         self.gguf = g
         self.path = path
         self.config = cfg = LlamaConfig.from_gguf(g)
+        cfg.check_n_ctx(int(n_ctx))
         t1 = time.perf_counter()
         self.tokenizer: Tokenizer = from_gguf(g)
         if self.tokenizer.vocab_size != cfg.n_vocab:

@@ -1,4 +1,4 @@
-"""NumPy float64 reference forward for Llama-family GGUF decoders (llama, qwen2).
+"""NumPy float64 reference forward for Llama-family GGUF decoders (llama, qwen2, qwen3).
 
 Independent of xsil's native code: weights are dequantized with :mod:`xsil.testing.reference`,
 everything else is plain NumPy in float64. Slow and memory-hungry; for small test models only.
@@ -47,8 +47,8 @@ class ReferenceModel:
 
     def __init__(self, g):
         arch = g.require("general.architecture", (str,))
-        if arch not in ("llama", "qwen2"):
-            raise ValueError(f"reference forward supports llama and qwen2, not {arch}")
+        if arch not in ("llama", "qwen2", "qwen3"):
+            raise ValueError(f"reference forward supports llama, qwen2 and qwen3, not {arch}")
         self.arch = arch
         p = arch + "."
         self.n_embd = g.require(p + "embedding_length")
@@ -64,7 +64,9 @@ class ReferenceModel:
         if g.get(p + "rope.scaling.type") == "linear":
             scale = 1.0 / float(g.get(p + "rope.scaling.factor", 1.0))
         self.freq_scale = scale
-        self.neox = arch == "qwen2"
+        self.neox = arch in ("qwen2", "qwen3")
+        # qwen3: RMSNorm over each head's head_dim values of q and k (own weights), before RoPE
+        self.qk_norm = arch == "qwen3"
         self.tok = _weight(g, "token_embd.weight")
         self.out_norm = _weight(g, "output_norm.weight")
         self.out = _weight(g, "output.weight") if "output.weight" in g.tensors else self.tok
@@ -77,6 +79,9 @@ class ReferenceModel:
             for k in ("attn_q", "attn_k", "attn_v"):
                 if b + k + ".bias" in g.tensors:
                     L[k + ".bias"] = _weight(g, b + k + ".bias")
+            if self.qk_norm:
+                L["attn_q_norm"] = _weight(g, b + "attn_q_norm.weight")
+                L["attn_k_norm"] = _weight(g, b + "attn_k_norm.weight")
             self.layers.append(L)
 
     def _norm(self, x, w):
@@ -94,8 +99,11 @@ class ReferenceModel:
             q = h @ L["attn_q"].T + L.get("attn_q.bias", 0)
             k = h @ L["attn_k"].T + L.get("attn_k.bias", 0)
             v = h @ L["attn_v"].T + L.get("attn_v.bias", 0)
-            q = rope(q.reshape(T, H, D), pos, self.n_rot, self.base, self.freq_scale, self.neox)
-            k = rope(k.reshape(T, Hk, D), pos, self.n_rot, self.base, self.freq_scale, self.neox)
+            q, k = q.reshape(T, H, D), k.reshape(T, Hk, D)
+            if self.qk_norm:
+                q, k = self._norm(q, L["attn_q_norm"]), self._norm(k, L["attn_k_norm"])
+            q = rope(q, pos, self.n_rot, self.base, self.freq_scale, self.neox)
+            k = rope(k, pos, self.n_rot, self.base, self.freq_scale, self.neox)
             v = v.reshape(T, Hk, D)
             rep = H // Hk
             k = np.repeat(k, rep, axis=1)
