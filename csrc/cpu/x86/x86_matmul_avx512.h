@@ -442,6 +442,107 @@ void gemm_q8_0_packed_vnni(const GemmArgs& a, int64_t n0, int64_t n1) {
 }
 #endif
 
+// --- Q6_K, packed groups of 16 rows ("lane = output row"; both builds) ------------------------------
+// Layout: pack_q6_k_rows<16> (x86_matmul_common.h). Per super-block, step and sub-block j the 4
+// vectors of unsigned quants 0..63 are built with one vpternlogd each (low nibble from ql, bits 4..5
+// from qh pre-masked with 0x33 / 0xCC and shifted within 16-bit words: the bits a shift carries into
+// the neighbouring byte land in its low nibble, which the ternary select takes from ql). Per lane
+// and activation row, the accumulator starts at -32 * bsum_j (the "-32" in integers), takes 4
+// vpdpbusd (16 quants; without VNNI vpmaddubsw pair sums <= 2 * 63 * 127 + vpmaddwd), and is
+// multiplied by the lane's int8 scale (vpmulld): isum = sum_j sc_j * (sum q_w q_x - 32 bsum_j) is the
+// ref's exact integer (|partial sums| <= 16 * 128 * (16 * 63 * 127 + 32 * 2032) < 2^31). Then
+// acc += (d_w * d_x) * (float)isum per lane, as ref.
+constexpr int GQ6 = 16;
+constexpr int MRQ6 = 4;
+
+inline __m512i dpbusd512(__m512i acc, __m512i u, __m512i s) {
+#if defined(__AVX512VNNI__)
+  return _mm512_dpbusd_epi32(acc, u, s);
+#else
+  return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1)));
+#endif
+}
+
+template <int R>
+void q6_k_tile16(const uint8_t* wp, int64_t nb, const block_q8k* const* x, float* const* y) {
+  constexpr int VB = 4 * GQ6;
+  const __m512i m0f = _mm512_set1_epi8(0x0F), m33 = _mm512_set1_epi8(0x33), mcc = _mm512_set1_epi8((char)0xCC);
+  __m512 acc[R];
+  for (int m = 0; m < R; ++m) acc[m] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    const uint8_t* p = wp + i * GQ6 * 210;
+    prefetch_ahead(p, GQ6 * 210);
+    alignas(64) int32_t off[R][16];  // -32 * bsum_j per activation row
+    for (int m = 0; m < R; ++m) {
+      const __m512i bs = _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i*)x[m][i].bsums));
+      _mm512_store_si512((void*)off[m], _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(bs, 5)));
+    }
+    __m512i isum[R];
+    for (int m = 0; m < R; ++m) isum[m] = _mm512_setzero_si512();
+    for (int q = 0; q < 4; ++q) {
+      const uint8_t* st = p + 4 * VB + 12 * VB * q;
+      __m512i qa[4], qb[4];
+      for (int c = 0; c < 4; ++c) {
+        const __m512i h = _mm512_loadu_si512((const void*)(st + VB * (8 + c)));
+        qa[c] = _mm512_and_si512(h, m33);
+        qb[c] = _mm512_and_si512(h, mcc);
+      }
+      for (int s = 0; s < 4; ++s) {
+        const int j = 8 * (q >> 1) + 2 * s + (q & 1);
+        __m512i wv[4];
+        for (int c = 0; c < 4; ++c) {
+          const __m512i l = _mm512_loadu_si512((const void*)(st + VB * (4 * (s & 1) + c)));
+          const __m512i lo = s < 2 ? l : _mm512_srli_epi16(l, 4);
+          const __m512i hb = s == 0   ? _mm512_slli_epi16(qa[c], 4)
+                             : s == 1 ? _mm512_slli_epi16(qb[c], 2)
+                             : s == 2 ? qa[c]
+                                      : _mm512_srli_epi16(qb[c], 2);
+          wv[c] = _mm512_ternarylogic_epi32(lo, hb, m0f, 0xE4);  // m0f ? lo : hb, bitwise
+        }
+        const __m512i sc = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(p + GQ6 * j)));
+        for (int m = 0; m < R; ++m) {
+          const int8_t* xq = x[m][i].qs + 16 * j;
+          __m512i a = _mm512_set1_epi32(off[m][j]);
+          for (int c = 0; c < 4; ++c) a = dpbusd512(a, wv[c], bcast32_512(xq + 4 * c));
+          isum[m] = _mm512_add_epi32(isum[m], _mm512_mullo_epi32(a, sc));
+        }
+      }
+    }
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(p + 52 * VB)));
+    for (int m = 0; m < R; ++m) {
+      const __m512 dwdx = _mm512_mul_ps(dw, _mm512_set1_ps(x[m][i].d));
+      acc[m] = _mm512_add_ps(acc[m], _mm512_mul_ps(dwdx, _mm512_cvtepi32_ps(isum[m])));
+    }
+  }
+  for (int m = 0; m < R; ++m) _mm512_storeu_ps(y[m], acc[m]);
+}
+
+void gemm_q6_k_packed16(const GemmArgs& a, int64_t n0, int64_t n1) {
+  const int64_t nb = a.K / QK_K;
+  const int64_t rb = (int64_t)a.w_row_bytes;
+  const uint8_t* W = (const uint8_t*)a.w;
+  int64_t n = n0;
+  for (; n + GQ6 <= n1; n += GQ6) {
+    const uint8_t* wp = W + n * rb;
+    for (int64_t m0 = 0; m0 < a.M; m0 += MRQ6) {
+      const int R = (int)(a.M - m0 < MRQ6 ? a.M - m0 : MRQ6);
+      const block_q8k* x[MRQ6];
+      float* y[MRQ6];
+      for (int m = 0; m < R; ++m) {
+        x[m] = (const block_q8k*)((const uint8_t*)a.xq + (m0 + m) * a.xq_row_bytes);
+        y[m] = a.y + (m0 + m) * a.ldy + n;
+      }
+      switch (R) {
+        case 1: q6_k_tile16<1>(wp, nb, x, y); break;
+        case 2: q6_k_tile16<2>(wp, nb, x, y); break;
+        case 3: q6_k_tile16<3>(wp, nb, x, y); break;
+        default: q6_k_tile16<4>(wp, nb, x, y); break;
+      }
+    }
+  }
+  if (n < n1) gemm_q6_k_x86(a, n, n1);  // final partial group: GGUF rows
+}
+
 MatmulKernels make_avx512_table() {
   MatmulKernels k;
   k.tier = Tier::Avx512;
@@ -456,6 +557,9 @@ MatmulKernels make_avx512_table() {
   k.q4_k.quantize_act = quantize_act_q8k_x86;
   k.q4_k.gemm = gemm_q4_k_x86;
   set_row_wise_kernels_x86(k);
+  k.q6_k.gemm_packed = gemm_q6_k_packed16;
+  k.q6_k.pack = pack_q6_k_rows<GQ6>;
+  k.q6_k.pack_rows = GQ6;
 #if defined(__AVX512VNNI__)
   k.q8_0.gemm_packed = gemm_q8_0_packed_vnni;
   k.q8_0.pack = pack_q8_0_rows16;

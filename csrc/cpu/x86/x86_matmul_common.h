@@ -580,5 +580,50 @@ void pack_q4_0_rows(const void* src, void* dst, int64_t n_rows, int64_t K) {
   }
 }
 
+
+// --- Q6_K packed layout (groups of G rows; G = 8 on avx2, 16 on avx512) ----------------------------
+// VB = 4G bytes: one vector holding 4 bytes of each of the G rows (lane r = row r). For each
+// super-block column i, one group-block of G * 210 bytes (52.5 VB):
+//   [0, 4VB)        scales: byte G*j + r = row r's scales[j] (j = 0..15), so one 16-byte (8-byte)
+//                   vpmovsxbd load gives sub-block j's int8 scale of every row as int32 lanes
+//   [4VB, 52VB)     4 steps q = 2h + half (h: 128-element half, half: l < 16 or l >= 16), 12 VB each:
+//                     chunk c (c = 0..3)      lane r = row r's ql[4t .. 4t+3], t = 16h + 4half + c
+//                     chunk 4 + c             lane r = row r's ql[4t .. 4t+3], t = 16h + 8 + 4half + c
+//                     chunk 8 + c             lane r = row r's qh[4u .. 4u+3], u = 8h + 4half + c
+//                   so chunks c / 8 + c give low nibbles of sub-block j = 8h + half (s = 0) and high
+//                   nibbles of j + 4 (s = 2); chunks 4 + c / 8 + c give s = 1 (j + 2) and s = 3 (j + 6);
+//                   the 4 bytes of every lane are elements 16j + 4c .. 16j + 4c + 3 of one sub-block.
+//   [52VB, 52.5VB)  the G fp16 d, row order
+// A final partial group (< G rows) stays in GGUF row layout (row-wise kernel).
+template <int G>
+void pack_q6_k_rows(const void* src, void* dst, int64_t n_rows, int64_t K) {
+  constexpr int VB = 4 * G;
+  const int64_t nb = K / QK_K;
+  const int64_t rb = nb * (int64_t)sizeof(block_q6_K);
+  const uint8_t* s = (const uint8_t*)src;
+  uint8_t* d = (uint8_t*)dst;
+  if (n_rows < G) {
+    std::memcpy(d, s, (size_t)(n_rows * rb));
+    return;
+  }
+  for (int64_t i = 0; i < nb; ++i) {
+    uint8_t* o = d + i * G * 210;
+    for (int r = 0; r < G; ++r) {
+      const block_q6_K* b = (const block_q6_K*)(s + r * rb + i * 210);
+      for (int j = 0; j < 16; ++j) o[G * j + r] = (uint8_t)b->scales[j];
+      for (int q = 0; q < 4; ++q) {
+        uint8_t* st = o + 4 * VB + 12 * VB * q;
+        const int h = q >> 1, half = q & 1;
+        for (int c = 0; c < 4; ++c) {
+          std::memcpy(st + VB * c + 4 * r, b->ql + 4 * (16 * h + 4 * half + c), 4);
+          std::memcpy(st + VB * (4 + c) + 4 * r, b->ql + 4 * (16 * h + 8 + 4 * half + c), 4);
+          std::memcpy(st + VB * (8 + c) + 4 * r, b->qh + 4 * (8 * h + 4 * half + c), 4);
+        }
+      }
+      std::memcpy(o + 52 * VB + 2 * r, &b->d, 2);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace xsil
