@@ -464,14 +464,15 @@ inline __m512i dpbusd512(__m512i acc, __m512i u, __m512i s) {
 }
 
 template <int R>
-void q6_k_tile16(const uint8_t* wp, int64_t nb, const block_q8k* const* x, float* const* y) {
+void q6_k_tile16(const uint8_t* wp, int64_t g0, int64_t nb, const block_q8k* const* x, float* const* y) {
   constexpr int VB = 4 * GQ6;
   const __m512i m0f = _mm512_set1_epi8(0x0F), m33 = _mm512_set1_epi8(0x33), mcc = _mm512_set1_epi8((char)0xCC);
   __m512 acc[R];
   for (int m = 0; m < R; ++m) acc[m] = _mm512_setzero_ps();
   for (int64_t i = 0; i < nb; ++i) {
-    const uint8_t* p = wp + i * GQ6 * 210;
-    prefetch_ahead(p, GQ6 * 210);
+    const uint8_t* gb = wp + i * GQ6 * 210;
+    prefetch_ahead(gb, GQ6 * 210);
+    const uint8_t* p = gb + q6k_vec_offset<GQ6>(g0 + i);
     alignas(64) int32_t off[R][16];  // -32 * bsum_j per activation row
     for (int m = 0; m < R; ++m) {
       const __m512i bs = _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i*)x[m][i].bsums));
@@ -508,7 +509,7 @@ void q6_k_tile16(const uint8_t* wp, int64_t nb, const block_q8k* const* x, float
         }
       }
     }
-    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(p + 52 * VB)));
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(gb + q6k_d_offset<GQ6>(g0 + i))));
     for (int m = 0; m < R; ++m) {
       const __m512 dwdx = _mm512_mul_ps(dw, _mm512_set1_ps(x[m][i].d));
       acc[m] = _mm512_add_ps(acc[m], _mm512_mul_ps(dwdx, _mm512_cvtepi32_ps(isum[m])));
@@ -524,6 +525,7 @@ void gemm_q6_k_packed16(const GemmArgs& a, int64_t n0, int64_t n1) {
   int64_t n = n0;
   for (; n + GQ6 <= n1; n += GQ6) {
     const uint8_t* wp = W + n * rb;
+    const int64_t g0 = (n / GQ6) * nb;  // group-block number of column 0 (its parity picks the layout)
     for (int64_t m0 = 0; m0 < a.M; m0 += MRQ6) {
       const int R = (int)(a.M - m0 < MRQ6 ? a.M - m0 : MRQ6);
       const block_q8k* x[MRQ6];
@@ -533,10 +535,10 @@ void gemm_q6_k_packed16(const GemmArgs& a, int64_t n0, int64_t n1) {
         y[m] = a.y + (m0 + m) * a.ldy + n;
       }
       switch (R) {
-        case 1: q6_k_tile16<1>(wp, nb, x, y); break;
-        case 2: q6_k_tile16<2>(wp, nb, x, y); break;
-        case 3: q6_k_tile16<3>(wp, nb, x, y); break;
-        default: q6_k_tile16<4>(wp, nb, x, y); break;
+        case 1: q6_k_tile16<1>(wp, g0, nb, x, y); break;
+        case 2: q6_k_tile16<2>(wp, g0, nb, x, y); break;
+        case 3: q6_k_tile16<3>(wp, g0, nb, x, y); break;
+        default: q6_k_tile16<4>(wp, g0, nb, x, y); break;
       }
     }
   }
@@ -559,7 +561,7 @@ MatmulKernels make_avx512_table() {
   set_row_wise_kernels_x86(k);
   k.q6_k.gemm_packed = gemm_q6_k_packed16;
   k.q6_k.pack = pack_q6_k_rows<GQ6>;
-  k.q6_k.pack_rows = GQ6;
+  k.q6_k.pack_rows = 2 * GQ6;  // even first group-block number (see pack_q6_k_rows)
 #if defined(__AVX512VNNI__)
   k.q8_0.gemm_packed = gemm_q8_0_packed_vnni;
   k.q8_0.pack = pack_q8_0_rows16;

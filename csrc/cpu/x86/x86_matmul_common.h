@@ -582,8 +582,11 @@ void pack_q4_0_rows(const void* src, void* dst, int64_t n_rows, int64_t K) {
 
 
 // --- Q6_K packed layout (groups of G rows; G = 8 on avx2, 16 on avx512) ----------------------------
-// VB = 4G bytes: one vector holding 4 bytes of each of the G rows (lane r = row r). For each
-// super-block column i, one group-block of G * 210 bytes (52.5 VB):
+// VB = 4G bytes: one vector holding 4 bytes of each of the G rows (lane r = row r). Rows n .. n+G-1
+// (n a multiple of G) hold nb = K/256 group-blocks of G * 210 = 52.5 VB bytes, one per super-block
+// column i; group-block number g = (n / G) * nb + i of the matrix starts at byte g * 52.5 VB. Its
+// 52 VB of vectors come first when g is even and after the G fp16 d when g is odd, so from a
+// VB-aligned matrix every vector load is VB-aligned (52.5 VB is not a multiple of VB). Vectors:
 //   [0, 4VB)        scales: byte G*j + r = row r's scales[j] (j = 0..15), so one 16-byte (8-byte)
 //                   vpmovsxbd load gives sub-block j's int8 scale of every row as int32 lanes
 //   [4VB, 52VB)     4 steps q = 2h + half (h: 128-element half, half: l < 16 or l >= 16), 12 VB each:
@@ -593,8 +596,14 @@ void pack_q4_0_rows(const void* src, void* dst, int64_t n_rows, int64_t K) {
 //                   so chunks c / 8 + c give low nibbles of sub-block j = 8h + half (s = 0) and high
 //                   nibbles of j + 4 (s = 2); chunks 4 + c / 8 + c give s = 1 (j + 2) and s = 3 (j + 6);
 //                   the 4 bytes of every lane are elements 16j + 4c .. 16j + 4c + 3 of one sub-block.
-//   [52VB, 52.5VB)  the G fp16 d, row order
-// A final partial group (< G rows) stays in GGUF row layout (row-wise kernel).
+//   d: the G fp16 d, row order (2G = VB/2 bytes)
+// The pack group is 2G rows (so its first group-block number is even whatever nb is); rows past the
+// last full G-row group stay in GGUF row layout (row-wise kernel).
+template <int G>
+inline int64_t q6k_vec_offset(int64_t g) { return (g & 1) ? 2 * G : 0; }   // start of the vectors
+template <int G>
+inline int64_t q6k_d_offset(int64_t g) { return (g & 1) ? 0 : 52 * 4 * G; }  // start of the fp16 d
+
 template <int G>
 void pack_q6_k_rows(const void* src, void* dst, int64_t n_rows, int64_t K) {
   constexpr int VB = 4 * G;
@@ -602,27 +611,30 @@ void pack_q6_k_rows(const void* src, void* dst, int64_t n_rows, int64_t K) {
   const int64_t rb = nb * (int64_t)sizeof(block_q6_K);
   const uint8_t* s = (const uint8_t*)src;
   uint8_t* d = (uint8_t*)dst;
-  if (n_rows < G) {
-    std::memcpy(d, s, (size_t)(n_rows * rb));
-    return;
-  }
-  for (int64_t i = 0; i < nb; ++i) {
-    uint8_t* o = d + i * G * 210;
-    for (int r = 0; r < G; ++r) {
-      const block_q6_K* b = (const block_q6_K*)(s + r * rb + i * 210);
-      for (int j = 0; j < 16; ++j) o[G * j + r] = (uint8_t)b->scales[j];
-      for (int q = 0; q < 4; ++q) {
-        uint8_t* st = o + 4 * VB + 12 * VB * q;
-        const int h = q >> 1, half = q & 1;
-        for (int c = 0; c < 4; ++c) {
-          std::memcpy(st + VB * c + 4 * r, b->ql + 4 * (16 * h + 4 * half + c), 4);
-          std::memcpy(st + VB * (4 + c) + 4 * r, b->ql + 4 * (16 * h + 8 + 4 * half + c), 4);
-          std::memcpy(st + VB * (8 + c) + 4 * r, b->qh + 4 * (8 * h + 4 * half + c), 4);
+  int64_t r0 = 0;
+  for (; r0 + G <= n_rows; r0 += G) {
+    for (int64_t i = 0; i < nb; ++i) {
+      const int64_t g = (r0 / G) * nb + i;  // group-block number relative to the (even) pack group
+      uint8_t* gb = d + r0 * rb + i * G * 210;
+      uint8_t* o = gb + q6k_vec_offset<G>(g);
+      uint8_t* od = gb + q6k_d_offset<G>(g);
+      for (int r = 0; r < G; ++r) {
+        const block_q6_K* b = (const block_q6_K*)(s + (r0 + r) * rb + i * 210);
+        for (int j = 0; j < 16; ++j) o[G * j + r] = (uint8_t)b->scales[j];
+        for (int q = 0; q < 4; ++q) {
+          uint8_t* st = o + 4 * VB + 12 * VB * q;
+          const int h = q >> 1, half = q & 1;
+          for (int c = 0; c < 4; ++c) {
+            std::memcpy(st + VB * c + 4 * r, b->ql + 4 * (16 * h + 4 * half + c), 4);
+            std::memcpy(st + VB * (4 + c) + 4 * r, b->ql + 4 * (16 * h + 8 + 4 * half + c), 4);
+            std::memcpy(st + VB * (8 + c) + 4 * r, b->qh + 4 * (8 * h + 4 * half + c), 4);
+          }
         }
+        std::memcpy(od + 2 * r, &b->d, 2);
       }
-      std::memcpy(o + 52 * VB + 2 * r, &b->d, 2);
     }
   }
+  if (r0 < n_rows) std::memcpy(d + r0 * rb, s + r0 * rb, (size_t)((n_rows - r0) * rb));
 }
 
 }  // namespace
