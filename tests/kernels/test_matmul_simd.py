@@ -42,7 +42,7 @@ def test_bit_identical_to_ref(simd_tier, fmt, M, rng):
     np.testing.assert_array_equal(xsil.matmul(x, w, fmt, isa=simd_tier, threads=1), want)
 
 
-@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K", "Q6_K"])  # the formats with packed layouts
+@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K"])  # the formats with packed layouts
 @pytest.mark.parametrize("N", [1, 5, 8, 15, 16, 17, 31, 33, 200])
 @pytest.mark.parametrize("M", [1, 3, 17, 128, 513])
 def test_packed_partial_groups(simd_tier, fmt, N, M, rng):

@@ -545,6 +545,168 @@ void gemm_q6_k_packed16(const GemmArgs& a, int64_t n0, int64_t n1) {
   if (n < n1) gemm_q6_k_x86(a, n, n1);  // final partial group: GGUF rows
 }
 
+// --- Q5_K, packed groups of 16 rows ("lane = output row"; both builds) ------------------------------
+// Packed group-block (one super-block column of 16 rows, 16 x 176 = 2816 bytes = 44 x 64, so every
+// 64-B load of a 64-B aligned matrix is aligned):
+//   [0, 32)      16 fp16 d            [32, 64)   16 fp16 dmin
+//   [64, 256)    3 chunks of 64 B: chunk k, lane r = row r's scales[4k .. 4k+3]  (as Q4_K packed)
+//   [256, 768)   8 chunks of 64 B: chunk u, lane r = row r's qh[4u .. 4u+3]
+//   [768, 2816)  32 chunks of 64 B: chunk t = 8g + u, lane r = row r's qs[4t .. 4t+3]
+// qs chunk 8g + u holds elements 4u..4u+3 of sub-blocks 2g (low nibbles) and 2g + 1 (high); their
+// 5th bits are bits 2g and 2g + 1 of qh chunk u. A final partial group stays in GGUF rows.
+constexpr int GQ5 = 16;
+constexpr int MRQ5 = 4;
+
+void pack_q5_k_rows16(const void* src, void* dst, int64_t n_rows, int64_t K) {
+  const int64_t nb = K / QK_K;
+  const int64_t rb = nb * (int64_t)sizeof(block_q5_K);
+  const uint8_t* s = (const uint8_t*)src;
+  uint8_t* d = (uint8_t*)dst;
+  if (n_rows < GQ5) {
+    std::memcpy(d, s, (size_t)(n_rows * rb));
+    return;
+  }
+  for (int64_t i = 0; i < nb; ++i) {
+    uint8_t* o = d + i * GQ5 * 176;
+    for (int r = 0; r < GQ5; ++r) {
+      const uint8_t* blk = s + r * rb + i * 176;
+      std::memcpy(o + 2 * r, blk, 2);
+      std::memcpy(o + 32 + 2 * r, blk + 2, 2);
+      for (int k = 0; k < 3; ++k) std::memcpy(o + 64 + 64 * k + 4 * r, blk + 4 + 4 * k, 4);
+      for (int u = 0; u < 8; ++u) std::memcpy(o + 256 + 64 * u + 4 * r, blk + 16 + 4 * u, 4);
+      for (int t = 0; t < 32; ++t) std::memcpy(o + 768 + 64 * t + 4 * r, blk + 48 + 4 * t, 4);
+    }
+  }
+}
+
+inline __m512i dpwssd512(__m512i acc, __m512i a, __m512i b) {
+#if defined(__AVX512VNNI__)
+  return _mm512_dpwssd_epi32(acc, a, b);
+#else
+  return _mm512_add_epi32(acc, _mm512_madd_epi16(a, b));
+#endif
+}
+
+// Bit B of every byte moved to bit 4 (other bits arbitrary; callers mask with 0x10). Shifts are
+// within 16-bit words, so bit 4 of each byte comes from the same byte.
+template <int B>
+inline __m512i q5k_bit_to_4(__m512i v) {
+  if constexpr (B < 4) return _mm512_slli_epi16(v, 4 - B);
+  else if constexpr (B > 4) return _mm512_srli_epi16(v, B - 4);
+  else return v;
+}
+
+// Sub-blocks 2g and 2g + 1 of one super-block: ilo / ihi = exact int32 sums of quant * x per lane.
+template <int g, int R>
+inline void q5_k_group16(const uint8_t* p, const block_q8k* const* x, int64_t i, __m512i* ilo, __m512i* ihi) {
+  const __m512i m0f = _mm512_set1_epi8(0x0F), m10 = _mm512_set1_epi8(0x10);
+  for (int m = 0; m < R; ++m) ilo[m] = ihi[m] = _mm512_setzero_si512();
+  for (int u = 0; u < 8; ++u) {
+    const __m512i v = _mm512_loadu_si512((const void*)(p + 768 + 64 * (8 * g + u)));
+    const __m512i h = _mm512_loadu_si512((const void*)(p + 256 + 64 * u));
+    const __m512i hl = _mm512_and_si512(q5k_bit_to_4<2 * g>(h), m10);
+    const __m512i hh = _mm512_and_si512(q5k_bit_to_4<2 * g + 1>(h), m10);
+    const __m512i lo = _mm512_ternarylogic_epi32(v, hl, m0f, 0xE4);                          // m0f ? v : hl
+    const __m512i hi = _mm512_ternarylogic_epi32(_mm512_srli_epi16(v, 4), hh, m0f, 0xE4);
+    for (int m = 0; m < R; ++m) {
+      ilo[m] = dpbusd512(ilo[m], lo, bcast32_512(x[m][i].qs + 64 * g + 4 * u));
+      ihi[m] = dpbusd512(ihi[m], hi, bcast32_512(x[m][i].qs + 64 * g + 32 + 4 * u));
+    }
+  }
+}
+
+// As q4_k_tile16_vnni with 5-bit quants (0..31; without VNNI vpmaddubsw pair sums <= 2 * 31 * 127).
+// sum_sc per lane <= 8 * 63 * 32 * 31 * 127 < 2^31; float steps as the ref.
+template <int R>
+void q5_k_tile16(const uint8_t* wp, int64_t nb, const block_q8k* const* x, float* const* y) {
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  alignas(64) int8_t ctl[6][64];
+  for (int q = 0; q < 64; ++q) {
+    const int base = (q & ~3) % 16, pos = q % 4;
+    for (int j = 0; j < 4; ++j) ctl[j][q] = pos == 0 ? (int8_t)(base + j) : (int8_t)0x80;
+    ctl[4][q] = pos == 0 ? (int8_t)base : pos == 2 ? (int8_t)(base + 1) : (int8_t)0x80;
+    ctl[5][q] = pos == 0 ? (int8_t)(base + 2) : pos == 2 ? (int8_t)(base + 3) : (int8_t)0x80;
+  }
+  __m512i sel[6];
+  for (int j = 0; j < 6; ++j) sel[j] = _mm512_load_si512((const void*)ctl[j]);
+  __m512 acc[R];
+  for (int m = 0; m < R; ++m) acc[m] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    const uint8_t* p = wp + i * GQ5 * 176;
+    prefetch_ahead(p, GQ5 * 176);
+    const __m512i a = _mm512_loadu_si512((const void*)(p + 64));
+    const __m512i b = _mm512_loadu_si512((const void*)(p + 128));
+    const __m512i c = _mm512_loadu_si512((const void*)(p + 192));
+    const __m512i k3f = _mm512_set1_epi8(0x3f), k30 = _mm512_set1_epi8(0x30);
+    const __m512i s_lo = _mm512_and_si512(a, k3f);
+    const __m512i m_lo = _mm512_and_si512(b, k3f);
+    const __m512i s_hi = _mm512_or_si512(_mm512_and_si512(c, m4), _mm512_and_si512(_mm512_srli_epi32(a, 2), k30));
+    const __m512i m_hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(c, 4), m4),
+                                         _mm512_and_si512(_mm512_srli_epi32(b, 2), k30));
+    __m512i ssc[R], smn[R];
+    for (int m = 0; m < R; ++m) ssc[m] = smn[m] = _mm512_setzero_si512();
+    __m512i ilo[R], ihi[R];
+#define XSIL_Q5K_GROUP(G_)                                                                              \
+  {                                                                                                     \
+    q5_k_group16<G_, R>(p, x, i, ilo, ihi);                                                             \
+    const __m512i src = G_ < 2 ? s_lo : s_hi;                                                           \
+    const __m512i sc0 = _mm512_shuffle_epi8(src, sel[(2 * G_) & 3]);                                    \
+    const __m512i sc1 = _mm512_shuffle_epi8(src, sel[(2 * G_ + 1) & 3]);                                \
+    for (int m = 0; m < R; ++m)                                                                         \
+      ssc[m] = _mm512_add_epi32(ssc[m], _mm512_add_epi32(_mm512_mullo_epi32(ilo[m], sc0),               \
+                                                         _mm512_mullo_epi32(ihi[m], sc1)));             \
+  }
+    XSIL_Q5K_GROUP(0)
+    XSIL_Q5K_GROUP(1)
+    XSIL_Q5K_GROUP(2)
+    XSIL_Q5K_GROUP(3)
+#undef XSIL_Q5K_GROUP
+    const __m512i mp[4] = {_mm512_shuffle_epi8(m_lo, sel[4]), _mm512_shuffle_epi8(m_lo, sel[5]),
+                           _mm512_shuffle_epi8(m_hi, sel[4]), _mm512_shuffle_epi8(m_hi, sel[5])};
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
+    const __m512 dmw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(p + 32)));
+    for (int m = 0; m < R; ++m) {
+      const int16_t* bs = x[m][i].bsums;
+      for (int k = 0; k < 4; ++k) {
+        const int32_t pr = (int32_t)(uint16_t)(int16_t)(bs[4 * k] + bs[4 * k + 1]) |
+                           (int32_t)((uint32_t)(uint16_t)(int16_t)(bs[4 * k + 2] + bs[4 * k + 3]) << 16);
+        smn[m] = dpwssd512(smn[m], mp[k], _mm512_set1_epi32(pr));
+      }
+      const __m512 dx = _mm512_set1_ps(x[m][i].d);
+      const __m512 d = _mm512_mul_ps(dw, dx), dmin = _mm512_mul_ps(dmw, dx);
+      acc[m] = _mm512_add_ps(acc[m], _mm512_sub_ps(_mm512_mul_ps(d, _mm512_cvtepi32_ps(ssc[m])),
+                                                   _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(smn[m]))));
+    }
+  }
+  for (int m = 0; m < R; ++m) _mm512_storeu_ps(y[m], acc[m]);
+}
+
+void gemm_q5_k_packed16(const GemmArgs& a, int64_t n0, int64_t n1) {
+  const int64_t nb = a.K / QK_K;
+  const int64_t rb = (int64_t)a.w_row_bytes;
+  const uint8_t* W = (const uint8_t*)a.w;
+  int64_t n = n0;
+  for (; n + GQ5 <= n1; n += GQ5) {
+    const uint8_t* wp = W + n * rb;
+    for (int64_t m0 = 0; m0 < a.M; m0 += MRQ5) {
+      const int R = (int)(a.M - m0 < MRQ5 ? a.M - m0 : MRQ5);
+      const block_q8k* x[MRQ5];
+      float* y[MRQ5];
+      for (int m = 0; m < R; ++m) {
+        x[m] = (const block_q8k*)((const uint8_t*)a.xq + (m0 + m) * a.xq_row_bytes);
+        y[m] = a.y + (m0 + m) * a.ldy + n;
+      }
+      switch (R) {
+        case 1: q5_k_tile16<1>(wp, nb, x, y); break;
+        case 2: q5_k_tile16<2>(wp, nb, x, y); break;
+        case 3: q5_k_tile16<3>(wp, nb, x, y); break;
+        default: q5_k_tile16<4>(wp, nb, x, y); break;
+      }
+    }
+  }
+  if (n < n1) gemm_q5_k_x86(a, n, n1);  // final partial group: GGUF rows
+}
+
 MatmulKernels make_avx512_table() {
   MatmulKernels k;
   k.tier = Tier::Avx512;
@@ -559,6 +721,9 @@ MatmulKernels make_avx512_table() {
   k.q4_k.quantize_act = quantize_act_q8k_x86;
   k.q4_k.gemm = gemm_q4_k_x86;
   set_row_wise_kernels_x86(k);
+  k.q5_k.gemm_packed = gemm_q5_k_packed16;
+  k.q5_k.pack = pack_q5_k_rows16;
+  k.q5_k.pack_rows = GQ5;
   k.q6_k.gemm_packed = gemm_q6_k_packed16;
   k.q6_k.pack = pack_q6_k_rows<GQ6>;
   k.q6_k.pack_rows = 2 * GQ6;  // even first group-block number (see pack_q6_k_rows)
