@@ -260,6 +260,90 @@ void gemm_q4_k_packed8(const GemmArgs& a, int64_t n0, int64_t n1) {
   if (n < n1) gemm_q4_k_x86(a, n, n1);  // final partial group: GGUF rows
 }
 
+// --- Q6_K packed, groups of 8 rows ("lane = output row") -----------------------------------------
+// Layout: pack_q6_k_rows<8> (x86_matmul_common.h). Per step and sub-block j, 4 vectors of unsigned
+// quants 0..63 (low nibble from ql, 2 bits of qh moved to bits 4..5); per activation row two int16
+// sums of 2 vpmaddubsw each (<= 2 * 2 * 63 * 127 = 32004: no saturation) times the lane's int8 scale
+// with vpmaddwd (exact int32); the "-32" term sum_j sc_j * bsum_j is one vpmaddwd per sub-block
+// ((sc_j, sc_j) . (bsum_j, 0)), subtracted << 5 at the end: isum is the ref's exact integer.
+constexpr int MRQ6 = 2;
+
+template <int R>
+void q6_k_tile8(const uint8_t* wp, int64_t g0, int64_t nb, const block_q8k* const* x, float* const* y) {
+  constexpr int VB = 4 * G;
+  const __m256i m0f = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+  __m256 acc[R];
+  for (int m = 0; m < R; ++m) acc[m] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    const uint8_t* gb = wp + i * G * 210;
+    prefetch_ahead(gb, G * 210);
+    const uint8_t* p = gb + q6k_vec_offset<G>(g0 + i);
+    __m256i isum[R], offs[R];
+    for (int m = 0; m < R; ++m) isum[m] = offs[m] = _mm256_setzero_si256();
+    for (int q = 0; q < 4; ++q) {
+      const uint8_t* st = p + 4 * VB + 12 * VB * q;
+      __m256i qh[4];
+      for (int c = 0; c < 4; ++c) qh[c] = _mm256_loadu_si256((const __m256i*)(st + VB * (8 + c)));
+      for (int s = 0; s < 4; ++s) {
+        const int j = 8 * (q >> 1) + 2 * s + (q & 1);
+        __m256i wv[4];
+        for (int c = 0; c < 4; ++c) {
+          const __m256i l = _mm256_loadu_si256((const __m256i*)(st + VB * (4 * (s & 1) + c)));
+          const __m256i lo = s < 2 ? l : _mm256_srli_epi16(l, 4);
+          const __m256i hb = s == 0   ? _mm256_slli_epi16(qh[c], 4)
+                             : s == 1 ? _mm256_slli_epi16(qh[c], 2)
+                             : s == 2 ? qh[c]
+                                      : _mm256_srli_epi16(qh[c], 2);
+          wv[c] = _mm256_or_si256(_mm256_and_si256(lo, m0f), _mm256_and_si256(hb, m30));
+        }
+        const __m256i sc32 = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(p + G * j)));
+        const __m256i sc16 = _mm256_blend_epi16(sc32, _mm256_slli_epi32(sc32, 16), 0xAA);  // (sc, sc) int16
+        for (int m = 0; m < R; ++m) {
+          const int8_t* xq = x[m][i].qs + 16 * j;
+          const __m256i p0 = _mm256_add_epi16(_mm256_maddubs_epi16(wv[0], bcast32(xq)),
+                                              _mm256_maddubs_epi16(wv[1], bcast32(xq + 4)));
+          const __m256i p1 = _mm256_add_epi16(_mm256_maddubs_epi16(wv[2], bcast32(xq + 8)),
+                                              _mm256_maddubs_epi16(wv[3], bcast32(xq + 12)));
+          isum[m] = _mm256_add_epi32(isum[m], _mm256_add_epi32(_mm256_madd_epi16(p0, sc16), _mm256_madd_epi16(p1, sc16)));
+          offs[m] = _mm256_add_epi32(offs[m], _mm256_madd_epi16(sc16, _mm256_set1_epi32((uint16_t)x[m][i].bsums[j])));
+        }
+      }
+    }
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(gb + q6k_d_offset<G>(g0 + i))));
+    for (int m = 0; m < R; ++m) {
+      const __m256i is = _mm256_sub_epi32(isum[m], _mm256_slli_epi32(offs[m], 5));
+      const __m256 dwdx = _mm256_mul_ps(dw, _mm256_set1_ps(x[m][i].d));
+      acc[m] = _mm256_add_ps(acc[m], _mm256_mul_ps(dwdx, _mm256_cvtepi32_ps(is)));
+    }
+  }
+  for (int m = 0; m < R; ++m) _mm256_storeu_ps(y[m], acc[m]);
+}
+
+void gemm_q6_k_packed8(const GemmArgs& a, int64_t n0, int64_t n1) {
+  const int64_t nb = a.K / QK_K;
+  const int64_t rb = (int64_t)a.w_row_bytes;
+  const uint8_t* W = (const uint8_t*)a.w;
+  int64_t n = n0;
+  for (; n + G <= n1; n += G) {
+    const uint8_t* wp = W + n * rb;
+    const int64_t g0 = (n / G) * nb;  // group-block number of column 0 (its parity picks the layout)
+    for (int64_t m0 = 0; m0 < a.M; m0 += MRQ6) {
+      const int R = (int)(a.M - m0 < MRQ6 ? a.M - m0 : MRQ6);
+      const block_q8k* x[MRQ6];
+      float* y[MRQ6];
+      for (int m = 0; m < R; ++m) {
+        x[m] = (const block_q8k*)((const uint8_t*)a.xq + (m0 + m) * a.xq_row_bytes);
+        y[m] = a.y + (m0 + m) * a.ldy + n;
+      }
+      if (R == 1)
+        q6_k_tile8<1>(wp, g0, nb, x, y);
+      else
+        q6_k_tile8<2>(wp, g0, nb, x, y);
+    }
+  }
+  if (n < n1) gemm_q6_k_x86(a, n, n1);  // final partial group: GGUF rows
+}
+
 MatmulKernels make_avx2() {
   MatmulKernels k;
   k.tier = Tier::Avx2;
@@ -277,6 +361,9 @@ MatmulKernels make_avx2() {
   k.q4_k.pack = pack_q4_k_rows8;
   k.q4_k.pack_rows = G;
   set_row_wise_kernels_x86(k);
+  k.q6_k.gemm_packed = gemm_q6_k_packed8;
+  k.q6_k.pack = pack_q6_k_rows<G>;
+  k.q6_k.pack_rows = 2 * G;  // even first group-block number (see pack_q6_k_rows)
   return k;
 }
 
