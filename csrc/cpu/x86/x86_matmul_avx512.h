@@ -546,38 +546,10 @@ void gemm_q6_k_packed16(const GemmArgs& a, int64_t n0, int64_t n1) {
 }
 
 // --- Q5_K, packed groups of 16 rows ("lane = output row"; both builds) ------------------------------
-// Packed group-block (one super-block column of 16 rows, 16 x 176 = 2816 bytes = 44 x 64, so every
-// 64-B load of a 64-B aligned matrix is aligned):
-//   [0, 32)      16 fp16 d            [32, 64)   16 fp16 dmin
-//   [64, 256)    3 chunks of 64 B: chunk k, lane r = row r's scales[4k .. 4k+3]  (as Q4_K packed)
-//   [256, 768)   8 chunks of 64 B: chunk u, lane r = row r's qh[4u .. 4u+3]
-//   [768, 2816)  32 chunks of 64 B: chunk t = 8g + u, lane r = row r's qs[4t .. 4t+3]
-// qs chunk 8g + u holds elements 4u..4u+3 of sub-blocks 2g (low nibbles) and 2g + 1 (high); their
-// 5th bits are bits 2g and 2g + 1 of qh chunk u. A final partial group stays in GGUF rows.
+// Layout: pack_q5_k_rows<16> (x86_matmul_common.h): 2816-byte group-blocks = 44 x 64, so every 64-B
+// load of a 64-B aligned matrix is aligned. A final partial group stays in GGUF rows.
 constexpr int GQ5 = 16;
 constexpr int MRQ5 = 4;
-
-void pack_q5_k_rows16(const void* src, void* dst, int64_t n_rows, int64_t K) {
-  const int64_t nb = K / QK_K;
-  const int64_t rb = nb * (int64_t)sizeof(block_q5_K);
-  const uint8_t* s = (const uint8_t*)src;
-  uint8_t* d = (uint8_t*)dst;
-  if (n_rows < GQ5) {
-    std::memcpy(d, s, (size_t)(n_rows * rb));
-    return;
-  }
-  for (int64_t i = 0; i < nb; ++i) {
-    uint8_t* o = d + i * GQ5 * 176;
-    for (int r = 0; r < GQ5; ++r) {
-      const uint8_t* blk = s + r * rb + i * 176;
-      std::memcpy(o + 2 * r, blk, 2);
-      std::memcpy(o + 32 + 2 * r, blk + 2, 2);
-      for (int k = 0; k < 3; ++k) std::memcpy(o + 64 + 64 * k + 4 * r, blk + 4 + 4 * k, 4);
-      for (int u = 0; u < 8; ++u) std::memcpy(o + 256 + 64 * u + 4 * r, blk + 16 + 4 * u, 4);
-      for (int t = 0; t < 32; ++t) std::memcpy(o + 768 + 64 * t + 4 * r, blk + 48 + 4 * t, 4);
-    }
-  }
-}
 
 inline __m512i dpwssd512(__m512i acc, __m512i a, __m512i b) {
 #if defined(__AVX512VNNI__)
@@ -722,7 +694,7 @@ MatmulKernels make_avx512_table() {
   k.q4_k.gemm = gemm_q4_k_x86;
   set_row_wise_kernels_x86(k);
   k.q5_k.gemm_packed = gemm_q5_k_packed16;
-  k.q5_k.pack = pack_q5_k_rows16;
+  k.q5_k.pack = pack_q5_k_rows<GQ5>;
   k.q5_k.pack_rows = GQ5;
   k.q6_k.gemm_packed = gemm_q6_k_packed16;
   k.q6_k.pack = pack_q6_k_rows<GQ6>;

@@ -637,5 +637,38 @@ void pack_q6_k_rows(const void* src, void* dst, int64_t n_rows, int64_t K) {
   if (r0 < n_rows) std::memcpy(d + r0 * rb, s + r0 * rb, (size_t)((n_rows - r0) * rb));
 }
 
+// --- Q5_K packed layout (groups of G rows; G = 8 on avx2, 16 on avx512) ----------------------------
+// VB = 4G bytes, lane r = 4 bytes of row r. For each super-block column, one G * 176 = 44 VB-byte
+// group-block (a whole number of vectors: aligned whenever the matrix is):
+//   [0, 2G)          G fp16 d             [2G, 4G)   G fp16 dmin
+//   [VB + VB*k)      k = 0..2: lane r = row r's scales[4k .. 4k+3]  (as Q4_K packed)
+//   [4VB + VB*u)     u = 0..7: lane r = row r's qh[4u .. 4u+3]
+//   [12VB + VB*t)    t = 0..31: lane r = row r's qs[4t .. 4t+3]
+// qs chunk t = 8g + u holds positions 4u..4u+3 of sub-blocks 2g (low nibbles) and 2g + 1 (high);
+// their 5th bits are bits 2g and 2g + 1 of qh chunk u. A final partial group stays in GGUF rows.
+template <int G>
+void pack_q5_k_rows(const void* src, void* dst, int64_t n_rows, int64_t K) {
+  constexpr int VB = 4 * G;
+  const int64_t nb = K / QK_K;
+  const int64_t rb = nb * (int64_t)sizeof(block_q5_K);
+  const uint8_t* s = (const uint8_t*)src;
+  uint8_t* d = (uint8_t*)dst;
+  if (n_rows < G) {
+    std::memcpy(d, s, (size_t)(n_rows * rb));
+    return;
+  }
+  for (int64_t i = 0; i < nb; ++i) {
+    uint8_t* o = d + i * G * 176;
+    for (int r = 0; r < G; ++r) {
+      const uint8_t* blk = s + r * rb + i * 176;
+      std::memcpy(o + 2 * r, blk, 2);
+      std::memcpy(o + 2 * G + 2 * r, blk + 2, 2);
+      for (int k = 0; k < 3; ++k) std::memcpy(o + VB + VB * k + 4 * r, blk + 4 + 4 * k, 4);
+      for (int u = 0; u < 8; ++u) std::memcpy(o + 4 * VB + VB * u + 4 * r, blk + 16 + 4 * u, 4);
+      for (int t = 0; t < 32; ++t) std::memcpy(o + 12 * VB + VB * t + 4 * r, blk + 48 + 4 * t, 4);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace xsil
