@@ -1,6 +1,7 @@
 // AVX2 (+FMA +F16C) matmul tier. Q4_0: "lane = output row" microkernel over groups of 8 W rows
-// (packed layout or GGUF rows transposed in registers) x up to 4 activation rows; Q8_0 / Q4_K:
-// row-wise kernels from x86_matmul_common.h. Bit-identical to the ref tier (see the header).
+// (packed layout or GGUF rows transposed in registers) x up to 4 activation rows; Q4_K / Q5_K /
+// Q6_K: packed lane-per-row kernels (8 rows x up to 2 activation rows); GGUF rows and the other
+// formats: row-wise kernels from x86_matmul_common.h. Bit-identical to the ref tier (see the header).
 #include "cpu/x86/x86_matmul_common.h"
 
 namespace xsil {

@@ -6,6 +6,8 @@
 //         Packed layout (both builds) or GGUF rows transposed in registers.
 //   Q8_0, Q4_K: packed lane-per-row kernels with VNNI; otherwise row-wise kernels from
 //         x86_matmul_common.h.
+//   Q5_K, Q6_K: packed lane-per-row kernels in both builds (vpdpbusd or vpmaddubsw + vpmaddwd);
+//         GGUF rows and a final partial group through the row-wise kernels.
 #pragma once
 #include "cpu/x86/x86_matmul_common.h"
 

@@ -540,7 +540,7 @@ void gemm_q6_k_x86(const GemmArgs& a, int64_t n0, int64_t n1) {
   gemm_kq_rows_x86<block_q6_K, q6_k_tile<1>, q6_k_tile<2>, q6_k_tile<3>, q6_k_tile<4>>(a, n0, n1);
 }
 
-// The new formats' entries of a tier table (row-wise kernels, no packed layout).
+// The row-wise entries of the newer formats in a tier table (the tiers add their packed layouts).
 inline void set_row_wise_kernels_x86(MatmulKernels& k) {
   k.q4_1.quantize_act = quantize_act_q8a_x86;
   k.q4_1.gemm = gemm_q32_x86<X86Q4_1>;
