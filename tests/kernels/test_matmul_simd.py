@@ -42,7 +42,7 @@ def test_bit_identical_to_ref(simd_tier, fmt, M, rng):
     np.testing.assert_array_equal(xsil.matmul(x, w, fmt, isa=simd_tier, threads=1), want)
 
 
-@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K"])  # the formats with packed layouts
+@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K"])  # the formats with packed layouts
 @pytest.mark.parametrize("N", [1, 5, 8, 15, 16, 17, 31, 33, 200])
 @pytest.mark.parametrize("M", [1, 3, 17, 128, 513])
 def test_packed_partial_groups(simd_tier, fmt, N, M, rng):
@@ -111,6 +111,9 @@ def test_extreme_activations(simd_tier, rng):
             else:
                 b[:, 4 if fmt == "Q4_1" else (2 if fmt == "Q5_0" else 4) :] = fill
             np.testing.assert_array_equal(xsil.matmul(x, wq, fmt, isa=simd_tier), xsil.matmul(x, wq, fmt, isa="ref"))
+            pq = xsil.pack(wq, fmt, isa=simd_tier)
+            if pq is not None:  # packed kernels hit the same bounds (int16 pair sums, int32 sub-block sums)
+                np.testing.assert_array_equal(xsil.matmul(x, pq, fmt), xsil.matmul(x, wq, fmt, isa="ref"))
             want = ref.matmul_int8(x, wq, fmt)
             assert np.allclose(xsil.matmul(x, wq, fmt, isa=simd_tier), want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
 

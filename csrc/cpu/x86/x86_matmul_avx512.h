@@ -6,6 +6,8 @@
 //         Packed layout (both builds) or GGUF rows transposed in registers.
 //   Q8_0, Q4_K: packed lane-per-row kernels with VNNI; otherwise row-wise kernels from
 //         x86_matmul_common.h.
+//   Q5_K, Q6_K: packed lane-per-row kernels in both builds (vpdpbusd or vpmaddubsw + vpmaddwd);
+//         GGUF rows and a final partial group through the row-wise kernels.
 #pragma once
 #include "cpu/x86/x86_matmul_common.h"
 
@@ -442,6 +444,243 @@ void gemm_q8_0_packed_vnni(const GemmArgs& a, int64_t n0, int64_t n1) {
 }
 #endif
 
+// --- Q6_K, packed groups of 16 rows ("lane = output row"; both builds) ------------------------------
+// Layout: pack_q6_k_rows<16> (x86_matmul_common.h). Per super-block, step and sub-block j the 4
+// vectors of unsigned quants 0..63 are built with one vpternlogd each (low nibble from ql, bits 4..5
+// from qh pre-masked with 0x33 / 0xCC and shifted within 16-bit words: the bits a shift carries into
+// the neighbouring byte land in its low nibble, which the ternary select takes from ql). Per lane
+// and activation row, the accumulator starts at -32 * bsum_j (the "-32" in integers), takes 4
+// vpdpbusd (16 quants; without VNNI vpmaddubsw pair sums <= 2 * 63 * 127 + vpmaddwd), and is
+// multiplied by the lane's int8 scale (vpmulld): isum = sum_j sc_j * (sum q_w q_x - 32 bsum_j) is the
+// ref's exact integer (|partial sums| <= 16 * 128 * (16 * 63 * 127 + 32 * 2032) < 2^31). Then
+// acc += (d_w * d_x) * (float)isum per lane, as ref.
+constexpr int GQ6 = 16;
+constexpr int MRQ6 = 4;
+
+inline __m512i dpbusd512(__m512i acc, __m512i u, __m512i s) {
+#if defined(__AVX512VNNI__)
+  return _mm512_dpbusd_epi32(acc, u, s);
+#else
+  return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1)));
+#endif
+}
+
+template <int R>
+void q6_k_tile16(const uint8_t* wp, int64_t g0, int64_t nb, const block_q8k* const* x, float* const* y) {
+  constexpr int VB = 4 * GQ6;
+  const __m512i m0f = _mm512_set1_epi8(0x0F), m33 = _mm512_set1_epi8(0x33), mcc = _mm512_set1_epi8((char)0xCC);
+  __m512 acc[R];
+  for (int m = 0; m < R; ++m) acc[m] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    const uint8_t* gb = wp + i * GQ6 * 210;
+    prefetch_ahead(gb, GQ6 * 210);
+    const uint8_t* p = gb + q6k_vec_offset<GQ6>(g0 + i);
+    alignas(64) int32_t off[R][16];  // -32 * bsum_j per activation row
+    for (int m = 0; m < R; ++m) {
+      const __m512i bs = _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i*)x[m][i].bsums));
+      _mm512_store_si512((void*)off[m], _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(bs, 5)));
+    }
+    __m512i isum[R];
+    for (int m = 0; m < R; ++m) isum[m] = _mm512_setzero_si512();
+    for (int q = 0; q < 4; ++q) {
+      const uint8_t* st = p + 4 * VB + 12 * VB * q;
+      __m512i qa[4], qb[4];
+      for (int c = 0; c < 4; ++c) {
+        const __m512i h = _mm512_loadu_si512((const void*)(st + VB * (8 + c)));
+        qa[c] = _mm512_and_si512(h, m33);
+        qb[c] = _mm512_and_si512(h, mcc);
+      }
+      for (int s = 0; s < 4; ++s) {
+        const int j = 8 * (q >> 1) + 2 * s + (q & 1);
+        __m512i wv[4];
+        for (int c = 0; c < 4; ++c) {
+          const __m512i l = _mm512_loadu_si512((const void*)(st + VB * (4 * (s & 1) + c)));
+          const __m512i lo = s < 2 ? l : _mm512_srli_epi16(l, 4);
+          const __m512i hb = s == 0   ? _mm512_slli_epi16(qa[c], 4)
+                             : s == 1 ? _mm512_slli_epi16(qb[c], 2)
+                             : s == 2 ? qa[c]
+                                      : _mm512_srli_epi16(qb[c], 2);
+          wv[c] = _mm512_ternarylogic_epi32(lo, hb, m0f, 0xE4);  // m0f ? lo : hb, bitwise
+        }
+        const __m512i sc = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(p + GQ6 * j)));
+        for (int m = 0; m < R; ++m) {
+          const int8_t* xq = x[m][i].qs + 16 * j;
+          __m512i a = _mm512_set1_epi32(off[m][j]);
+          for (int c = 0; c < 4; ++c) a = dpbusd512(a, wv[c], bcast32_512(xq + 4 * c));
+          isum[m] = _mm512_add_epi32(isum[m], _mm512_mullo_epi32(a, sc));
+        }
+      }
+    }
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(gb + q6k_d_offset<GQ6>(g0 + i))));
+    for (int m = 0; m < R; ++m) {
+      const __m512 dwdx = _mm512_mul_ps(dw, _mm512_set1_ps(x[m][i].d));
+      acc[m] = _mm512_add_ps(acc[m], _mm512_mul_ps(dwdx, _mm512_cvtepi32_ps(isum[m])));
+    }
+  }
+  for (int m = 0; m < R; ++m) _mm512_storeu_ps(y[m], acc[m]);
+}
+
+void gemm_q6_k_packed16(const GemmArgs& a, int64_t n0, int64_t n1) {
+  const int64_t nb = a.K / QK_K;
+  const int64_t rb = (int64_t)a.w_row_bytes;
+  const uint8_t* W = (const uint8_t*)a.w;
+  int64_t n = n0;
+  for (; n + GQ6 <= n1; n += GQ6) {
+    const uint8_t* wp = W + n * rb;
+    const int64_t g0 = (n / GQ6) * nb;  // group-block number of column 0 (its parity picks the layout)
+    for (int64_t m0 = 0; m0 < a.M; m0 += MRQ6) {
+      const int R = (int)(a.M - m0 < MRQ6 ? a.M - m0 : MRQ6);
+      const block_q8k* x[MRQ6];
+      float* y[MRQ6];
+      for (int m = 0; m < R; ++m) {
+        x[m] = (const block_q8k*)((const uint8_t*)a.xq + (m0 + m) * a.xq_row_bytes);
+        y[m] = a.y + (m0 + m) * a.ldy + n;
+      }
+      switch (R) {
+        case 1: q6_k_tile16<1>(wp, g0, nb, x, y); break;
+        case 2: q6_k_tile16<2>(wp, g0, nb, x, y); break;
+        case 3: q6_k_tile16<3>(wp, g0, nb, x, y); break;
+        default: q6_k_tile16<4>(wp, g0, nb, x, y); break;
+      }
+    }
+  }
+  if (n < n1) gemm_q6_k_x86(a, n, n1);  // final partial group: GGUF rows
+}
+
+// --- Q5_K, packed groups of 16 rows ("lane = output row"; both builds) ------------------------------
+// Layout: pack_q5_k_rows<16> (x86_matmul_common.h): 2816-byte group-blocks = 44 x 64, so every 64-B
+// load of a 64-B aligned matrix is aligned. A final partial group stays in GGUF rows.
+constexpr int GQ5 = 16;
+constexpr int MRQ5 = 4;
+
+inline __m512i dpwssd512(__m512i acc, __m512i a, __m512i b) {
+#if defined(__AVX512VNNI__)
+  return _mm512_dpwssd_epi32(acc, a, b);
+#else
+  return _mm512_add_epi32(acc, _mm512_madd_epi16(a, b));
+#endif
+}
+
+// Bit B of every byte moved to bit 4 (other bits arbitrary; callers mask with 0x10). Shifts are
+// within 16-bit words, so bit 4 of each byte comes from the same byte.
+template <int B>
+inline __m512i q5k_bit_to_4(__m512i v) {
+  if constexpr (B < 4) return _mm512_slli_epi16(v, 4 - B);
+  else if constexpr (B > 4) return _mm512_srli_epi16(v, B - 4);
+  else return v;
+}
+
+// Sub-blocks 2g and 2g + 1 of one super-block: ilo / ihi = exact int32 sums of quant * x per lane.
+template <int g, int R>
+inline void q5_k_group16(const uint8_t* p, const block_q8k* const* x, int64_t i, __m512i* ilo, __m512i* ihi) {
+  const __m512i m0f = _mm512_set1_epi8(0x0F), m10 = _mm512_set1_epi8(0x10);
+  for (int m = 0; m < R; ++m) ilo[m] = ihi[m] = _mm512_setzero_si512();
+  for (int u = 0; u < 8; ++u) {
+    const __m512i v = _mm512_loadu_si512((const void*)(p + 768 + 64 * (8 * g + u)));
+    const __m512i h = _mm512_loadu_si512((const void*)(p + 256 + 64 * u));
+    const __m512i hl = _mm512_and_si512(q5k_bit_to_4<2 * g>(h), m10);
+    const __m512i hh = _mm512_and_si512(q5k_bit_to_4<2 * g + 1>(h), m10);
+    const __m512i lo = _mm512_ternarylogic_epi32(v, hl, m0f, 0xE4);                          // m0f ? v : hl
+    const __m512i hi = _mm512_ternarylogic_epi32(_mm512_srli_epi16(v, 4), hh, m0f, 0xE4);
+    for (int m = 0; m < R; ++m) {
+      ilo[m] = dpbusd512(ilo[m], lo, bcast32_512(x[m][i].qs + 64 * g + 4 * u));
+      ihi[m] = dpbusd512(ihi[m], hi, bcast32_512(x[m][i].qs + 64 * g + 32 + 4 * u));
+    }
+  }
+}
+
+// As q4_k_tile16_vnni with 5-bit quants (0..31; without VNNI vpmaddubsw pair sums <= 2 * 31 * 127).
+// sum_sc per lane <= 8 * 63 * 32 * 31 * 127 < 2^31; float steps as the ref.
+template <int R>
+void q5_k_tile16(const uint8_t* wp, int64_t nb, const block_q8k* const* x, float* const* y) {
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  alignas(64) int8_t ctl[6][64];
+  for (int q = 0; q < 64; ++q) {
+    const int base = (q & ~3) % 16, pos = q % 4;
+    for (int j = 0; j < 4; ++j) ctl[j][q] = pos == 0 ? (int8_t)(base + j) : (int8_t)0x80;
+    ctl[4][q] = pos == 0 ? (int8_t)base : pos == 2 ? (int8_t)(base + 1) : (int8_t)0x80;
+    ctl[5][q] = pos == 0 ? (int8_t)(base + 2) : pos == 2 ? (int8_t)(base + 3) : (int8_t)0x80;
+  }
+  __m512i sel[6];
+  for (int j = 0; j < 6; ++j) sel[j] = _mm512_load_si512((const void*)ctl[j]);
+  __m512 acc[R];
+  for (int m = 0; m < R; ++m) acc[m] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    const uint8_t* p = wp + i * GQ5 * 176;
+    prefetch_ahead(p, GQ5 * 176);
+    const __m512i a = _mm512_loadu_si512((const void*)(p + 64));
+    const __m512i b = _mm512_loadu_si512((const void*)(p + 128));
+    const __m512i c = _mm512_loadu_si512((const void*)(p + 192));
+    const __m512i k3f = _mm512_set1_epi8(0x3f), k30 = _mm512_set1_epi8(0x30);
+    const __m512i s_lo = _mm512_and_si512(a, k3f);
+    const __m512i m_lo = _mm512_and_si512(b, k3f);
+    const __m512i s_hi = _mm512_or_si512(_mm512_and_si512(c, m4), _mm512_and_si512(_mm512_srli_epi32(a, 2), k30));
+    const __m512i m_hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(c, 4), m4),
+                                         _mm512_and_si512(_mm512_srli_epi32(b, 2), k30));
+    __m512i ssc[R], smn[R];
+    for (int m = 0; m < R; ++m) ssc[m] = smn[m] = _mm512_setzero_si512();
+    __m512i ilo[R], ihi[R];
+#define XSIL_Q5K_GROUP(G_)                                                                              \
+  {                                                                                                     \
+    q5_k_group16<G_, R>(p, x, i, ilo, ihi);                                                             \
+    const __m512i src = G_ < 2 ? s_lo : s_hi;                                                           \
+    const __m512i sc0 = _mm512_shuffle_epi8(src, sel[(2 * G_) & 3]);                                    \
+    const __m512i sc1 = _mm512_shuffle_epi8(src, sel[(2 * G_ + 1) & 3]);                                \
+    for (int m = 0; m < R; ++m)                                                                         \
+      ssc[m] = _mm512_add_epi32(ssc[m], _mm512_add_epi32(_mm512_mullo_epi32(ilo[m], sc0),               \
+                                                         _mm512_mullo_epi32(ihi[m], sc1)));             \
+  }
+    XSIL_Q5K_GROUP(0)
+    XSIL_Q5K_GROUP(1)
+    XSIL_Q5K_GROUP(2)
+    XSIL_Q5K_GROUP(3)
+#undef XSIL_Q5K_GROUP
+    const __m512i mp[4] = {_mm512_shuffle_epi8(m_lo, sel[4]), _mm512_shuffle_epi8(m_lo, sel[5]),
+                           _mm512_shuffle_epi8(m_hi, sel[4]), _mm512_shuffle_epi8(m_hi, sel[5])};
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
+    const __m512 dmw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(p + 32)));
+    for (int m = 0; m < R; ++m) {
+      const int16_t* bs = x[m][i].bsums;
+      for (int k = 0; k < 4; ++k) {
+        const int32_t pr = (int32_t)(uint16_t)(int16_t)(bs[4 * k] + bs[4 * k + 1]) |
+                           (int32_t)((uint32_t)(uint16_t)(int16_t)(bs[4 * k + 2] + bs[4 * k + 3]) << 16);
+        smn[m] = dpwssd512(smn[m], mp[k], _mm512_set1_epi32(pr));
+      }
+      const __m512 dx = _mm512_set1_ps(x[m][i].d);
+      const __m512 d = _mm512_mul_ps(dw, dx), dmin = _mm512_mul_ps(dmw, dx);
+      acc[m] = _mm512_add_ps(acc[m], _mm512_sub_ps(_mm512_mul_ps(d, _mm512_cvtepi32_ps(ssc[m])),
+                                                   _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(smn[m]))));
+    }
+  }
+  for (int m = 0; m < R; ++m) _mm512_storeu_ps(y[m], acc[m]);
+}
+
+void gemm_q5_k_packed16(const GemmArgs& a, int64_t n0, int64_t n1) {
+  const int64_t nb = a.K / QK_K;
+  const int64_t rb = (int64_t)a.w_row_bytes;
+  const uint8_t* W = (const uint8_t*)a.w;
+  int64_t n = n0;
+  for (; n + GQ5 <= n1; n += GQ5) {
+    const uint8_t* wp = W + n * rb;
+    for (int64_t m0 = 0; m0 < a.M; m0 += MRQ5) {
+      const int R = (int)(a.M - m0 < MRQ5 ? a.M - m0 : MRQ5);
+      const block_q8k* x[MRQ5];
+      float* y[MRQ5];
+      for (int m = 0; m < R; ++m) {
+        x[m] = (const block_q8k*)((const uint8_t*)a.xq + (m0 + m) * a.xq_row_bytes);
+        y[m] = a.y + (m0 + m) * a.ldy + n;
+      }
+      switch (R) {
+        case 1: q5_k_tile16<1>(wp, nb, x, y); break;
+        case 2: q5_k_tile16<2>(wp, nb, x, y); break;
+        case 3: q5_k_tile16<3>(wp, nb, x, y); break;
+        default: q5_k_tile16<4>(wp, nb, x, y); break;
+      }
+    }
+  }
+  if (n < n1) gemm_q5_k_x86(a, n, n1);  // final partial group: GGUF rows
+}
+
 MatmulKernels make_avx512_table() {
   MatmulKernels k;
   k.tier = Tier::Avx512;
@@ -456,6 +695,12 @@ MatmulKernels make_avx512_table() {
   k.q4_k.quantize_act = quantize_act_q8k_x86;
   k.q4_k.gemm = gemm_q4_k_x86;
   set_row_wise_kernels_x86(k);
+  k.q5_k.gemm_packed = gemm_q5_k_packed16;
+  k.q5_k.pack = pack_q5_k_rows<GQ5>;
+  k.q5_k.pack_rows = GQ5;
+  k.q6_k.gemm_packed = gemm_q6_k_packed16;
+  k.q6_k.pack = pack_q6_k_rows<GQ6>;
+  k.q6_k.pack_rows = 2 * GQ6;  // even first group-block number (see pack_q6_k_rows)
 #if defined(__AVX512VNNI__)
   k.q8_0.gemm_packed = gemm_q8_0_packed_vnni;
   k.q8_0.pack = pack_q8_0_rows16;

@@ -540,7 +540,7 @@ void gemm_q6_k_x86(const GemmArgs& a, int64_t n0, int64_t n1) {
   gemm_kq_rows_x86<block_q6_K, q6_k_tile<1>, q6_k_tile<2>, q6_k_tile<3>, q6_k_tile<4>>(a, n0, n1);
 }
 
-// The new formats' entries of a tier table (row-wise kernels, no packed layout).
+// The row-wise entries of the newer formats in a tier table (the tiers add their packed layouts).
 inline void set_row_wise_kernels_x86(MatmulKernels& k) {
   k.q4_1.quantize_act = quantize_act_q8a_x86;
   k.q4_1.gemm = gemm_q32_x86<X86Q4_1>;
@@ -576,6 +576,96 @@ void pack_q4_0_rows(const void* src, void* dst, int64_t n_rows, int64_t K) {
       const uint8_t* blk = s + r * rb + b * 18;
       std::memcpy(o + 2 * r, blk, 2);
       for (int c = 0; c < 4; ++c) std::memcpy(o + 2 * G + 4 * G * c + 4 * r, blk + 2 + 4 * c, 4);
+    }
+  }
+}
+
+
+// --- Q6_K packed layout (groups of G rows; G = 8 on avx2, 16 on avx512) ----------------------------
+// VB = 4G bytes: one vector holding 4 bytes of each of the G rows (lane r = row r). Rows n .. n+G-1
+// (n a multiple of G) hold nb = K/256 group-blocks of G * 210 = 52.5 VB bytes, one per super-block
+// column i; group-block number g = (n / G) * nb + i of the matrix starts at byte g * 52.5 VB. Its
+// 52 VB of vectors come first when g is even and after the G fp16 d when g is odd, so from a
+// VB-aligned matrix every vector load is VB-aligned (52.5 VB is not a multiple of VB). Vectors:
+//   [0, 4VB)        scales: byte G*j + r = row r's scales[j] (j = 0..15), so one 16-byte (8-byte)
+//                   vpmovsxbd load gives sub-block j's int8 scale of every row as int32 lanes
+//   [4VB, 52VB)     4 steps q = 2h + half (h: 128-element half, half: l < 16 or l >= 16), 12 VB each:
+//                     chunk c (c = 0..3)      lane r = row r's ql[4t .. 4t+3], t = 16h + 4half + c
+//                     chunk 4 + c             lane r = row r's ql[4t .. 4t+3], t = 16h + 8 + 4half + c
+//                     chunk 8 + c             lane r = row r's qh[4u .. 4u+3], u = 8h + 4half + c
+//                   so chunks c / 8 + c give low nibbles of sub-block j = 8h + half (s = 0) and high
+//                   nibbles of j + 4 (s = 2); chunks 4 + c / 8 + c give s = 1 (j + 2) and s = 3 (j + 6);
+//                   the 4 bytes of every lane are elements 16j + 4c .. 16j + 4c + 3 of one sub-block.
+//   d: the G fp16 d, row order (2G = VB/2 bytes)
+// The pack group is 2G rows (so its first group-block number is even whatever nb is); rows past the
+// last full G-row group stay in GGUF row layout (row-wise kernel).
+template <int G>
+inline int64_t q6k_vec_offset(int64_t g) { return (g & 1) ? 2 * G : 0; }   // start of the vectors
+template <int G>
+inline int64_t q6k_d_offset(int64_t g) { return (g & 1) ? 0 : 52 * 4 * G; }  // start of the fp16 d
+
+template <int G>
+void pack_q6_k_rows(const void* src, void* dst, int64_t n_rows, int64_t K) {
+  constexpr int VB = 4 * G;
+  const int64_t nb = K / QK_K;
+  const int64_t rb = nb * (int64_t)sizeof(block_q6_K);
+  const uint8_t* s = (const uint8_t*)src;
+  uint8_t* d = (uint8_t*)dst;
+  int64_t r0 = 0;
+  for (; r0 + G <= n_rows; r0 += G) {
+    for (int64_t i = 0; i < nb; ++i) {
+      const int64_t g = (r0 / G) * nb + i;  // group-block number relative to the (even) pack group
+      uint8_t* gb = d + r0 * rb + i * G * 210;
+      uint8_t* o = gb + q6k_vec_offset<G>(g);
+      uint8_t* od = gb + q6k_d_offset<G>(g);
+      for (int r = 0; r < G; ++r) {
+        const block_q6_K* b = (const block_q6_K*)(s + (r0 + r) * rb + i * 210);
+        for (int j = 0; j < 16; ++j) o[G * j + r] = (uint8_t)b->scales[j];
+        for (int q = 0; q < 4; ++q) {
+          uint8_t* st = o + 4 * VB + 12 * VB * q;
+          const int h = q >> 1, half = q & 1;
+          for (int c = 0; c < 4; ++c) {
+            std::memcpy(st + VB * c + 4 * r, b->ql + 4 * (16 * h + 4 * half + c), 4);
+            std::memcpy(st + VB * (4 + c) + 4 * r, b->ql + 4 * (16 * h + 8 + 4 * half + c), 4);
+            std::memcpy(st + VB * (8 + c) + 4 * r, b->qh + 4 * (8 * h + 4 * half + c), 4);
+          }
+        }
+        std::memcpy(od + 2 * r, &b->d, 2);
+      }
+    }
+  }
+  if (r0 < n_rows) std::memcpy(d + r0 * rb, s + r0 * rb, (size_t)((n_rows - r0) * rb));
+}
+
+// --- Q5_K packed layout (groups of G rows; G = 8 on avx2, 16 on avx512) ----------------------------
+// VB = 4G bytes, lane r = 4 bytes of row r. For each super-block column, one G * 176 = 44 VB-byte
+// group-block (a whole number of vectors: aligned whenever the matrix is):
+//   [0, 2G)          G fp16 d             [2G, 4G)   G fp16 dmin
+//   [VB + VB*k)      k = 0..2: lane r = row r's scales[4k .. 4k+3]  (as Q4_K packed)
+//   [4VB + VB*u)     u = 0..7: lane r = row r's qh[4u .. 4u+3]
+//   [12VB + VB*t)    t = 0..31: lane r = row r's qs[4t .. 4t+3]
+// qs chunk t = 8g + u holds positions 4u..4u+3 of sub-blocks 2g (low nibbles) and 2g + 1 (high);
+// their 5th bits are bits 2g and 2g + 1 of qh chunk u. A final partial group stays in GGUF rows.
+template <int G>
+void pack_q5_k_rows(const void* src, void* dst, int64_t n_rows, int64_t K) {
+  constexpr int VB = 4 * G;
+  const int64_t nb = K / QK_K;
+  const int64_t rb = nb * (int64_t)sizeof(block_q5_K);
+  const uint8_t* s = (const uint8_t*)src;
+  uint8_t* d = (uint8_t*)dst;
+  if (n_rows < G) {
+    std::memcpy(d, s, (size_t)(n_rows * rb));
+    return;
+  }
+  for (int64_t i = 0; i < nb; ++i) {
+    uint8_t* o = d + i * G * 176;
+    for (int r = 0; r < G; ++r) {
+      const uint8_t* blk = s + r * rb + i * 176;
+      std::memcpy(o + 2 * r, blk, 2);
+      std::memcpy(o + 2 * G + 2 * r, blk + 2, 2);
+      for (int k = 0; k < 3; ++k) std::memcpy(o + VB + VB * k + 4 * r, blk + 4 + 4 * k, 4);
+      for (int u = 0; u < 8; ++u) std::memcpy(o + 4 * VB + VB * u + 4 * r, blk + 16 + 4 * u, 4);
+      for (int t = 0; t < 32; ++t) std::memcpy(o + 12 * VB + VB * t + 4 * r, blk + 48 + 4 * t, 4);
     }
   }
 }
