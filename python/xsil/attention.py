@@ -198,4 +198,5 @@ def _factors(f, op: str) -> Optional[np.ndarray]:
         raise ValueError(f"[{op}] rope frequency factors must be a 1-D array of numbers") from None
     if a.ndim != 1:
         raise ValueError(f"[{op}] rope frequency factors must be 1-D, got shape {a.shape}")
-    return np.ascontiguousarray(a, np.float32)
+    with np.errstate(over="ignore"):  # out-of-range values become inf: refused by the core
+        return np.ascontiguousarray(a, np.float32)
