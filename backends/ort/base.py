@@ -352,7 +352,7 @@ class OrtSession(Session):
         cfg = self.config
         D = cfg.head_dim
         self._past = 0
-        inv = cfg.rope_freq_base ** (-np.arange(D // 2, dtype=np.float64) * 2.0 / D)
+        inv = cfg.rope_inv_freq()  # with the frequency factors (rope_freqs.weight), if any
         th = np.arange(self.n_ctx, dtype=np.float64)[:, None] * cfg.rope_freq_scale * inv[None, :]
         self.kv_dtype = self.meta.get("kv_dtype", "f32")
         kvt = np.float16 if self.kv_dtype == "f16" else np.float32

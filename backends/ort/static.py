@@ -215,8 +215,7 @@ class StaticFeeds:
         self.cfg, self.C = cfg, C
         H, Hk, D = cfg.n_head, cfg.n_head_kv, cfg.head_dim
         self.rep = H // Hk
-        half = D // 2
-        inv = cfg.rope_freq_base ** (-np.arange(half, dtype=np.float64) * 2.0 / D)
+        inv = cfg.rope_inv_freq()  # [half], with the frequency factors (rope_freqs.weight), if any
         th = np.arange(C, dtype=np.float64)[:, None] * cfg.rope_freq_scale * inv[None, :]
         cos, sin = np.cos(th), np.sin(th)
         self.cos = np.concatenate([cos, cos], 1).astype(np.float32)  # [C, D]

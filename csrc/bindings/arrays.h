@@ -45,4 +45,26 @@ inline void require_shape(const py::array& a, const std::vector<int64_t>& want, 
   }
 }
 
+// Optional RoPE frequency factors (None, or a 1-D float32 array): copied into a vector (empty for
+// None). Their count and values are checked where they are used (check_rope_freq_factors).
+inline std::vector<float> rope_freq_factors_arg(const py::object& o, const char* op) {
+  if (o.is_none()) return {};
+  if (!py::isinstance<py::array>(o))
+    throw std::invalid_argument(std::string("[") + op + "] rope_freq_factors must be None or a 1-D float32 array");
+  py::array a = o.cast<py::array>();
+  require<float>(a, op, "rope_freq_factors", "float32");
+  if (a.ndim() != 1 || a.shape(0) < 1)
+    throw std::invalid_argument(std::string("[") + op + "] rope_freq_factors must be a non-empty 1-D array, got shape " +
+                                shape_str(a));
+  const float* d = (const float*)a.data();
+  return std::vector<float>(d, d + a.shape(0));
+}
+
+// Points rp at ff (nullptr when empty). ff must outlive every use of rp.
+template <class R>
+void set_rope_freq_factors(R& rp, const std::vector<float>& ff) {
+  rp.freq_factors = ff.empty() ? nullptr : ff.data();
+  rp.n_freq_factors = (int32_t)ff.size();
+}
+
 }  // namespace xsil::pyargs

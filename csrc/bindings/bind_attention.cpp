@@ -137,7 +137,7 @@ py::array_t<float> py_prefill(const KVCache& c, int layer, int seq_id, const py:
 }
 
 py::array_t<float> py_rope(const py::array& x, const py::array& positions, const std::string& mode, double base,
-                           double scale) {
+                           double scale, const py::object& freq_factors) {
   const char* op = "rope";
   require<float>(x, op, "x", "float32");
   require<int64_t>(positions, op, "positions", "int64");
@@ -154,6 +154,9 @@ py::array_t<float> py_rope(const py::array& x, const py::array& positions, const
   rp.freq_scale = (float)scale;
   if (!(base > 0) || !std::isfinite(base)) throw std::invalid_argument("[rope] freq_base must be finite and > 0");
   if (!(scale > 0) || !std::isfinite(scale)) throw std::invalid_argument("[rope] freq_scale must be finite and > 0");
+  const std::vector<float> ff = pyargs::rope_freq_factors_arg(freq_factors, op);
+  pyargs::set_rope_freq_factors(rp, ff);
+  check_rope_freq_factors(rp, hd, op);
   py::array_t<float> y(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
   std::copy((const float*)x.data(), (const float*)x.data() + n * nv * hd, y.mutable_data());
   rope_inplace(y.mutable_data(), n, nv, hd, (const int64_t*)positions.data(), 0, rp);
@@ -174,7 +177,7 @@ void register_attention(py::module_& m) {
   m.def("attention_prefill", &py_prefill, py::arg("cache"), py::arg("layer"), py::arg("seq_id"), py::arg("q"),
         py::arg("scale") = 0.0, py::arg("q_rotated") = false, py::arg("threads") = py::none(), py::arg("isa") = "");
   m.def("rope", &py_rope, py::arg("x"), py::arg("positions"), py::arg("mode") = "normal",
-        py::arg("freq_base") = 10000.0, py::arg("freq_scale") = 1.0);
+        py::arg("freq_base") = 10000.0, py::arg("freq_scale") = 1.0, py::arg("freq_factors") = py::none());
   m.def("_stream_read", [](const py::array& a, py::object threads) {
     require<uint8_t>(a, "stream_read", "a", "uint8");
     if (a.nbytes() % 8 || ((uintptr_t)a.data() & 7))

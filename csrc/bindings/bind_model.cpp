@@ -75,6 +75,11 @@ std::unique_ptr<PyModel> make_model(const py::dict& cfgd, const py::dict& weight
   c.rope.mode = rope == "neox" ? RopeMode::Neox : RopeMode::Normal;
   c.rope.freq_base = cfgd["rope_freq_base"].cast<float>();
   c.rope.freq_scale = cfgd["rope_freq_scale"].cast<float>();
+  // RoPE frequency factors (rope_freqs.weight): the model's cache copies them, so a local is enough.
+  const std::vector<float> ff =
+      pyargs::rope_freq_factors_arg(cfgd.contains("rope_freq_factors") ? py::object(cfgd["rope_freq_factors"]) : py::object(py::none()),
+                                    "model");
+  pyargs::set_rope_freq_factors(c.rope, ff);
   c.qk_norm = cfgd.contains("qk_norm") && cfgd["qk_norm"].cast<bool>();
   if (c.n_layer > 4096) throw std::invalid_argument("[model] n_layer is absurd");
 

@@ -32,7 +32,8 @@ inline const char* rope_mode_name(RopeMode m) {
 inline KVCacheParams params_from_args(int n_layers, int n_kv_heads, int head_dim, int page_size,
                                       const std::string& k_dtype, const std::string& v_dtype, int64_t budget_bytes,
                                       int64_t budget_tokens, int64_t n_ctx, const std::string& context_shift,
-                                      int n_keep, const std::string& rope, double freq_base, double freq_scale) {
+                                      int n_keep, const std::string& rope, double freq_base, double freq_scale,
+                                      const std::vector<float>& freq_factors) {
   const char* op = "kv_cache";
   KVCacheParams p;
   p.n_layers = n_layers;
@@ -51,6 +52,7 @@ inline KVCacheParams params_from_args(int n_layers, int n_kv_heads, int head_dim
   p.rope.mode = parse_rope_mode(rope, op);
   p.rope.freq_base = (float)freq_base;
   p.rope.freq_scale = (float)freq_scale;
+  pyargs::set_rope_freq_factors(p.rope, freq_factors);  // the cache copies them (KVPages)
   return p;
 }
 
@@ -103,15 +105,17 @@ void def_kv_pages(py::class_<C, Extra...>& cls) {
   cls.def(py::init([](int n_layers, int n_kv_heads, int head_dim, int page_size, const std::string& k_dtype,
                       const std::string& v_dtype, int64_t budget_bytes, int64_t budget_tokens, int64_t n_ctx,
                       const std::string& context_shift, int n_keep, const std::string& rope, double freq_base,
-                      double freq_scale) {
+                      double freq_scale, const py::object& freq_factors) {
+            const std::vector<float> ff = pyargs::rope_freq_factors_arg(freq_factors, "kv_cache");
             return Make(params_from_args(n_layers, n_kv_heads, head_dim, page_size, k_dtype, v_dtype, budget_bytes,
-                                         budget_tokens, n_ctx, context_shift, n_keep, rope, freq_base, freq_scale));
+                                         budget_tokens, n_ctx, context_shift, n_keep, rope, freq_base, freq_scale,
+                                         ff));
           }),
           py::arg("n_layers"), py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("page_size") = 16,
           py::arg("k_dtype") = "f16", py::arg("v_dtype") = "f16", py::arg("budget_bytes") = 0,
           py::arg("budget_tokens") = 0, py::arg("n_ctx") = 0, py::arg("context_shift") = "error",
           py::arg("n_keep") = 0, py::arg("rope") = "normal", py::arg("rope_freq_base") = 10000.0,
-          py::arg("rope_freq_scale") = 1.0)
+          py::arg("rope_freq_scale") = 1.0, py::arg("rope_freq_factors") = py::none())
       .def("add_sequence", [](C& c) { return c.add_sequence(); })
       .def("remove_sequence", [](C& c, int32_t id) { c.remove_sequence(id); }, py::arg("seq_id"))
       .def("fork", [](C& c, int32_t id) { return c.fork(id); }, py::arg("seq_id"))
@@ -149,6 +153,11 @@ void def_kv_pages(py::class_<C, Extra...>& cls) {
       .def_property_readonly("rope", [](const C& c) {
         const RopeParams& r = c.params().rope;
         return py::make_tuple(rope_mode_name(r.mode), r.freq_base, r.freq_scale);
+      })
+      .def_property_readonly("rope_freq_factors", [](const C& c) -> py::object {
+        const RopeParams& r = c.params().rope;  // the cache's own copy
+        if (!r.freq_factors) return py::none();
+        return py::array_t<float>((py::ssize_t)r.n_freq_factors, r.freq_factors);
       });
 }
 

@@ -17,6 +17,22 @@ std::string str(int64_t v) { return std::to_string(v); }
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 }  // namespace
 
+void check_rope_freq_factors(const RopeParams& rp, int64_t head_dim, const char* op) {
+  if (!rp.freq_factors) {
+    if (rp.n_freq_factors != 0)
+      bad(op, "rope n_freq_factors=" + str(rp.n_freq_factors) + " given without the factors");
+    return;
+  }
+  if (rp.n_freq_factors != head_dim / 2)
+    bad(op, "rope frequency factors: " + str(rp.n_freq_factors) + " given, expected head_dim / 2 = " +
+                str(head_dim / 2));
+  for (int32_t i = 0; i < rp.n_freq_factors; ++i) {
+    const float f = rp.freq_factors[i];
+    if (!(f > 0.0f) || !std::isfinite(f))
+      bad(op, "rope frequency factor " + str(i) + " must be finite and > 0");
+  }
+}
+
 int64_t kv_row_bytes(KVDtype dt, int64_t head_dim) {
   switch (dt) {
     case KVDtype::F32: return head_dim * 4;
@@ -63,6 +79,11 @@ KVPages::KVPages(const KVCacheParams& p, std::unique_ptr<KVStorage> storage) : p
   if (!(p.rope.freq_scale > 0.0f) || !std::isfinite(p.rope.freq_scale))
     bad(op, "rope_freq_scale must be finite and > 0");
   if (p.shift != ShiftPolicy::Error && p.shift != ShiftPolicy::Shift) bad(op, "unknown context-shift policy");
+  check_rope_freq_factors(p.rope, p.head_dim, op);
+  if (p.rope.freq_factors) {  // own copy: the caller's array may go away after construction
+    rope_ff_.assign(p.rope.freq_factors, p.rope.freq_factors + p.rope.n_freq_factors);
+    p_.rope.freq_factors = rope_ff_.data();
+  }
 
   L_.k_row = kv_row_bytes(p.k_dtype, p.head_dim);
   L_.v_row = kv_row_bytes(p.v_dtype, p.head_dim);

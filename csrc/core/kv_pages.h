@@ -35,6 +35,10 @@
 
 namespace xsil {
 
+// Throws invalid_argument "[op] ..." unless rp's frequency factors are absent (nullptr, count 0) or
+// exactly head_dim / 2 finite values > 0.
+void check_rope_freq_factors(const RopeParams& rp, int64_t head_dim, const char* op);
+
 // Bytes of one cached row of head_dim elements in dtype.
 int64_t kv_row_bytes(KVDtype dt, int64_t head_dim);
 const char* kv_dtype_name(KVDtype dt);
@@ -87,6 +91,7 @@ class KVStorage {
 class KVPages {
  public:
   // Validates p, computes the layout and lets `storage` allocate the pool; throws invalid_argument.
+  // p.rope.freq_factors (if any) is copied: params().rope.freq_factors points at the cache's copy.
   KVPages(const KVCacheParams& p, std::unique_ptr<KVStorage> storage);
   virtual ~KVPages() = default;
   KVPages(const KVPages&) = delete;
@@ -161,7 +166,8 @@ class KVPages {
   void budget_error(int64_t want_pages) const;
   void shift_impl(Seq& s, int64_t n_discard);
 
-  KVCacheParams p_;
+  KVCacheParams p_;                // p_.rope.freq_factors points at rope_ff_ (or is null)
+  std::vector<float> rope_ff_;     // the cache's own copy of the RoPE frequency factors
   KVLayout L_;
   int64_t n_ctx_ = 0;
   std::unique_ptr<KVStorage> storage_;

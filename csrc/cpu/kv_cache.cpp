@@ -23,7 +23,16 @@ void rope_inplace(float* x, int64_t n_pos, int64_t n_vec, int64_t hd, const int6
   inv.resize(half);
   cs.resize(half);
   sn.resize(half);
-  for (int64_t i = 0; i < half; ++i) inv[i] = std::pow((double)rp.freq_base, -2.0 * (double)i / (double)hd);
+  // Frequency factors divide the pair's frequency (see RopeParams); dividing by 1.0 is exact, so
+  // all-ones factors give bit-identical angles to none.
+  const float* ff = rp.freq_factors && rp.n_freq_factors == half ? rp.freq_factors : nullptr;
+  if (rp.freq_factors && !ff)
+    throw std::invalid_argument("[rope] " + std::to_string(rp.n_freq_factors) +
+                                " frequency factors given, expected head_dim / 2 = " + std::to_string(half));
+  for (int64_t i = 0; i < half; ++i) {
+    inv[i] = std::pow((double)rp.freq_base, -2.0 * (double)i / (double)hd);
+    if (ff) inv[i] /= (double)ff[i];
+  }
   for (int64_t t = 0; t < n_pos; ++t) {
     const double p = (double)((pos ? pos[t] : t) + pos_offset) * (double)rp.freq_scale;
     for (int64_t i = 0; i < half; ++i) {

@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 
+#include "bindings/arrays.h"
 #include "cuda/kernels.h"
 #include "cuda/model.h"
 
@@ -173,7 +174,8 @@ py::array_t<float> py_rms_norm(const py::array& x, const py::array& w, float eps
   return y;
 }
 
-py::array_t<float> py_rope(const py::array& x, int64_t pos0, const std::string& mode, float base, float scale) {
+py::array_t<float> py_rope(const py::array& x, int64_t pos0, const std::string& mode, float base, float scale,
+                           const py::object& freq_factors) {
   auto xa = arr<float>(x);
   if (xa.ndim() != 3) throw std::invalid_argument("[cuda:rope] x must be [n_tok, n_vec, head_dim]");
   RopeParams rp;
@@ -181,10 +183,15 @@ py::array_t<float> py_rope(const py::array& x, int64_t pos0, const std::string& 
   if (mode != "normal" && mode != "neox") throw std::invalid_argument("[cuda:rope] mode must be 'normal' or 'neox'");
   rp.freq_base = base;
   rp.freq_scale = scale;
+  const std::vector<float> ff = pyargs::rope_freq_factors_arg(freq_factors, "cuda:rope");
+  pyargs::set_rope_freq_factors(rp, ff);
+  check_rope_freq_factors(rp, xa.shape(2), "cuda:rope");
+  DBuf dff(ff.size() * 4);
+  if (!ff.empty()) up(dff, ff.data(), ff.size() * 4);
   const size_t bytes = xa.nbytes();
   DBuf dx(bytes);
   up(dx, xa.data(), bytes);
-  rope(dx.as<float>(), xa.shape(0), xa.shape(1), xa.shape(2), pos0, rp, 0);
+  rope(dx.as<float>(), xa.shape(0), xa.shape(1), xa.shape(2), pos0, rp, ff.empty() ? nullptr : dff.as<float>(), 0);
   sync("rope");
   py::array_t<float> y({xa.shape(0), xa.shape(1), xa.shape(2)});
   down(y.mutable_data(), dx, bytes);
@@ -418,6 +425,11 @@ std::unique_ptr<PyCudaModel> make_model(const py::dict& cfgd, const py::dict& we
   c.rope.mode = cfgd["rope_mode"].cast<std::string>() == "neox" ? RopeMode::Neox : RopeMode::Normal;
   c.rope.freq_base = cfgd["rope_freq_base"].cast<float>();
   c.rope.freq_scale = cfgd["rope_freq_scale"].cast<float>();
+  // RoPE frequency factors: the model's cache copies (and uploads) them, so a local is enough.
+  const std::vector<float> ff =
+      pyargs::rope_freq_factors_arg(cfgd.contains("rope_freq_factors") ? py::object(cfgd["rope_freq_factors"]) : py::object(py::none()),
+                                    "model");
+  pyargs::set_rope_freq_factors(c.rope, ff);
   c.qk_norm = cfgd.contains("qk_norm") && cfgd["qk_norm"].cast<bool>();
   if (c.n_layer <= 0 || c.n_layer > 4096) throw std::invalid_argument("[model] n_layer out of range");
   py::list keep;
@@ -489,7 +501,7 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("quantize_q8a", &py_quantize, py::arg("x"), "(qs, d, s) of x quantized per 32 on the device");
   m.def("rms_norm", &py_rms_norm, py::arg("x"), py::arg("w"), py::arg("eps"));
   m.def("rope", &py_rope, py::arg("x"), py::arg("pos0"), py::arg("mode"), py::arg("freq_base") = 10000.0f,
-        py::arg("freq_scale") = 1.0f);
+        py::arg("freq_scale") = 1.0f, py::arg("freq_factors") = py::none());
   m.def("swiglu", &py_swiglu, py::arg("g"), py::arg("u"));
   m.def("get_rows", &py_get_rows, py::arg("w"), py::arg("fmt"), py::arg("n_rows"), py::arg("n"), py::arg("tokens"));
   m.def("rms_norm_q", &py_rms_norm_q, py::arg("x"), py::arg("add"), py::arg("w"), py::arg("eps"));

@@ -143,7 +143,7 @@ void check_common(const char* op, const CudaKVCache& c, int layer, int64_t n_hea
   if (!std::isfinite(scale) || scale < 0.0) bad(op, "scale must be finite and > 0 (0 = 1/sqrt(head_dim))");
 }
 
-RopeParams rope_of(const CudaKVCache& c) { return c.params().rope; }
+RopeParams rope_of(const CudaKVCache& c) { return c.params().rope; }  // factors: c.dev_freq_factors()
 
 // Decode over the device cache: one query per sequence at its last position. split_tokens: tokens
 // per split-K chunk before another split is used; max_splits: the launch's split count (0 = sized for
@@ -187,7 +187,7 @@ py::array_t<float> py_decode(const CudaKVCache& c, int layer, const py::array& s
   dpt.up(pt.data(), pt.size() * 4);
   dlen.up(lens.data(), lens.size() * 4);
   dq.up(q.data(), qbytes);
-  if (!q_rotated) rope_at_lengths(dq.as<float>(), ns, 1, H, hd, dlen.as<int32_t>(), rope_of(c), nullptr);
+  if (!q_rotated) rope_at_lengths(dq.as<float>(), ns, 1, H, hd, dlen.as<int32_t>(), rope_of(c), c.dev_freq_factors(), nullptr);
   PagedDecodeArgs a;
   a.kv = c.dev();
   a.layer = layer;
@@ -229,7 +229,7 @@ py::array_t<float> py_prefill(const CudaKVCache& c, int layer, int seq_id, const
   dpt.up(pt.data(), pt.size() * 4);
   dlen.up(&len32, 4);
   dq.up(q.data(), qbytes);
-  if (!q_rotated) rope_at_lengths(dq.as<float>(), 1, nq, H, hd, dlen.as<int32_t>(), rope_of(c), nullptr);
+  if (!q_rotated) rope_at_lengths(dq.as<float>(), 1, nq, H, hd, dlen.as<int32_t>(), rope_of(c), c.dev_freq_factors(), nullptr);
   PagedPrefillArgs a;
   a.kv = c.dev();
   a.layer = layer;

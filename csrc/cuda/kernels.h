@@ -112,7 +112,8 @@ void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t n,
 // x[t][h][hd] rotated in place at positions pos0 + t (t < n_tok), h < n_vec.
 // dpos (optional, device): when given, the kernels read pos0 from it instead (so a captured CUDA graph
 // can be replayed at every decode position); the paged KV write and attention do the same.
-void rope(float* x, int64_t n_tok, int64_t n_vec, int64_t hd, int64_t pos0, const RopeParams& rp,
+// dff: device copy of rp's frequency factors (nullptr iff rp.freq_factors is).
+void rope(float* x, int64_t n_tok, int64_t n_vec, int64_t hd, int64_t pos0, const RopeParams& rp, const float* dff,
           cudaStream_t st, const int64_t* dpos = nullptr);
 void swiglu(float* g, const float* u, int64_t count, cudaStream_t st);           // g = silu(g) * u
 void add_inplace(float* y, const float* x, int64_t count, cudaStream_t st);      // y += x

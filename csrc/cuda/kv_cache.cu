@@ -17,7 +17,7 @@ std::string str(int64_t v) { return std::to_string(v); }
 __global__ void k_paged_rope_qkv_write(float* __restrict__ q, int nqh, const float* __restrict__ k,
                                        const float* __restrict__ v, DevKV kv, int layer, const int32_t* __restrict__ pt,
                                        int64_t pos0, const int64_t* __restrict__ dpos, int mode, double base,
-                                       double fscale, int rotate_k) {
+                                       double fscale, const float* __restrict__ ff, int rotate_k) {
   __shared__ float sx[256];
   if (dpos) pos0 = *dpos;
   const int nh = nqh + kv.n_kv;
@@ -29,7 +29,7 @@ __global__ void k_paged_rope_qkv_write(float* __restrict__ q, int nqh, const flo
   const float* src = is_q ? q + (t * nqh + hh) * hd : k + (t * kv.n_kv + (hh - nqh)) * hd;
   sx[i] = src[i];
   __syncthreads();
-  const float r = (is_q || rotate_k) ? rope_elem(sx, i, hd, mode, (double)pos, base, fscale) : sx[i];
+  const float r = (is_q || rotate_k) ? rope_elem(sx, i, hd, mode, (double)pos, base, fscale, ff) : sx[i];
   if (is_q) {
     q[(t * nqh + hh) * hd + i] = r;
     return;
@@ -61,7 +61,8 @@ __global__ void k_copy_page(DevKV kv, int32_t src, int32_t dst) {
 // (keys re-rotated by -d), then scatter tmp to tokens [j0, j0 + n). CTA (hd threads) per
 // (token, layer, head). tmp: [n][n_layers][n_kv] K rows, then the same of V rows.
 __global__ void k_shift_gather(DevKV kv, const int32_t* __restrict__ pt, int64_t j0, int64_t d, int rotate,
-                               int mode, double base, double fscale, uint8_t* __restrict__ tmp, int64_t n) {
+                               int mode, double base, double fscale, const float* __restrict__ ff,
+                               uint8_t* __restrict__ tmp, int64_t n) {
   __shared__ float sx[256];
   const int64_t lh_all = (int64_t)kv.n_layers * kv.n_kv;
   const int64_t jj = blockIdx.x / lh_all;
@@ -78,7 +79,7 @@ __global__ void k_shift_gather(DevKV kv, const int32_t* __restrict__ pt, int64_t
   if (rotate) {
     sx[i] = kv_load_dt(kv.k_dtype, ks, i);
     __syncthreads();
-    kv_store_dt(kv.k_dtype, kd, i, rope_elem(sx, i, hd, mode, (double)(-d), base, fscale));
+    kv_store_dt(kv.k_dtype, kd, i, rope_elem(sx, i, hd, mode, (double)(-d), base, fscale, ff));
   } else {
     for (int64_t b = i; b < kv.k_row; b += blockDim.x) kd[b] = ks[b];
   }
@@ -104,7 +105,8 @@ __global__ void k_shift_scatter(DevKV kv, const int32_t* __restrict__ pt, int64_
 
 // q [n_seqs][n_q][n_heads][hd]: row (s, i) rotated at lens[s] - n_q + i. CTA (hd threads) per row.
 __global__ void k_rope_at_lengths(float* __restrict__ q, int64_t n_q, int64_t n_heads, int hd,
-                                  const int32_t* __restrict__ lens, int mode, double base, double fscale) {
+                                  const int32_t* __restrict__ lens, int mode, double base, double fscale,
+                                  const float* __restrict__ ff) {
   __shared__ float sx[256];
   const int64_t row = blockIdx.x;
   const int64_t s = row / (n_q * n_heads), qi = (row / n_heads) % n_q;
@@ -112,7 +114,7 @@ __global__ void k_rope_at_lengths(float* __restrict__ q, int64_t n_q, int64_t n_
   float* x = q + row * hd;
   sx[i] = x[i];
   __syncthreads();
-  x[i] = rope_elem(sx, i, hd, mode, (double)(lens[s] - n_q + qi), base, fscale);
+  x[i] = rope_elem(sx, i, hd, mode, (double)(lens[s] - n_q + qi), base, fscale, ff);
 }
 
 // RAII device buffer for the shift's page table and staging rows.
@@ -130,10 +132,21 @@ void require_dev_kv(const DevKV& kv, const char* kernel) {
     require(dt == kDtF32 || dt == kDtF16 || dt == kDtQ8, kernel, "unsupported KV dtype id " + str(dt));
 }
 
-void require_rope(const RopeParams& rp, const char* kernel) {
+}  // namespace
+
+void require_rope(const RopeParams& rp, const float* dff, int64_t hd, const char* kernel) {
   require(rp.mode == RopeMode::None || rp.mode == RopeMode::Normal || rp.mode == RopeMode::Neox, kernel,
           "unknown rope mode");
+  // The kernels read the factors from dff only: host factors without their device copy (or the
+  // reverse) would silently rotate with the wrong angles.
+  require((rp.freq_factors != nullptr) == (dff != nullptr), kernel,
+          rp.freq_factors ? "rope frequency factors given without their device copy"
+                          : "a device copy of rope frequency factors given without the factors");
+  require(!rp.freq_factors || rp.n_freq_factors == hd / 2, kernel,
+          "rope frequency factors: " + str(rp.n_freq_factors) + " given, expected head_dim / 2 = " + str(hd / 2));
 }
+
+namespace {
 
 }  // namespace
 
@@ -156,11 +169,11 @@ DevKV dev_kv(const KVLayout& L, uint8_t* pool) {
 }
 
 void paged_rope_qkv_write(float* q, int64_t n_q_heads, const float* k, const float* v, const DevKV& kv, int32_t layer,
-                          const int32_t* pt, int64_t n_tok, int64_t pos0, const RopeParams& rp, bool rotate_k,
-                          cudaStream_t st, const int64_t* dpos) {
+                          const int32_t* pt, int64_t n_tok, int64_t pos0, const RopeParams& rp, const float* dff,
+                          bool rotate_k, cudaStream_t st, const int64_t* dpos) {
   const char* kn = "kv_write";
   require_dev_kv(kv, kn);
-  require_rope(rp, kn);
+  require_rope(rp, dff, kv.hd, kn);
   require(k && v && pt && (q || n_q_heads == 0), kn, "null buffer");
   require(layer >= 0 && layer < kv.n_layers, kn, "layer=" + str(layer) + " out of range");
   require(n_tok >= 1 && n_q_heads >= 0 && n_q_heads <= 4096 && pos0 >= 0, kn, "bad sizes");
@@ -168,7 +181,7 @@ void paged_rope_qkv_write(float* q, int64_t n_q_heads, const float* k, const flo
   require(blocks <= 0x7fffffff, kn, "too many rows");
   k_paged_rope_qkv_write<<<(unsigned)blocks, kv.hd, 0, st>>>(q, (int)n_q_heads, k, v, kv, layer, pt, pos0, dpos,
                                                              (int)rp.mode, (double)rp.freq_base,
-                                                             (double)rp.freq_scale, rotate_k ? 1 : 0);
+                                                             (double)rp.freq_scale, dff, rotate_k ? 1 : 0);
   check_launch(kn);
 }
 
@@ -181,14 +194,14 @@ void kv_copy_page(const DevKV& kv, int32_t src, int32_t dst, cudaStream_t st) {
 }
 
 void rope_at_lengths(float* q, int64_t n_seqs, int64_t n_q, int64_t n_heads, int64_t hd, const int32_t* lens,
-                     const RopeParams& rp, cudaStream_t st) {
+                     const RopeParams& rp, const float* dff, cudaStream_t st) {
   const char* kn = "rope";
-  require_rope(rp, kn);
+  require_rope(rp, dff, hd, kn);
   require(hd >= 32 && hd <= 256 && hd % 32 == 0, kn, "head_dim must be a multiple of 32 in [32, 256]");
   require(n_seqs >= 1 && n_q >= 1 && n_heads >= 1 && n_seqs * n_q * n_heads <= 0x7fffffff, kn, "bad sizes");
   if (rp.mode == RopeMode::None) return;
   k_rope_at_lengths<<<(unsigned)(n_seqs * n_q * n_heads), (unsigned)hd, 0, st>>>(
-      q, n_q, n_heads, (int)hd, lens, (int)rp.mode, (double)rp.freq_base, (double)rp.freq_scale);
+      q, n_q, n_heads, (int)hd, lens, (int)rp.mode, (double)rp.freq_base, (double)rp.freq_scale, dff);
   check_launch(kn);
 }
 
@@ -196,6 +209,15 @@ void rope_at_lengths(float* q, int64_t n_seqs, int64_t n_q, int64_t n_heads, int
 
 CudaKVStorage::~CudaKVStorage() {
   if (pool_) cudaFree(pool_);
+  if (ff_) cudaFree(ff_);
+}
+
+void CudaKVStorage::upload_freq_factors(const RopeParams& rp, int64_t hd) {
+  check_rope_freq_factors(rp, hd, "kv_cache");
+  if (!rp.freq_factors || ff_) return;
+  const size_t bytes = (size_t)rp.n_freq_factors * 4;
+  ff_ = (float*)device_alloc(bytes, "the RoPE frequency factors", "free device memory");
+  check(cudaMemcpy(ff_, rp.freq_factors, bytes, cudaMemcpyHostToDevice), "upload rope frequency factors");
 }
 
 uint8_t* CudaKVStorage::allocate(const KVLayout& L) {
@@ -217,7 +239,7 @@ void CudaKVStorage::shift_rows(const KVLayout& L, uint8_t* pool, const RopeParam
   const char* kn = "kv_shift";
   const DevKV kv = dev_kv(L, pool);
   require_dev_kv(kv, kn);
-  require_rope(rp, kn);
+  require_rope(rp, ff_, L.head_dim, kn);
   const int64_t total = new_len - keep;
   if (total <= 0 || d <= 0) return;
   require(pages.size() * (size_t)L.page_size >= (size_t)(new_len + d), kn, "page table shorter than the sequence");
@@ -233,7 +255,7 @@ void CudaKVStorage::shift_rows(const KVLayout& L, uint8_t* pool, const RopeParam
   for (int64_t j0 = keep; j0 < new_len; j0 += chunk) {
     const int64_t n = std::min(chunk, new_len - j0);
     k_shift_gather<<<(unsigned)(n * lh), (unsigned)L.head_dim, 0, st_>>>(
-        kv, (const int32_t*)dpt.p, j0, d, rotate, (int)rp.mode, (double)rp.freq_base, (double)rp.freq_scale,
+        kv, (const int32_t*)dpt.p, j0, d, rotate, (int)rp.mode, (double)rp.freq_base, (double)rp.freq_scale, ff_,
         (uint8_t*)tmp.p, n);
     check_launch("kv_shift_gather");
     k_shift_scatter<<<(unsigned)(n * lh), (unsigned)L.head_dim, 0, st_>>>(kv, (const int32_t*)dpt.p, j0,
@@ -262,7 +284,11 @@ const KVCacheParams& device_checked(const KVCacheParams& p) {
 }  // namespace
 
 CudaKVCache::CudaKVCache(const KVCacheParams& p, cudaStream_t st)
-    : KVPages(device_checked(p), std::make_unique<CudaKVStorage>(st)), st_(st) {}
+    : KVPages(device_checked(p), std::make_unique<CudaKVStorage>(st)), st_(st) {
+  // The device copy of the (already host-copied, validated) frequency factors, owned by the storage.
+  storage_ = &static_cast<CudaKVStorage&>(storage());
+  storage_->upload_freq_factors(params().rope, params().head_dim);
+}
 
 void CudaKVCache::write(int32_t layer, int32_t seq_id, int64_t pos0, int32_t n, const float* k, const float* v,
                         bool k_rotated) {
@@ -273,7 +299,8 @@ void CudaKVCache::write(int32_t layer, int32_t seq_id, int64_t pos0, int32_t n, 
   const std::vector<int32_t>& pages = page_table(seq_id);
   Tmp dpt(pages.size() * 4);
   cuda::check(cudaMemcpyAsync(dpt.p, pages.data(), pages.size() * 4, cudaMemcpyHostToDevice, st_), "upload page table");
-  paged_rope_qkv_write(nullptr, 0, k, v, dev(), layer, (const int32_t*)dpt.p, n, pos0, params().rope, !k_rotated, st_);
+  paged_rope_qkv_write(nullptr, 0, k, v, dev(), layer, (const int32_t*)dpt.p, n, pos0, params().rope, dev_freq_factors(), !k_rotated,
+                       st_);
   cuda::check(cudaStreamSynchronize(st_), "kv_write");
 }
 

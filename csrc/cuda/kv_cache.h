@@ -39,10 +39,14 @@ class CudaKVStorage : public KVStorage {
   void copy_page(const KVLayout& L, uint8_t* pool, int32_t src, int32_t dst) override;
   void shift_rows(const KVLayout& L, uint8_t* pool, const RopeParams& rope, const std::vector<int32_t>& pages,
                   int64_t keep, int64_t new_len, int64_t d) override;
+  // Uploads rp's frequency factors (if any; validated against head_dim) once; the storage owns them.
+  void upload_freq_factors(const RopeParams& rp, int64_t head_dim);
+  const float* freq_factors() const { return ff_; }  // device copy, or nullptr
 
  private:
   cudaStream_t st_ = nullptr;
   void* pool_ = nullptr;
+  float* ff_ = nullptr;  // device copy of the RoPE frequency factors (shift re-rotation, writes)
 };
 
 class CudaKVCache : public KVPages {
@@ -55,19 +59,27 @@ class CudaKVCache : public KVPages {
   // device arrays k, v [n][n_kv_heads][head_dim] fp32; K is rotated at its positions unless
   // k_rotated. Copy-on-write of shared pages first, exactly as the CPU cache. Synchronous.
   void write(int32_t layer, int32_t seq_id, int64_t pos0, int32_t n, const float* k, const float* v, bool k_rotated);
+  // Device copy of params().rope's frequency factors (nullptr when it has none), alive as long as the
+  // cache: what the RoPE kernels take next to params().rope.
+  const float* dev_freq_factors() const { return storage_->freq_factors(); }
 
  private:
   cudaStream_t st_ = nullptr;
+  CudaKVStorage* storage_ = nullptr;  // the base's storage
 };
 
 // --- kernels over a DevKV (kv_cache.cu) -----------------------------------------------------------
 // RoPE of q (n_q_heads per token, in place; q may be null) and of k at positions pos0 + t (pos0 read
 // from *dpos when given), and the store of k and v [n_tok][n_kv][hd] fp32 into layer `layer` through
 // the page table pt (device int32, one sequence): f32, f16, or Q8_0 quantized per 32 as the CPU.
-// rotate_k = false stores k as given.
+// rotate_k = false stores k as given. dff: the device copy of rp's frequency factors (nullptr iff
+// rp.freq_factors is; e.g. CudaKVCache::dev_freq_factors()).
 void paged_rope_qkv_write(float* q, int64_t n_q_heads, const float* k, const float* v, const DevKV& kv, int32_t layer,
-                          const int32_t* pt, int64_t n_tok, int64_t pos0, const RopeParams& rp, bool rotate_k,
-                          cudaStream_t st, const int64_t* dpos = nullptr);
+                          const int32_t* pt, int64_t n_tok, int64_t pos0, const RopeParams& rp, const float* dff,
+                          bool rotate_k, cudaStream_t st, const int64_t* dpos = nullptr);
+// Throws unless rp's mode is known and dff is given exactly when rp has frequency factors (and then
+// head_dim / 2 of them): every RoPE launcher checks this before a kernel reads dff.
+void require_rope(const RopeParams& rp, const float* dff, int64_t head_dim, const char* kernel);
 // Copies page src to page dst (every layer and head, K and V).
 void kv_copy_page(const DevKV& kv, int32_t src, int32_t dst, cudaStream_t st);
 
@@ -117,6 +129,6 @@ void paged_attention_prefill(const PagedPrefillArgs& a, cudaStream_t st);
 // Rotates q [n_seqs][n_heads][hd] of sequence s at position lens[s] - n_q + i for query row i
 // (n_q rows per sequence) (used by the test entry points; the model fuses q's RoPE into the write).
 void rope_at_lengths(float* q, int64_t n_seqs, int64_t n_q, int64_t n_heads, int64_t hd, const int32_t* lens,
-                     const RopeParams& rp, cudaStream_t st);
+                     const RopeParams& rp, const float* dff, cudaStream_t st);
 
 }  // namespace xsil::cuda

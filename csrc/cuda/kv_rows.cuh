@@ -69,9 +69,11 @@ __device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, 
 #endif
 
 // Element i of x[hd] (all elements in shared memory) rotated at position pos: the pair angle is
-// pos * fscale * base^(-2 p / hd) in double, cos / sin rounded to float, products not fused.
+// pos * fscale * (base^(-2 p / hd) / ff[p]) in double (ff: the device copy of the RoPE frequency
+// factors, or nullptr for none; the same expression as the CPU's rope_inplace), cos / sin rounded to
+// float, products not fused.
 __device__ __forceinline__ float rope_elem(const float* x, int i, int hd, int mode, double pos, double base,
-                                           double fscale) {
+                                           double fscale, const float* __restrict__ ff) {
   if (mode < 0) return x[i];
   const int half = hd / 2;
   int p;
@@ -88,7 +90,8 @@ __device__ __forceinline__ float rope_elem(const float* x, int i, int hd, int mo
     a = x[p];
     b = x[p + half];
   }
-  const double inv = pow(base, -2.0 * (double)p / (double)hd);
+  double inv = pow(base, -2.0 * (double)p / (double)hd);
+  if (ff) inv /= (double)ff[p];
   const double th = pos * fscale * inv;
   const float c = (float)cos(th), s = (float)sin(th);
   return first ? sub_rn(mul_rn(a, c), mul_rn(b, s)) : add_rn(mul_rn(a, s), mul_rn(b, c));

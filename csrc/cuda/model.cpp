@@ -129,6 +129,7 @@ CudaLlama::CudaLlama(const CudaLlamaConfig& cfg, const HostWeight& tok_embd, con
     throw std::invalid_argument("[model] n_head=" + s(c.n_head) + " is not a multiple of n_head_kv=" + s(c.n_head_kv));
   if (c.head_dim % 32 || c.head_dim > 256)
     throw std::invalid_argument("[model] head_dim=" + s(c.head_dim) + " unsupported by the CUDA attention (a multiple of 32, <= 256)");
+  check_rope_freq_factors(c.rope, c.head_dim, "model");
   if ((int64_t)layers.size() != c.n_layer) throw std::invalid_argument("[model] layer count does not match the config");
   if (n_ctx < 1 || n_ctx > INT32_MAX / 2) throw std::invalid_argument("[model] n_ctx must be in [1, 2^30)");
   if (kv.budget_tokens < 0) throw std::invalid_argument("[model] the KV budget must not be negative");
@@ -203,6 +204,7 @@ CudaLlama::CudaLlama(const CudaLlamaConfig& cfg, const HostWeight& tok_embd, con
     kp.n_ctx = n_ctx;
     kp.rope = c.rope;
     cache_ = std::make_unique<CudaKVCache>(kp, stream_);  // validates page_size and dtype
+    cfg_.rope = cache_->params().rope;  // frequency factors: the cache's copies (host and device)
     seq_ = cache_->add_sequence();
     kv_bytes_ = cache_->stats().pool_bytes;
     max_pages_ = (n_ctx + kv.page_size - 1) / kv.page_size;
@@ -415,7 +417,8 @@ void CudaLlama::run_layers(int64_t n, int64_t pos0, bool all_logits, const int64
     }
     // RoPE(q, k) and the K/V store through the page table (device memory: replays see new pages)
     const DevKV kv = cache_->dev();
-    paged_rope_qkv_write(q, c.n_head, k, v_, kv, (int32_t)l, d_pt_, n, pos0, c.rope, true, stream_, dpos);
+    paged_rope_qkv_write(q, c.n_head, k, v_, kv, (int32_t)l, d_pt_, n, pos0, c.rope, cache_->dev_freq_factors(), true,
+                         stream_, dpos);
     const bool q_att = is_quant(L.wo.fmt);
     if (n == 1) {  // decode (plain and graph replays alike): split-K over the pages
       PagedDecodeArgs a;

@@ -29,7 +29,7 @@ __global__ void k_rms_norm(const float* __restrict__ x, const float* __restrict_
 // One thread per rotated pair. The angle is computed in double (as the CPU reference does) so long
 // positions keep their precision.
 __global__ void k_rope(float* __restrict__ x, int64_t n_tok, int64_t n_vec, int64_t hd, int64_t pos0, int mode,
-                       double base, double fscale, const int64_t* __restrict__ dpos) {
+                       double base, double fscale, const float* __restrict__ ff, const int64_t* __restrict__ dpos) {
   if (dpos) pos0 = *dpos;
   const int64_t half = hd / 2;
   const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -37,7 +37,9 @@ __global__ void k_rope(float* __restrict__ x, int64_t n_tok, int64_t n_vec, int6
   const int64_t i = idx % half;
   const int64_t hv = idx / half;  // t * n_vec + h
   const int64_t t = hv / n_vec;
-  const double th = (double)(pos0 + t) * fscale * pow(base, -2.0 * (double)i / (double)hd);
+  double inv = pow(base, -2.0 * (double)i / (double)hd);
+  if (ff) inv /= (double)ff[i];  // per-pair frequency factors divide the frequency (RopeParams)
+  const double th = (double)(pos0 + t) * fscale * inv;
   double sd, cd;
   sincos(th, &sd, &cd);
   const float c = (float)cd, s = (float)sd;
@@ -180,16 +182,19 @@ void swiglu_q(float* g, const float* u, DevQ8a xq, int64_t rows, int64_t n, cuda
   check_launch("swiglu");
 }
 
-void rope(float* x, int64_t n_tok, int64_t n_vec, int64_t hd, int64_t pos0, const RopeParams& rp, cudaStream_t st,
-          const int64_t* dpos) {
+void rope(float* x, int64_t n_tok, int64_t n_vec, int64_t hd, int64_t pos0, const RopeParams& rp, const float* dff,
+          cudaStream_t st, const int64_t* dpos) {
   if (rp.mode == RopeMode::None) return;
   require(hd > 0 && hd % 2 == 0, "rope", "head_dim must be even and positive");
   require(rp.mode == RopeMode::Normal || rp.mode == RopeMode::Neox, "rope", "unknown rope mode");
   require(rp.freq_base > 0 && rp.freq_scale > 0, "rope", "freq_base and freq_scale must be > 0");
   require(pos0 >= 0 && n_tok > 0 && n_vec > 0, "rope", "bad sizes");
+  require((rp.freq_factors != nullptr) == (dff != nullptr), "rope",
+          "rope frequency factors need their device copy (and only then)");
+  require(!rp.freq_factors || rp.n_freq_factors == hd / 2, "rope", "rope frequency factors: expected head_dim / 2");
   const int64_t total = n_tok * n_vec * (hd / 2);
   k_rope<<<grid1(total, 256), 256, 0, st>>>(x, n_tok, n_vec, hd, pos0, (int)rp.mode, (double)rp.freq_base,
-                                            (double)rp.freq_scale, dpos);
+                                            (double)rp.freq_scale, dff, dpos);
   check_launch("rope");
 }
 

@@ -87,8 +87,12 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, WeightRef tok_embd, WeightRef out
   kv.n_layers = (int32_t)c.n_layer;
   kv.n_kv_heads = (int32_t)c.n_head_kv;
   kv.head_dim = (int32_t)c.head_dim;
+  check_rope_freq_factors(c.rope, c.head_dim, "model");
   kv.rope = c.rope;
   cache_ = std::make_unique<KVCache>(kv);
+  // The cache holds its own copy of the frequency factors: point the config at it, so the model
+  // never reads the caller's array after construction.
+  cfg_.rope = cache_->params().rope;
 }
 
 int64_t LlamaModel::weight_bytes_per_token() const {

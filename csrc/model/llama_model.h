@@ -32,7 +32,8 @@ struct LlamaLayer {
 struct LlamaConfig {
   int64_t n_embd = 0, n_layer = 0, n_head = 0, n_head_kv = 0, head_dim = 0, n_ff = 0, n_vocab = 0;
   float rms_eps = 1e-5f;
-  RopeParams rope;            // mode (normal for llama, neox for qwen2/qwen3), base, linear scale
+  RopeParams rope;            // mode (normal for llama, neox for qwen2/qwen3), base, linear scale,
+                              // optional per-pair frequency factors (copied by the constructor)
   // qwen3: q and k are RMS-normalized per head (over head_dim, weights q_norm / k_norm, eps rms_eps)
   // after the projections and before RoPE. head_dim need not be n_embd / n_head.
   bool qk_norm = false;

@@ -62,7 +62,7 @@ class LlamaModel:
     """Native Llama-family decoder (use xsil.model.llama.LlamaModel)."""
 
     # config: n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff, n_vocab, rms_eps, rope_mode,
-    #   rope_freq_base, rope_freq_scale; weights: name -> (array | PackedWeights, fmt, rows, cols);
+    #   rope_freq_base, rope_freq_scale, [qk_norm], [rope_freq_factors]; weights: name -> (array | PackedWeights, fmt, rows, cols);
     # kv: page_size, k_dtype, v_dtype, budget_tokens, n_ctx, context_shift, n_keep
     def __init__(
         self, config: dict[str, Any], weights: dict[str, Any], kv: dict[str, Any], isa: str = "", threads: int = 0
@@ -101,6 +101,7 @@ class KVCache:
         rope: str = "normal",
         rope_freq_base: float = 10000.0,
         rope_freq_scale: float = 1.0,
+        rope_freq_factors: Optional[npt.NDArray[np.float32]] = None,
     ) -> None: ...
     def add_sequence(self) -> int: ...
     def remove_sequence(self, seq_id: int) -> None: ...
@@ -151,6 +152,8 @@ class KVCache:
     def context_shift(self) -> str: ...
     @property
     def rope(self) -> Tuple[str, float, float]: ...
+    @property
+    def rope_freq_factors(self) -> Optional[npt.NDArray[np.float32]]: ...
 
 def attention_decode(
     cache: KVCache, layer: int, seq_ids: npt.NDArray[np.int32], q: npt.NDArray[np.float32], scale: float = 0.0,
@@ -162,7 +165,7 @@ def attention_prefill(
 ) -> npt.NDArray[np.float32]: ...
 def rope(
     x: npt.NDArray[np.float32], positions: npt.NDArray[np.int64], mode: str = "normal", freq_base: float = 10000.0,
-    freq_scale: float = 1.0,
+    freq_scale: float = 1.0, freq_factors: Optional[npt.NDArray[np.float32]] = None,
 ) -> npt.NDArray[np.float32]: ...
 def kv_row_bytes(dtype: str, head_dim: int) -> int: ...
 def _stream_read(a: npt.NDArray[np.uint8], threads: Optional[int] = None) -> int: ...

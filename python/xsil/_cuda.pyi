@@ -1,5 +1,5 @@
 # Stub of the CUDA backend's extension (csrc/cuda/bind_cuda.cpp); built only when nvcc >= 12 was found.
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import numpy.typing as npt
@@ -16,7 +16,8 @@ def quantize_q8a(x: np.ndarray) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.fl
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> npt.NDArray[np.float32]: ...
 def rms_norm_q(x: np.ndarray, add: np.ndarray, w: np.ndarray, eps: float) -> tuple[Any, ...]: ...
 def rope(
-    x: np.ndarray, pos0: int, mode: str, freq_base: float = 10000.0, freq_scale: float = 1.0
+    x: np.ndarray, pos0: int, mode: str, freq_base: float = 10000.0, freq_scale: float = 1.0,
+    freq_factors: Optional[np.ndarray] = None,
 ) -> npt.NDArray[np.float32]: ...
 def rope_kv_write(
     k: np.ndarray, v: np.ndarray, pos0: int, mode: str, freq_base: float = 10000.0, freq_scale: float = 1.0

@@ -51,6 +51,9 @@ class KVCache(_core.KVCache):
             their new positions.
         rope: ``"normal"`` (adjacent pairs, GGUF Llama), ``"neox"`` (split halves, Qwen2) or ``"none"``.
         rope_freq_base, rope_freq_scale: theta_i = pos * freq_scale * freq_base^(-2i/head_dim).
+        rope_freq_factors: optional per-pair frequency factors (``head_dim / 2`` finite values > 0,
+            GGUF ``rope_freqs.weight`` of Llama 3.1/3.2): theta_i is divided by factor i. The cache
+            keeps its own float32 copy (``rope_freq_factors`` property).
 
     Sequence ops: ``add_sequence() -> id``, ``remove_sequence(id)``, ``fork(id) -> id``,
     ``truncate(id, length)``, ``reserve(id, n) -> pos0`` then ``write(layer, id, pos0, k, v)`` per
@@ -78,6 +81,7 @@ class KVCache(_core.KVCache):
         rope: str = "normal",
         rope_freq_base: float = 10000.0,
         rope_freq_scale: float = 1.0,
+        rope_freq_factors: Optional[np.ndarray] = None,
     ) -> None:
         op = "kv_cache"
         if (budget_bytes is None) == (budget_tokens is None):
@@ -91,7 +95,7 @@ class KVCache(_core.KVCache):
             0 if budget_bytes is None else _int(budget_bytes, "budget_bytes", op),
             0 if budget_tokens is None else _int(budget_tokens, "budget_tokens", op),
             0 if n_ctx is None else _int(n_ctx, "n_ctx", op), context_shift, _int(n_keep, "n_keep", op), rope,
-            float(rope_freq_base), float(rope_freq_scale))
+            float(rope_freq_base), float(rope_freq_scale), _factors(rope_freq_factors, op))
 
     def __repr__(self) -> str:
         s = self.stats()
@@ -171,12 +175,28 @@ def attention_prefill(
 
 
 def rope(x: np.ndarray, positions: Union[Sequence[int], np.ndarray], *, mode: str = "normal",
-         freq_base: float = 10000.0, freq_scale: float = 1.0) -> np.ndarray:
+         freq_base: float = 10000.0, freq_scale: float = 1.0,
+         freq_factors: Optional[Union[Sequence[float], np.ndarray]] = None) -> np.ndarray:
     """Rotary position embedding of ``x[n, head_dim]`` or ``x[n, n_heads, head_dim]`` (float32),
     row t at ``positions[t]``. ``mode="normal"``: pairs (x[2i], x[2i+1]) (ggml mode 0, GGUF Llama);
-    ``"neox"``: pairs (x[i], x[i + d/2]) (Qwen2). theta_i = pos * freq_scale * freq_base^(-2i/d).
+    ``"neox"``: pairs (x[i], x[i + d/2]) (Qwen2). theta_i = pos * freq_scale * freq_base^(-2i/d),
+    divided by ``freq_factors[i]`` when given (d/2 finite values > 0; GGUF rope_freqs.weight).
     Returns a new float32 array."""
     if not isinstance(x, np.ndarray):
         raise ValueError(f"[rope] x must be a numpy array, got {type(x).__name__}")
     pos = np.ascontiguousarray(np.asarray(positions, dtype=np.int64).reshape(-1))
-    return _core.rope(x, pos, mode, float(freq_base), float(freq_scale))
+    return _core.rope(x, pos, mode, float(freq_base), float(freq_scale), _factors(freq_factors, "rope"))
+
+
+def _factors(f, op: str) -> Optional[np.ndarray]:
+    """RoPE frequency factors as a contiguous 1-D float32 array (None stays None)."""
+    if f is None:
+        return None
+    try:
+        a = np.asarray(f, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"[{op}] rope frequency factors must be a 1-D array of numbers") from None
+    if a.ndim != 1:
+        raise ValueError(f"[{op}] rope frequency factors must be 1-D, got shape {a.shape}")
+    with np.errstate(over="ignore"):  # out-of-range values become inf: refused by the core
+        return np.ascontiguousarray(a, np.float32)

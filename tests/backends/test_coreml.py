@@ -56,7 +56,7 @@ def test_static_graph_on_the_cpu_provider(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not registry.probe("ort-cpu").available, reason="needs onnxruntime")
-@pytest.mark.parametrize("case", ["qwen2_biases", "llama_hd8_tied_mix"])
+@pytest.mark.parametrize("case", ["qwen2_biases", "llama_hd8_tied_mix", "llama3_rope_freqs"])
 def test_static_graph_matches_reference(case, tmp_path, monkeypatch):
     # the static graph's RoPE (llama rows permuted to split halves; qwen2 as is), biases, GQA grouping
     # and any head_dim, against the float64 reference
@@ -75,11 +75,12 @@ def test_static_graph_matches_reference(case, tmp_path, monkeypatch):
         def _probe(self):
             return Probe(1, "test")
 
-    kw = (
-        dict(arch="qwen2", biases=True, n_head=4, n_head_kv=2, rope_base=1000000.0)
-        if case == "qwen2_biases"
-        else dict(n_head=8, n_head_kv=2, tied=True, mix={"ffn_down": "Q8_0", "attn_v": "F16"})
-    )
+    kw = {
+        "qwen2_biases": dict(arch="qwen2", biases=True, n_head=4, n_head_kv=2, rope_base=1000000.0),
+        "llama_hd8_tied_mix": dict(n_head=8, n_head_kv=2, tied=True, mix={"ffn_down": "Q8_0", "attn_v": "F16"}),
+        # per-pair frequency factors in the cos/sin tables (llama pairs permuted to split halves)
+        "llama3_rope_freqs": dict(n_embd=128, n_head=4, n_head_kv=2, rope_base=500000.0, rope_freqs="llama3"),
+    }[case]
     path = write_model(str(tmp_path / f"{case}.gguf"), seed=5, **kw)
     monkeypatch.setenv("XSIL_CACHE_DIR", str(tmp_path / "cache"))
     toks = np.random.default_rng(3).integers(3, 300, size=21).astype(np.int32)

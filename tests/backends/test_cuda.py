@@ -252,12 +252,12 @@ def test_q4_k_models_match_cpu_and_reference(tmp_path, case, overrides):
 
 
 @gpu
-@pytest.mark.parametrize("case", ["qwen3_hd32", "qwen3_gqa4_q8_0", "llama_hd32_wide"])
+@pytest.mark.parametrize("case", ["qwen3_hd32", "qwen3_gqa4_q8_0", "llama_hd32_wide", "llama3_rope_freqs"])
 def test_qwen3_and_wide_head_models_match_cpu_and_reference(tmp_path, case):
     # qwen3: per-head q/k RMSNorm (the rms_norm kernel over rows = tokens x heads) before neox RoPE;
     # all three have head_dim 32 from key_length with n_head * head_dim = 2 * n_embd (q/k/v wider than
     # the residual stream, attn_output [n_embd, n_head * head_dim]); GQA 2:1 and 4:1; a tied Q8_0
-    # output. Prefill (21 tokens: the tensor-core GEMM), decode step by step (the CUDA graph), against
+    # output; llama3_rope_freqs: per-pair RoPE frequency factors (the device copy the cache owns). Prefill (21 tokens: the tensor-core GEMM), decode step by step (the CUDA graph), against
     # the cpu backend and the float64 reference with tests/model/test_models.py's bounds.
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "model"))
     from gguf_cases import reference_case
@@ -265,6 +265,7 @@ def test_qwen3_and_wide_head_models_match_cpu_and_reference(tmp_path, case):
     path, toks, ref = reference_case(case, tmp_path)
     with xsil.Session(path, backend="cpu", n_ctx=64) as c, xsil.Session(path, backend="cuda", n_ctx=64) as g:
         assert g.backend_name == "cuda" and g.config.qk_norm == case.startswith("qwen3") and g.config.head_dim == 32
+        assert (g.config.rope_freq_factors is not None) == (case == "llama3_rope_freqs")
         a = c.forward(toks)
         b = g.forward(toks)
         g.reset()

@@ -51,4 +51,5 @@ def fill(cache, seq, k, v, chunks=(1 << 30,)):
 
 def expected(cache, q, k_raw, v_raw, q_pos, scale=None):
     mode, base, fs = cache.rope
-    return R.cached_attention(q, k_raw, v_raw, cache.k_dtype, cache.v_dtype, q_pos, mode, base, fs, scale)
+    return R.cached_attention(q, k_raw, v_raw, cache.k_dtype, cache.v_dtype, q_pos, mode, base, fs, scale,
+                              cache.rope_freq_factors)

@@ -212,3 +212,66 @@ def test_attention_argument_errors(rng):
         cuda_ext.attention_prefill(g, 0, s, np.zeros((4, 4, 64), np.float32))
     with pytest.raises(ValueError, match=r"head_dim=48 is not supported by the CUDA cache"):
         cuda_ext.KVCache(1, 1, 48, budget_tokens=64)
+
+
+# -- RoPE frequency factors (GGUF rope_freqs.weight): the device copy the cache owns -------------
+FF = np.r_[np.ones(12), [2.0, 3.5, 5.0, 6.5], np.full(16, 8.0)].astype(np.float32)  # head_dim 64
+
+
+@pytest.mark.parametrize("dt", ["f16", "q8_0"])
+@pytest.mark.parametrize("rope", ["normal", "neox"])
+def test_freq_factors_write_shift_and_attention_match_cpu(dt, rope, rng):
+    # K rotated with the factors on write, re-rotated with them on a context shift, q rotated with them
+    # in decode and prefill: the device cache against the CPU cache (itself checked against NumPy in
+    # test_kv_cache.py, where the factors move the stored keys by far more than same_rows' tolerance)
+    kw = dict(n_layers=2, dt=dt, budget_tokens=64, n_ctx=48, context_shift="shift", n_keep=5, rope=rope,
+              rope_freq_base=500000.0, rope_freq_factors=FF)
+    c, g = pair(**kw)
+    np.testing.assert_array_equal(g.rope_freq_factors, FF)
+    s = c.add_sequence()
+    g.add_sequence()
+    for n in (30, 15, 9):
+        k = rng.standard_normal((2, n, 2, 64)).astype(np.float32)
+        v = rng.standard_normal((2, n, 2, 64)).astype(np.float32)
+        both(c, g, lambda x: x.append(s, k, v))
+    assert c.n_shifted(s) > 0
+    same_books(c, g)
+    same_rows(c, g, layers=2, k_exact=False)
+    q = rng.standard_normal((1, 4, 64)).astype(np.float32)
+    got, want = _decode_pair(c, g, [s], q)
+    tol = 2e-4 if dt == "f16" else 2e-3
+    np.testing.assert_allclose(got, want, rtol=0, atol=tol * 10)
+    qp = rng.standard_normal((7, 4, 64)).astype(np.float32)
+    np.testing.assert_allclose(cuda_ext.attention_prefill(g, 1, s, qp), xsil.attention_prefill(c, 1, s, qp),
+                               rtol=0, atol=tol * 10)
+
+
+def test_freq_factors_all_ones_bit_exact_and_errors(rng):
+    _, b = pair()
+    _, g1 = pair(rope_freq_factors=np.ones(32, np.float32))
+    for x in (g1, b):
+        x.add_sequence()
+    k, v = rand_kv(rng, 37, 2, 64)
+    g1.append(0, k, v)
+    b.append(0, k, v)
+    np.testing.assert_array_equal(g1.read(0, 0)[0], b.read(0, 0)[0])
+    for bad, msg in ((FF[:31], "31 given, expected head_dim / 2 = 32"), (-FF, "factor 0 must be finite and > 0")):
+        errs = []
+        for make in (xsil.KVCache, cuda_ext.KVCache):
+            with pytest.raises(ValueError) as e:
+                make(1, 2, 64, budget_tokens=64, rope_freq_factors=bad)
+            errs.append(str(e.value))
+        assert errs[0] == errs[1] and msg in errs[0], errs
+
+
+@pytest.mark.parametrize("mode", ["normal", "neox"])
+def test_rope_kernel_with_freq_factors_matches_cpu(mode, rng):
+    x = rng.standard_normal((5, 3, 64)).astype(np.float32)
+    pos0 = 4090
+    want = xsil.rope(x, np.arange(pos0, pos0 + 5), mode=mode, freq_base=500000.0, freq_factors=FF)
+    got = cuda_ext.rope(x, pos0, mode, 500000.0, 1.0, FF)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    ones = cuda_ext.rope(x, pos0, mode, 500000.0, 1.0, np.ones(32, np.float32))
+    np.testing.assert_array_equal(ones, cuda_ext.rope(x, pos0, mode, 500000.0, 1.0))
+    with pytest.raises(ValueError, match=r"rope frequency factors: 3 given, expected head_dim / 2 = 32"):
+        cuda_ext.rope(x, pos0, mode, 500000.0, 1.0, FF[:3])

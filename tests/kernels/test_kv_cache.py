@@ -314,3 +314,72 @@ def test_pages_follow_each_other(rng):
     c.reserve(d, 60)
     assert c.page_table(d) == [3, 4, 7, 8]
     assert c.check() == ""
+
+
+# -- RoPE frequency factors (GGUF rope_freqs.weight) ------------------------------------------------
+FF = np.r_[np.ones(12), [2.0, 3.5, 5.0, 6.5], np.full(16, 8.0)].astype(np.float32)  # HD / 2 = 32
+
+
+@pytest.mark.parametrize("dt", ["f32", "f16"])
+@pytest.mark.parametrize("mode", ["normal", "neox"])
+def test_freq_factors_write_attend_and_shift(dt, mode, rng):
+    """K stored rotated with the factors, q rotated with them in attention, and a context shift
+    re-rotates the kept keys by -d with the same per-pair frequencies."""
+    n_ctx, n_keep = 64, 5
+    c = xsil.KVCache(1, NKV, HD, page_size=16, k_dtype=dt, v_dtype=dt, budget_tokens=256, n_ctx=n_ctx,
+                     context_shift="shift", n_keep=n_keep, rope=mode, rope_freq_base=500000.0,
+                     rope_freq_factors=FF)
+    np.testing.assert_array_equal(c.rope_freq_factors, FF)
+    s = c.add_sequence()
+    k, v = rand_kv(rng, 70, NKV, HD)
+    c.append(s, k[:40], v[:40])
+    K, _ = c.read(0, s)
+    tol = {"f32": 1e-4, "f16": 4e-3}[dt]
+    assert np.abs(K - R.rope(k[:40], np.arange(40), mode, 500000.0, 1.0, FF)).max() < tol
+    q = rng.standard_normal((1, H, HD)).astype(np.float32)
+    assert_close(decode(c, s, q), expected(c, q, k[:40], v[:40], [39]), v[:40], dt, dt, 3.0)
+    c.append(s, k[40:64], v[40:64])
+    c.append(s, k[64:70], v[64:70])  # passes n_ctx: drops 29 tokens after the first 5
+    dropped = c.n_shifted(s)
+    assert dropped == 29
+    kept = np.r_[0:n_keep, n_keep + dropped:70]
+    kr = R.rope(k[kept], np.arange(len(kept)), mode, 500000.0, 1.0, FF)
+    K, _ = c.read(0, s)
+    assert np.abs(K - kr).max() < {"f32": 1e-4, "f16": 6e-3}[dt]
+    # the standard frequencies would put the slow pairs somewhere else
+    assert np.abs(K - R.rope(k[kept], np.arange(len(kept)), mode, 500000.0)).max() > 0.1
+    got = decode(c, s, q)
+    want = expected(c, q, k[kept], v[kept], [len(kept) - 1])
+    assert np.abs(got - want).max() < (2e-4 if dt == "f32" else 2e-2)
+    assert c.check() == ""
+
+
+@pytest.mark.parametrize("mode", ["normal", "neox"])
+def test_all_ones_freq_factors_equal_none_bit_exact(mode, rng):
+    kw = dict(page_size=16, k_dtype="f16", v_dtype="f16", budget_tokens=128, n_ctx=48, context_shift="shift",
+              n_keep=3, rope=mode, rope_freq_base=500000.0)
+    a = xsil.KVCache(1, NKV, HD, rope_freq_factors=np.ones(HD // 2), **kw)
+    b = xsil.KVCache(1, NKV, HD, **kw)
+    assert b.rope_freq_factors is None
+    k, v = rand_kv(rng, 60, NKV, HD)
+    q = rng.standard_normal((1, H, HD)).astype(np.float32)
+    for c in (a, b):
+        s = c.add_sequence()
+        c.append(s, k[:40], v[:40])
+        c.append(s, k[40:60], v[40:60])  # shifts
+    assert a.n_shifted(0) == b.n_shifted(0) > 0
+    np.testing.assert_array_equal(a.read(0, 0)[0], b.read(0, 0)[0])
+    np.testing.assert_array_equal(decode(a, 0, q), decode(b, 0, q))
+
+
+def test_freq_factors_are_copied_and_checked():
+    f = FF.copy()
+    c = xsil.KVCache(1, NKV, HD, budget_tokens=64, rope_freq_factors=f)
+    f[:] = -1.0  # the cache holds its own copy
+    np.testing.assert_array_equal(c.rope_freq_factors, FF)
+    with pytest.raises(ValueError, match=r"\[kv_cache\] rope frequency factors: 31 given, expected head_dim / 2 = 32"):
+        xsil.KVCache(1, NKV, HD, budget_tokens=64, rope_freq_factors=FF[:31])
+    with pytest.raises(ValueError, match=r"\[kv_cache\] rope frequency factor 0 must be finite and > 0"):
+        xsil.KVCache(1, NKV, HD, budget_tokens=64, rope_freq_factors=-FF)
+    with pytest.raises(ValueError, match=r"\[kv_cache\] rope frequency factors must be 1-D"):
+        xsil.KVCache(1, NKV, HD, budget_tokens=64, rope_freq_factors=FF.reshape(2, 16))

@@ -46,15 +46,30 @@ def _vocab_gpt2(n):
     return toks[:n], merges, types[:n]
 
 
+def llama3_rope_factors(head_dim, base, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, orig_ctx=256):
+    """Llama 3.1-style per-pair frequency factors (what llama.cpp's converter stores as
+    rope_freqs.weight), from Meta's description: pairs whose wavelength 2*pi/freq is shorter than
+    orig_ctx / high_freq_factor keep their frequency (factor 1), those longer than orig_ctx /
+    low_freq_factor are slowed down by `factor`, and in between the inverse factor interpolates
+    linearly in orig_ctx / wavelength. orig_ctx is small here so a tiny test model's pairs cover all
+    three ranges."""
+    freq = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    ratio = orig_ctx * freq / (2 * np.pi)  # orig_ctx / wavelength
+    t = np.clip((ratio - low_freq_factor) / (high_freq_factor - low_freq_factor), 0.0, 1.0)
+    return (1.0 / ((1.0 - t) / factor + t)).astype(np.float32)
+
+
 def write_model(path, *, arch="llama", n_embd=64, n_layer=2, n_head=4, n_head_kv=2, n_ff=96, n_vocab=320,
                 wtype="Q4_0", mix=None, tied=False, biases=False, seed=0, rope_base=10000.0, head_dim=None,
-                qk_norm=None, kv=None, extra_tensors=None):
+                qk_norm=None, kv=None, extra_tensors=None, rope_freqs=None):
     """mix: optional dict of tensor-name part -> type name overriding wtype (e.g. {"ffn_down": "Q8_0"});
     a key starting with "=" matches the whole name only (e.g. {"=output.weight": "Q6_K"}).
     head_dim: written as {arch}.attention.key_length / value_length (q has n_head * head_dim rows,
     which need not be n_embd). qk_norm: write blk.N.attn_q_norm / attn_k_norm [head_dim] (default:
     arch == "qwen3"). kv: extra metadata {key (without "{arch}." when it starts with "."): value}.
-    extra_tensors: {name: shape} written as F32 (e.g. expert tensors for refusal tests)."""
+    extra_tensors: {name: shape} written as F32 (e.g. expert tensors for refusal tests).
+    rope_freqs: rope_freqs.weight: "llama3" (llama3_rope_factors for this head_dim and base) or an
+    array written with its own dtype (F32 / F16) and shape."""
     rng = np.random.default_rng(seed)
     hd = head_dim or n_embd // n_head
     if qk_norm is None:
@@ -148,6 +163,11 @@ def write_model(path, *, arch="llama", n_embd=64, n_layer=2, n_head=4, n_head_kv
     vec("output_norm.weight", n_embd)
     if not tied:
         mat("output.weight", n_vocab, n_embd, 0.1)
+    if isinstance(rope_freqs, str):
+        assert rope_freqs == "llama3", rope_freqs
+        rope_freqs = llama3_rope_factors(hd, rope_base)
+    if rope_freqs is not None:
+        w.add_tensor("rope_freqs.weight", np.asarray(rope_freqs))
     for name, shape in (extra_tensors or {}).items():
         w.add_tensor(name, (0.1 * rng.standard_normal(shape)).astype(np.float32))
     w.write_header_to_file()
@@ -177,6 +197,9 @@ MODEL_CASES = {
                             rope_base=1000000.0),
     # llama with key_length != n_embd / n_head (q/k/v wider than the residual stream)
     "llama_hd32_wide": dict(n_head=4, n_head_kv=2, head_dim=32),
+    # Llama 3.1/3.2-shaped RoPE: base 500000 and per-pair frequency factors (rope_freqs.weight): 1 for
+    # the 3 fastest pairs, 8 for the 11 slowest, 2 interpolated (head_dim 32, as the CUDA cache needs)
+    "llama3_rope_freqs": dict(n_embd=128, n_head=4, n_head_kv=2, rope_base=500000.0, rope_freqs="llama3"),
 }
 
 

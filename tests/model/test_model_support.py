@@ -1,9 +1,10 @@
 """What xsil runs and what it refuses. Small files written with gguf-py's GGUFWriter: every
 architecture other than llama / qwen2 / qwen3, and every llama-family feature the forward does not
-compute (experts, extra tensors, YaRN / longrope / llama3 frequency factors, softcapping, ...), must
-raise GGUFError naming it and the supported list, from the metadata alone (before the tokenizer,
-the weights or the native model are touched). head_dim != n_embd / n_head runs (llama, qwen2,
-qwen3) and matches the float64 reference."""
+compute (experts, extra tensors, YaRN / longrope, softcapping, ...), must raise GGUFError naming it
+and the supported list, from the metadata alone (before the tokenizer, the weights or the native
+model are touched). head_dim != n_embd / n_head runs (llama, qwen2, qwen3) and matches the float64
+reference; so do Llama 3.1-style RoPE frequency factors (rope_freqs.weight), malformed ones are
+refused."""
 
 import numpy as np
 import pytest
@@ -69,7 +70,15 @@ REFUSALS = {
     "yarn_keys_without_type": (dict(arch="qwen3", head_dim=32, kv={".rope.scaling.yarn_beta_fast": 32.0}),
                                ["YaRN", "qwen3.rope.scaling.yarn_beta_fast"]),
     "rope_attn_factor": (dict(kv={".rope.scaling.attn_factor": 0.5}), ["attention factor"]),
-    "llama3_rope_freqs": (dict(extra_tensors={"rope_freqs.weight": (8,)}), ["rope_freqs.weight", "frequency factors"]),
+    # rope_freqs.weight is computed (test_llama3_rope_freqs_*), but only in the form llama.cpp writes it
+    "rope_freqs_wrong_length": (dict(rope_freqs=np.full(7, 2.0, np.float32)),
+                                ["rope_freqs.weight", "shape [7]", "[head_dim / 2] = [8]"]),
+    "rope_freqs_2d": (dict(rope_freqs=np.full((2, 8), 2.0, np.float32)), ["rope_freqs.weight", "[head_dim / 2]"]),
+    "rope_freqs_f16": (dict(rope_freqs=np.full(8, 2.0, np.float16)), ["rope_freqs.weight", "type F16", "must be F32"]),
+    "rope_freqs_zero": (dict(rope_freqs=np.array([1, 1, 2, 0, 8, 8, 8, 8], np.float32)),
+                        ["rope_freqs.weight", "not all finite and > 0"]),
+    "rope_freqs_nan": (dict(rope_freqs=np.array([1, 1, 2, np.nan, 8, 8, 8, 8], np.float32)),
+                       ["rope_freqs.weight", "not all finite and > 0"]),
     "softcap": (dict(kv={".attn_logit_softcapping": 50.0}), ["soft-capping"]),
     "final_softcap": (dict(arch="qwen2", kv={".final_logit_softcapping": 30.0}), ["qwen2 file", "soft-capping"]),
     "swa_pattern": (dict(kv={".attention.sliding_window_pattern": 4}), ["sliding-window"]),
@@ -133,13 +142,66 @@ def test_sliding_window_only_within_the_window(tmp_path, _nothing_loaded_before_
 
 
 def test_neutral_values_are_accepted(tmp_path):
-    # keys present with their no-op value, and an all-ones rope_freqs (the standard frequencies)
+    # keys present with their no-op value, and a stored copy of the standard RoPE frequencies
     path = write_model(str(tmp_path / "neutral.gguf"),
                        kv={".expert_count": 0, ".attention.causal": True, ".rope.scaling.type": "none",
                            ".logit_scale": 1.0},
                        extra_tensors={"blk.0.attn_rot_embd": (8,)})
     m = LlamaModel(path, n_ctx=32)
     assert m.forward([1, 2], m.cache.add_sequence()).shape == (2, 320)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])  # normal and neox pairing
+def test_llama3_rope_freqs_run_and_match_the_reference(tmp_path, arch):
+    # Llama 3.1/3.2: rope_freqs.weight (1 for fast pairs, 8 for slow ones, interpolated between)
+    # divides each pair's frequency; the exact path must match the float64 reference, and the
+    # reference without the factors must not (so ignoring them cannot pass).
+    path = write_model(str(tmp_path / f"{arch}_rf.gguf"), arch=arch, n_embd=128, wtype="F32",
+                       rope_base=500000.0, rope_freqs="llama3")
+    m = LlamaModel(path, n_ctx=128, exact=True, kv_dtype="f32")
+    f = m.config.rope_freq_factors
+    assert f is not None and f.dtype == np.float32 and f.shape == (16,) and f[0] == 1 and f[-1] == 8
+    np.testing.assert_array_equal(m.cache.rope_freq_factors, f)
+    toks = np.random.default_rng(3).integers(3, 300, size=40).astype(np.int32)
+    got = m.forward(toks, m.cache.add_sequence())
+    ref = ReferenceModel(GGUFFile(path))
+    want = ref.forward(toks)
+    assert np.abs(got - want).max() / want.std() < 2e-4
+    ref.rope_factors = None
+    assert np.abs(got - ref.forward(toks)).max() / want.std() > 1e-2
+    # decode step by step (q rotated at each position in attention) agrees with the prefill
+    s = m.cache.add_sequence()
+    step = np.concatenate([m.forward(toks[i:i + 1], s) for i in range(len(toks))])
+    assert np.abs(step - want).max() / want.std() < 2e-4
+
+
+def test_llama3_rope_freqs_with_context_shift_match_a_fresh_start(tmp_path):
+    # A context shift re-rotates the kept keys by -d with the same per-pair frequencies: with one layer
+    # (cached K/V depend only on the token and its position) the logits after a shift equal those of a
+    # fresh sequence holding the kept tokens (fp32 cache, exact path).
+    path = write_model(str(tmp_path / "rf_shift.gguf"), n_embd=128, n_layer=1, wtype="F32", rope_base=500000.0,
+                       rope_freqs="llama3")
+    m = LlamaModel(path, n_ctx=32, exact=True, kv_dtype="f32", context_shift="shift", n_keep=4)
+    toks = np.random.default_rng(5).integers(3, 300, size=33).astype(np.int32)
+    s = m.cache.add_sequence()
+    m.forward(toks[:32], s)
+    last = m.forward(toks[32:], s)  # passes n_ctx: drops (32 - 4) // 2 = 14 tokens after the first 4
+    d = m.cache.n_shifted(s)
+    assert d == 14
+    kept = np.r_[toks[:4], toks[4 + d:]]
+    m.cache.remove_sequence(s)  # the budget is n_ctx tokens
+    f = m.forward(kept, m.cache.add_sequence())[-1:]
+    assert np.abs(last - f).max() / f.std() < 1e-4
+
+
+def test_all_ones_rope_freqs_equal_none(tmp_path):
+    # an all-ones rope_freqs.weight is the standard frequencies: same logits, bit for bit
+    a = write_model(str(tmp_path / "ones.gguf"), rope_freqs=np.ones(8, np.float32))
+    b = write_model(str(tmp_path / "none.gguf"))
+    ma, mb = LlamaModel(a, n_ctx=32), LlamaModel(b, n_ctx=32)
+    assert ma.config.rope_freq_factors is None and ma.cache.rope_freq_factors is None
+    toks = np.arange(3, 20, dtype=np.int32)
+    np.testing.assert_array_equal(ma.forward(toks, ma.cache.add_sequence()), mb.forward(toks, mb.cache.add_sequence()))
 
 
 def test_linear_rope_scaling_runs_and_matches_the_reference(tmp_path):

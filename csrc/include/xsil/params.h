@@ -45,13 +45,25 @@ enum class KVDtype : int32_t { F32 = 0, F16 = 1, Q8_0 = 8 };
 
 // RoPE convention. Normal (ggml mode 0, Llama in GGUF): rotates adjacent pairs (x[2i], x[2i+1]).
 // Neox (ggml mode 2, Qwen2, GPT-NeoX): rotates (x[i], x[i + d/2]). None: no rotation.
-// Pair i is rotated by theta_i = pos * freq_scale * freq_base^(-2i/d), d = head_dim.
+// Pair i is rotated by theta_i = pos * freq_scale * freq_base^(-2i/d) / freq_factors[i], d = head_dim
+// (freq_factors[i] = 1 when there are none).
 enum class RopeMode : int32_t { None = -1, Normal = 0, Neox = 2 };
 
 struct RopeParams {
   RopeMode mode = RopeMode::Normal;  // pairing convention (or None)
   float freq_base = 10000.0f;        // base of the per-pair frequencies (rope_freq_base)
   float freq_scale = 1.0f;           // linear position scaling (rope_freq_scale; 1 = none)
+  // Optional per-pair frequency factors (GGUF tensor rope_freqs.weight, Llama 3.1/3.2 rope scaling):
+  // n_freq_factors == head_dim / 2 finite values > 0; pair i's angle is DIVIDED by freq_factors[i]
+  // for either pairing (ggml's rope divides theta by its "freq_factors" operand, and llama.cpp's
+  // converter stores Meta's llama3 scaling as factor = 1 for high-frequency pairs, the scaling
+  // factor for low-frequency ones). nullptr (n_freq_factors 0) = all ones.
+  // A host pointer the RopeParams does NOT own: whoever fills it keeps the array alive while the
+  // struct is used. A KVCache (KVPages) copies the factors at construction and its params().rope
+  // points at that copy, so a model or caller may drop its own array afterwards. CUDA kernels never
+  // read this pointer: they take a device copy as a separate argument.
+  const float* freq_factors = nullptr;
+  int32_t n_freq_factors = 0;
 };
 
 // What a sequence does when it would grow past its limit (n_ctx, or the pool running dry).

@@ -1,4 +1,4 @@
-"""Llama-family decoders from GGUF (arch ``llama``: Llama 2/3, Mistral, TinyLlama, SmolLM; arch
+"""Llama-family decoders from GGUF (arch ``llama``: Llama 2/3/3.1/3.2, Mistral, TinyLlama, SmolLM; arch
 ``qwen2``: Q/K/V biases, neox RoPE; arch ``qwen3``: neox RoPE, per-head RMSNorm on q and k, head_dim
 from ``key_length``), run by the native core (``xsil._core.LlamaModel``). Any other architecture, and
 any feature of these the forward does not compute (MoE experts, YaRN, softcapping, ...), is refused
@@ -70,7 +70,8 @@ _UNSUPPORTED_KEYS = {
 
 def _unsupported(path: str, arch: str, what: str) -> GGUFError:
     return GGUFError(f"{os.path.basename(path)}: {arch} file uses {what}, which xsil does not implement "
-                     f"(xsil runs dense {', '.join(SUPPORTED_ARCHS)} decoders, rope scaling none or linear)")
+                     f"(xsil runs dense {', '.join(SUPPORTED_ARCHS)} decoders, rope scaling none or linear, "
+                     f"optionally with per-pair frequency factors rope_freqs.weight)")
 
 
 def check_arch(g: GGUFFile) -> str:
@@ -86,7 +87,8 @@ def check_arch(g: GGUFFile) -> str:
 def check_features(g: GGUFFile, arch: str) -> None:
     """Refuse (GGUFError) a file of a supported architecture that uses a feature the forward does
     not compute: expert (MoE) tensors, extra per-layer tensors, softcapping, ALiBi, sliding-window
-    patterns, rope scaling other than none/linear (yarn, longrope, llama3 frequency factors), ...
+    patterns, rope scaling other than none/linear (yarn, longrope), ... (Llama 3.1-style frequency
+    factors, tensor rope_freqs.weight, are computed: see load_rope_freq_factors)
     Silently skipping any of them would produce wrong logits. Metadata and tensor names only."""
     p = arch + "."
     path = g.path
@@ -123,6 +125,9 @@ class LlamaConfig:
     rope_freq_scale: float
     qk_norm: bool = False      # per-head RMSNorm on q and k before RoPE (qwen3)
     sliding_window: int = 0    # attention window in tokens (0: none); n_ctx must not exceed it
+    # Per-pair RoPE frequency factors (rope_freqs.weight, Llama 3.1/3.2): float32 [head_dim / 2], pair
+    # i's frequency divided by factor i; None when the file has none or they are all 1.
+    rope_freq_factors: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_gguf(cls, g: GGUFFile) -> "LlamaConfig":
@@ -178,7 +183,17 @@ class LlamaConfig:
         if not 0 < scale <= 1e6 or not np.isfinite(scale):
             raise GGUFError(f"{os.path.basename(g.path)}: {p}rope.scaling.factor gives a frequency scale {scale}")
         check_tensors(g, cfg)
+        cfg.rope_freq_factors = load_rope_freq_factors(g, cfg)
         return cfg
+
+    def rope_inv_freq(self) -> np.ndarray:
+        """Per-pair angular frequencies (float64 [head_dim / 2]) before freq_scale: freq_base^(-2i/d)
+        divided by the frequency factors (the same expression as the native kernels)."""
+        D = self.head_dim
+        inv = self.rope_freq_base ** (-np.arange(D // 2, dtype=np.float64) * 2.0 / D)
+        if self.rope_freq_factors is not None:
+            inv = inv / self.rope_freq_factors.astype(np.float64)
+        return inv
 
     def check_n_ctx(self, n_ctx: int) -> None:
         """Sliding-window attention equals full attention while no sequence is longer than the window:
@@ -192,7 +207,8 @@ class LlamaConfig:
         return dict(n_embd=self.n_embd, n_layer=self.n_layer, n_head=self.n_head, n_head_kv=self.n_head_kv,
                     head_dim=self.head_dim, n_ff=self.n_ff, n_vocab=self.n_vocab, rms_eps=self.rms_eps,
                     rope_mode=self.rope_mode, rope_freq_base=self.rope_freq_base,
-                    rope_freq_scale=self.rope_freq_scale, qk_norm=self.qk_norm)
+                    rope_freq_scale=self.rope_freq_scale, qk_norm=self.qk_norm,
+                    rope_freq_factors=self.rope_freq_factors)
 
 
 def tensor_names(cfg: LlamaConfig) -> List[str]:
@@ -220,11 +236,7 @@ def check_tensors(g: GGUFFile, cfg: "LlamaConfig") -> None:
         if name in allowed:
             continue
         if name == "rope_freqs.weight":
-            f = np.asarray(g.tensor(name), np.float64)
-            if f.size and np.all(f == 1.0):
-                continue  # all ones: the standard frequencies
-            raise _unsupported(path, arch, "per-dimension RoPE frequency factors (rope_freqs.weight, "
-                                           "Llama 3.1-style rope scaling)")
+            continue  # computed (validated by load_rope_freq_factors)
         parts = name.split(".", 2)
         if (len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and int(parts[1]) < cfg.n_layer
                 and parts[2] in per_layer):
@@ -237,6 +249,30 @@ def check_tensors(g: GGUFFile, cfg: "LlamaConfig") -> None:
                 raise _unsupported(path, arch, f"{what} (tensor {name!r})")
         else:
             raise _unsupported(path, arch, f"a tensor xsil does not know for {arch} ({name!r})")
+
+
+def load_rope_freq_factors(g: GGUFFile, cfg: "LlamaConfig") -> Optional[np.ndarray]:
+    """The per-pair RoPE frequency factors of the file (tensor ``rope_freqs.weight``, written by
+    llama.cpp's converter for Llama 3.1/3.2: 1 for high-frequency pairs, the scaling factor for
+    low-frequency ones, smooth in between) as a float32 copy, or None when absent or all 1.
+    Raises GGUFError unless the tensor is F32 of shape [head_dim / 2] with finite values > 0."""
+    name = "rope_freqs.weight"
+    if name not in g.tensors:
+        return None
+    ti = g.tensor_info(name)
+    base = os.path.basename(g.path)
+    half = cfg.head_dim // 2
+    if ti.type_name != "F32":
+        raise GGUFError(f"{base}: tensor {name!r} has type {ti.type_name}; RoPE frequency factors must be F32")
+    if tuple(int(d) for d in ti.dims) != (half,):
+        raise GGUFError(f"{base}: tensor {name!r} has shape {list(ti.dims)}; RoPE frequency factors must be "
+                        f"[head_dim / 2] = [{half}]")
+    f = np.array(g.tensor(name), np.float32).reshape(half)  # a copy: the file may be closed after loading
+    if not np.all(np.isfinite(f)) or not np.all(f > 0):
+        raise GGUFError(f"{base}: tensor {name!r} holds RoPE frequency factors that are not all finite and > 0")
+    if np.all(f == 1.0):
+        return None  # the standard frequencies (dividing by 1 changes nothing)
+    return f
 
 
 def peak_rss_bytes() -> int:

@@ -12,8 +12,9 @@ KV_DTYPES = ("f32", "f16", "q8_0")
 
 
 def rope(x: np.ndarray, positions: np.ndarray, mode: str = "normal", base: float = 10000.0,
-         scale: float = 1.0) -> np.ndarray:
-    """Rotate ``x[n, ..., d]`` at ``positions[n]``; pair i turns by pos * scale * base^(-2i/d).
+         scale: float = 1.0, factors=None) -> np.ndarray:
+    """Rotate ``x[n, ..., d]`` at ``positions[n]``; pair i turns by pos * scale * base^(-2i/d) /
+    factors[i] (``factors``: optional per-pair frequency factors [d/2], GGUF rope_freqs.weight).
 
     ``normal`` (ggml mode 0, GGUF Llama): pairs (x[2i], x[2i+1]). ``neox`` (mode 2, Qwen2):
     pairs (x[i], x[i + d/2]). ``none``: identity.
@@ -23,7 +24,10 @@ def rope(x: np.ndarray, positions: np.ndarray, mode: str = "normal", base: float
         return x.copy()
     d = x.shape[-1]
     i = np.arange(d // 2, dtype=np.float64)
-    theta = (np.asarray(positions, np.float64) * scale)[:, None] * base ** (-2.0 * i / d)  # [n, d/2]
+    inv = base ** (-2.0 * i / d)
+    if factors is not None:
+        inv = inv / np.asarray(factors, np.float64).reshape(d // 2)
+    theta = (np.asarray(positions, np.float64) * scale)[:, None] * inv  # [n, d/2]
     shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (d // 2,)
     c, s = np.cos(theta).reshape(shape), np.sin(theta).reshape(shape)
     if mode == "normal":
@@ -94,12 +98,12 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, sc
 
 
 def cached_attention(q, k_raw, v_raw, k_dtype, v_dtype, q_pos, rope_mode="normal", base=10000.0, scale_f=1.0,
-                     scale=None):
+                     scale=None, factors=None):
     """What a cache returns: keys k_raw[T, Hkv, d] rotated at positions 0..T-1 and stored in k_dtype,
     values stored in v_dtype, queries rotated at q_pos; causal attention."""
     T = k_raw.shape[0]
-    kr = rope(k_raw, np.arange(T), rope_mode, base, scale_f).astype(np.float32)
+    kr = rope(k_raw, np.arange(T), rope_mode, base, scale_f, factors).astype(np.float32)
     ks = store(kr, k_dtype)
     vs = store(v_raw, v_dtype)
-    qr = rope(q, np.asarray(q_pos), rope_mode, base, scale_f).astype(np.float32)
+    qr = rope(q, np.asarray(q_pos), rope_mode, base, scale_f, factors).astype(np.float32)
     return attention(qr, ks, vs, q_pos, scale)

@@ -23,12 +23,16 @@ def _weight(g, name: str) -> np.ndarray:
     return w.reshape(t.shape)
 
 
-def rope(x: np.ndarray, pos: np.ndarray, n_rot: int, base: float, scale: float, neox: bool) -> np.ndarray:
+def rope(x: np.ndarray, pos: np.ndarray, n_rot: int, base: float, scale: float, neox: bool,
+         factors=None) -> np.ndarray:
     """x [T, H, D]; rotates the first n_rot dims of each head. normal: pairs (2i, 2i+1);
-    neox: pairs (i, i + n_rot/2). theta_i = pos * scale * base^(-2i/n_rot)."""
+    neox: pairs (i, i + n_rot/2). theta_i = pos * scale * base^(-2i/n_rot) / factors[i] (factors:
+    GGUF rope_freqs.weight, [n_rot/2]; they divide the frequency for either pairing, as in ggml)."""
     x = x.copy()
     half = n_rot // 2
     inv = base ** (-np.arange(half, dtype=np.float64) * 2.0 / n_rot)
+    if factors is not None:
+        inv = inv / np.asarray(factors, np.float64).reshape(half)
     th = (pos.astype(np.float64) * scale)[:, None] * inv[None, :]  # [T, half]
     cos, sin = np.cos(th)[:, None, :], np.sin(th)[:, None, :]
     if neox:
@@ -65,6 +69,8 @@ class ReferenceModel:
             scale = 1.0 / float(g.get(p + "rope.scaling.factor", 1.0))
         self.freq_scale = scale
         self.neox = arch in ("qwen2", "qwen3")
+        # Llama 3.1/3.2: per-pair frequency factors (read straight from the file, float64)
+        self.rope_factors = _weight(g, "rope_freqs.weight") if "rope_freqs.weight" in g.tensors else None
         # qwen3: RMSNorm over each head's head_dim values of q and k (own weights), before RoPE
         self.qk_norm = arch == "qwen3"
         self.tok = _weight(g, "token_embd.weight")
@@ -102,8 +108,8 @@ class ReferenceModel:
             q, k = q.reshape(T, H, D), k.reshape(T, Hk, D)
             if self.qk_norm:
                 q, k = self._norm(q, L["attn_q_norm"]), self._norm(k, L["attn_k_norm"])
-            q = rope(q, pos, self.n_rot, self.base, self.freq_scale, self.neox)
-            k = rope(k, pos, self.n_rot, self.base, self.freq_scale, self.neox)
+            q = rope(q, pos, self.n_rot, self.base, self.freq_scale, self.neox, self.rope_factors)
+            k = rope(k, pos, self.n_rot, self.base, self.freq_scale, self.neox, self.rope_factors)
             v = v.reshape(T, Hk, D)
             rep = H // Hk
             k = np.repeat(k, rep, axis=1)
