@@ -61,8 +61,7 @@ def gemm_rows():
 
     rows = []
     for fmt in ("Q4_0", "Q8_0", "Q4_K", "Q6_K"):
-        # Q6_K has no tensor-core GEMM: its prefill always runs the dp4a kernel
-        why = "none for Q6_K (dp4a only)" if fmt == "Q6_K" else _cuda.mma_self_check(fmt)
+        why = _cuda.mma_self_check(fmt)
         for n, k in [(64, 512)] if SMOKE else [(5632, 2048), (4096, 4096)]:
             for m in (16, 33) if SMOKE else (16, 128, 512):
                 it = 1 if SMOKE else 10

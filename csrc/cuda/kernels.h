@@ -58,7 +58,8 @@ constexpr const char* kCudaTypeList = "F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q
 bool cuda_supports(Fmt f);
 // Block-quantized types: their matmuls read the q8a activations.
 bool cuda_block_quant(Fmt f);
-// Types with a tensor-core (mma.sync) prefill GEMM; the others use the dp4a GEMM for every M.
+// Types with a tensor-core (mma.sync) prefill GEMM (every block-quantized type; the dispatcher falls
+// back to the dp4a GEMM for a type without one).
 bool cuda_has_mma(Fmt f);
 const char* cuda_fmt_name(Fmt f);
 struct DevMatrix {

@@ -478,9 +478,11 @@ __global__ void __launch_bounds__(kGW * 32) k_gemm_q(const uint8_t* __restrict__
   }
 }
 
-// Tensor-core prefill GEMM (Q4_0 / Q8_0 / Q4_K): a CTA of 4 warps computes a 64 (weight rows) x
+// Tensor-core prefill GEMM (every block type): a CTA of 4 warps computes a 64 (weight rows) x
 // 64 (activation rows) tile; K is walked 4 blocks (128 values) at a time. Per chunk the weights are
-// unpacked to int8 in shared memory (Q4_0: nibble - 8, Q4_K: the unsigned nibble, Q8_0: as stored)
+// unpacked to int8 in shared memory (Q4_0: nibble - 8, Q5_0: q - 16, Q6_K: q - 32, Q4_K / Q5_K /
+// Q4_1 / Q5_1: the unsigned q, Q8_0: as stored; Q6_K runs one mma per sub-block of 16, the other
+// half's A registers zeroed, and combines the two int32 dots with its int8 scales)
 // with their per-(row, block) factors, the q8a activations copied next to them; then each warp (a
 // 32 x 32 sub-tile) runs one m16n8k32 mma per (16 weight rows, 8 activation rows, block): exactly the
 // int32 block dot, scaled by d_w * d_x (Q4_K: minus dmin*m * s_x) and accumulated in fp32.
@@ -496,6 +498,7 @@ __global__ void __launch_bounds__(128) k_gemm_mma(const uint8_t* __restrict__ wq
   __shared__ __align__(16) int8_t sw[kMN][kMRow];
   __shared__ __align__(16) int8_t sx[kMM][kMRow];
   __shared__ float sfa[kMN][kMKB], sfb[kMN][kMKB], sxd[kMM][kMKB], sxs[kMM][kMKB];
+  __shared__ int ssc[kMN][kMKB][2];  // Q6_K: the int8 scales of the block's two sub-blocks of 16
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int n0 = blockIdx.x * kMN, m0 = blockIdx.y * kMM;
@@ -514,6 +517,7 @@ __global__ void __launch_bounds__(128) k_gemm_mma(const uint8_t* __restrict__ wq
       const int r = i / kMKB, kb = i % kMKB, n = n0 + r, b = c0 + kb;
       uint32_t v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
       float fa = 0.0f, fb = 0.0f;
+      int s0 = 0, s1 = 0;
       if (n < N && b < nb) {
         if (F == kF_Q4_0) {
           const uint4 q = ld_stream16(wq + ((size_t)n * nb + b) * 16);
@@ -531,12 +535,29 @@ __global__ void __launch_bounds__(128) k_gemm_mma(const uint8_t* __restrict__ wq
           v[0] = q0.x; v[1] = q0.y; v[2] = q0.z; v[3] = q0.w;
           v[4] = q1.x; v[5] = q1.y; v[6] = q1.z; v[7] = q1.w;
           fa = h2f(((const uint16_t*)wdv)[(size_t)n * nb + b]);
-        } else {
+        } else if (F == kF_Q4_K) {
           int w[8];
           q4k_load(wq + (size_t)n * (K / 2), (const uint8_t*)wdv + (size_t)n * (K / 256) * kQ4KRecord, b, w, fa, fb);
 #pragma unroll
           for (int k = 0; k < 8; ++k) v[k] = (uint32_t)w[k];
+        } else {
+          // Q4_1 / Q5_1: unsigned q (<= 31), fb = -m; Q5_K: as Q4_K; Q5_0: q - 16 as int8; Q6_K: q - 32
+          // (load_blk), fa = d, the two sub-block scales in ssc
+          WBlk o;
+          load_blk<F>(wq, (const uint8_t*)wdv, n, K, b, o);
+#pragma unroll
+          for (int k = 0; k < 8; ++k) {
+            const uint32_t q = (uint32_t)o.w[k];
+            v[k] = F == kF_Q5_0 ? (((q | 0x80808080u) - 0x10101010u) ^ 0x80808080u) : q;
+          }
+          fa = o.a;
+          fb = F == kF_Q5_K ? o.c : (F == kF_Q4_1 || F == kF_Q5_1) ? -o.c : 0.0f;
+          if (F == kF_Q6_K) s0 = o.s0, s1 = o.s1;
         }
+      }
+      if (F == kF_Q6_K) {
+        ssc[r][kb][0] = s0;
+        ssc[r][kb][1] = s1;
       }
       uint4* dst = (uint4*)&sw[r][kb * 32];
       dst[0] = make_uint4(v[0], v[1], v[2], v[3]);
@@ -578,12 +599,22 @@ __global__ void __launch_bounds__(128) k_gemm_mma(const uint8_t* __restrict__ wq
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           int c[4] = {0, 0, 0, 0};
-          mma_s8_m16n8k32(c, a[i], bf[j]);
+          int c1[4] = {0, 0, 0, 0};
+          if (F == kF_Q6_K) {
+            // one mma per sub-block of 16: a[0], a[1] hold k 0..15 of the block, a[2], a[3] k 16..31
+            const uint32_t lo[4] = {a[i][0], a[i][1], 0u, 0u}, hi[4] = {0u, 0u, a[i][2], a[i][3]};
+            mma_s8_m16n8k32(c, lo, bf[j]);
+            mma_s8_m16n8k32(c1, hi, bf[j]);
+          } else {
+            mma_s8_m16n8k32(c, a[i], bf[j]);
+          }
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int wr = wn + 16 * i + g + (e >> 1) * 8;  // c0, c1: row g; c2, c3: row g + 8
             const int tk = wm + 8 * j + 2 * t + (e & 1);   // columns 2t, 2t + 1
-            if (F == kF_Q4_K)
+            if (F == kF_Q6_K)
+              acc[i][j][e] += sfa[wr][kb] * (sxd[tk][kb] * (float)(ssc[wr][kb][0] * c[e] + ssc[wr][kb][1] * c1[e]));
+            else if (F == kF_Q4_K || F == kF_Q5_K || F == kF_Q4_1 || F == kF_Q5_1)
               acc[i][j][e] += sfa[wr][kb] * (sxd[tk][kb] * (float)c[e]) - sfb[wr][kb] * sxs[tk][kb];
             else
               acc[i][j][e] += sfa[wr][kb] * sxd[tk][kb] * (float)c[e];
@@ -650,7 +681,7 @@ bool cuda_supports(Fmt f) {
   return false;
 }
 bool cuda_block_quant(Fmt f) { return cuda_supports(f) && f != Fmt::F32 && f != Fmt::F16; }
-bool cuda_has_mma(Fmt f) { return f == Fmt::Q4_0 || f == Fmt::Q8_0 || f == Fmt::Q4_K; }
+bool cuda_has_mma(Fmt f) { return cuda_block_quant(f); }
 const char* cuda_fmt_name(Fmt f) {
   if (f == Fmt::F32) return "F32";
   if (f == Fmt::F16) return "F16";
@@ -966,7 +997,7 @@ void matmul_split(const DevMatrix& w, const float* x, DevQ8a xq, const SplitOut&
   const bool quant = cuda_block_quant(w.fmt);
   const bool has_mma = cuda_has_mma(w.fmt);
   require(path != GemmPath::Mma || has_mma, "matmul",
-          std::string("the tensor-core GEMM takes Q4_0, Q8_0 or Q4_K weights, not ") + fmt_name(w.fmt));
+          std::string("the tensor-core GEMM takes block-quantized weights, not ") + fmt_name(w.fmt));
   require(!quant || (xq.qs && xq.d && xq.s), "matmul", "quantized weights need the q8a activations");
   const int N = (int)w.N, K = (int)w.K, Mi = (int)M;
   const bool mma = path == GemmPath::Mma || (path == GemmPath::Auto && has_mma && M >= kMmaMinM && mma_enabled());
@@ -982,9 +1013,32 @@ void matmul_split(const DevMatrix& w, const float* x, DevQ8a xq, const SplitOut&
         k_gemm_mma<kF_Q8_0><<<grid, 128, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
         check_launch("gemm_mma_q8_0");
         break;
-      default:
+      case Fmt::Q4_K:
         k_gemm_mma<kF_Q4_K><<<grid, 128, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
         check_launch("gemm_mma_q4_k");
+        break;
+      case Fmt::Q4_1:
+        k_gemm_mma<kF_Q4_1><<<grid, 128, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
+        check_launch("gemm_mma_q4_1");
+        break;
+      case Fmt::Q5_0:
+        k_gemm_mma<kF_Q5_0><<<grid, 128, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
+        check_launch("gemm_mma_q5_0");
+        break;
+      case Fmt::Q5_1:
+        k_gemm_mma<kF_Q5_1><<<grid, 128, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
+        check_launch("gemm_mma_q5_1");
+        break;
+      case Fmt::Q5_K:
+        k_gemm_mma<kF_Q5_K><<<grid, 128, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
+        check_launch("gemm_mma_q5_k");
+        break;
+      case Fmt::Q6_K:
+        k_gemm_mma<kF_Q6_K><<<grid, 128, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
+        check_launch("gemm_mma_q6_k");
+        break;
+      default:
+        throw std::logic_error("[cuda:matmul] no tensor-core GEMM for " + std::string(fmt_name(w.fmt)));
     }
   } else if (M == 1) {
     launch_mm<1>(w, x, xq, y, M, st);
@@ -1051,10 +1105,12 @@ std::vector<uint8_t> random_gguf_rows(Fmt fmt, int64_t N, int64_t K, Lcg& r) {
     uint8_t* p = v.data() + i * fi->type_size;
     // fp16 scales in [2^-8, 2^-7): positive, normal, small
     const uint16_t d = (uint16_t)(0x1C00 | (r.next() & 0x3FF));
-    std::memcpy(p, &d, 2);
-    if (fmt == Fmt::Q4_K) {
-      const uint16_t dmin = (uint16_t)(0x1C00 | (r.next() & 0x3FF));
-      std::memcpy(p + 2, &dmin, 2);
+    std::memcpy(p + (fmt == Fmt::Q6_K ? 208 : 0), &d, 2);  // Q6_K keeps d last
+    if (fmt == Fmt::Q4_K || fmt == Fmt::Q5_K || fmt == Fmt::Q4_1 || fmt == Fmt::Q5_1) {
+      // dmin (K-quants) or m (Q4_1 / Q5_1, signed: the sign bit stays random)
+      const bool sign = fmt == Fmt::Q4_1 || fmt == Fmt::Q5_1;
+      const uint16_t m = (uint16_t)(0x1C00 | (r.next() & (sign ? 0x83FF : 0x3FF)));
+      std::memcpy(p + 2, &m, 2);
     }
   }
   return v;
@@ -1063,14 +1119,14 @@ std::vector<uint8_t> random_gguf_rows(Fmt fmt, int64_t N, int64_t K, Lcg& r) {
 
 std::string mma_self_check(Fmt fmt, cudaStream_t st) {
   if (!cuda_has_mma(fmt) || !mma_enabled()) return "";
-  const int bit = fmt == Fmt::Q4_0 ? 1 : fmt == Fmt::Q8_0 ? 2 : 4;
+  const int bit = 1 << ((int)fmt & 15);  // GGML type ids of the block formats are < 16
   {
     std::lock_guard<std::mutex> lk(g_mma_mu);
     if (g_mma_checked & bit) return "";
     g_mma_checked |= bit;
   }
   // odd sizes: N and M not multiples of the 64 tile, K an odd number of 32-blocks (Q4_K: of 256)
-  const int64_t N = 72, M = 37, K = fmt == Fmt::Q4_K ? 768 : 352;
+  const int64_t N = 72, M = 37, K = fmt_info(fmt)->block_size == 256 ? 768 : 352;
   Lcg r{0x9E3779B97F4A7C15ULL + (uint64_t)fmt};
   const std::vector<uint8_t> rows = random_gguf_rows(fmt, N, K, r);
   std::vector<float> x((size_t)(M * K));

@@ -277,15 +277,16 @@ KQ_MIXES = {
 def test_k_quant_mixes_match_cpu_and_reference(tmp_path, mix):
     # As test_q4_k_models_match_cpu_and_reference, with the same bounds (cosine >= 0.99, max error
     # <= 0.5 of the logit std against the float64 reference); the 21-token prefill runs the tensor-core
-    # GEMM for the Q4_K matrices and the dp4a GEMM for the others. Measured on the CPU emulator, min
-    # cosine / max error over the reference's std:
+    # GEMM (every block type has one) and, with it switched off, the dp4a GEMM. Measured on the CPU
+    # emulator, min cosine / max error over the reference's std:
     #   mix     cpu vs ref      cuda vs ref     cuda vs cpu     step vs batch  dp4a vs mma prefill
     #   q4_k_m  0.9964 / 0.262  0.9980 / 0.200  0.9954 / 0.289  3.4e-3         3.4e-3
-    #   q5_k_m  0.9967 / 0.259  0.9979 / 0.215  0.9953 / 0.325  2.2e-2         0 (no mma type)
-    #   q6_k    0.9971 / 0.231  0.9979 / 0.233  0.9952 / 0.357  3.5e-3         0
-    #   legacy  0.9980 / 0.204  0.9980 / 0.205  0.9999 / 0.036  2.5e-2         0
-    # (step vs batch and mma vs dp4a: different fp32 orders flip int8 activation roundings downstream,
-    # as in the Q4_K test; the kernels alone agree bitwise / to 2e-6, tests/kernels/test_cuda_kernels.py).
+    #   q5_k_m  0.9967 / 0.259  0.9979 / 0.215  0.9955 / 0.314  5.0e-2         4.6e-2
+    #   q6_k    0.9971 / 0.231  0.9979 / 0.233  0.9952 / 0.357  2.8e-2         2.8e-2
+    #   legacy  0.9980 / 0.204  0.9980 / 0.204  1.0000 / 0.025  4.0e-2         4.0e-2
+    # Step vs batch and mma vs dp4a: most rows agree to < 1e-6 of the std, a few differ by the amounts
+    # above (different fp32 orders flip int8 activation roundings downstream, as in the Q4_K test); the
+    # kernels alone agree bitwise / to 2e-6 (tests/kernels/test_cuda_kernels.py).
     from xsil.backends.cuda import _load_ext
 
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "model"))
@@ -296,6 +297,7 @@ def test_k_quant_mixes_match_cpu_and_reference(tmp_path, mix):
     with xsil.Session(path, backend="cpu", n_ctx=64) as c, xsil.Session(path, backend="cuda", n_ctx=64) as g:
         a = c.forward(toks)
         b = g.forward(toks)
+        assert g.describe()["mma_gemm"].startswith("on")  # every type's self-check passed at load
         g.reset()
         step = np.concatenate([g.forward(toks[i : i + 1]) for i in range(len(toks))])
         g.reset()
@@ -315,7 +317,7 @@ def test_k_quant_mixes_match_cpu_and_reference(tmp_path, mix):
         assert cos(got, ref) >= 0.99 and err(got, ref) <= 0.5
     assert cos(a, b) >= 0.99 and err(b, a) < 0.5
     assert err(step, b) < 0.15
-    assert err(b_dp4a, b) < 1e-2
+    assert err(b_dp4a, b) < 0.15
 
 
 @gpu

@@ -82,7 +82,7 @@ def _weights(fmt, rng, N, K):
     return _core.quantize(x, fmt)
 
 
-# formats with the dp4a kernels only (no tensor-core GEMM): the dispatcher's "auto" runs dp4a
+# the formats added after Q4_0 / Q8_0 / Q4_K (llama.cpp's Q4_K_M / Q5_K_M / Q6_K files, legacy Q4_1 / Q5_x)
 NEW_QUANT = ["Q4_1", "Q5_0", "Q5_1", "Q5_K", "Q6_K"]
 ALL_QUANT = ["Q4_0", "Q8_0", "Q4_K"] + NEW_QUANT
 
@@ -119,18 +119,17 @@ def test_matmul_q4_k_integer_path(M, NK, rng):
 @pytest.mark.parametrize("M", [1, 2, 8, 17, 33])
 @pytest.mark.parametrize("NK", [(64, 256), (37, 2816)])
 def test_matmul_new_formats_integer_path(fmt, M, NK, rng):
-    # the exact per-32 integer path (only fp32 rounding differs): GEMV (M = 1) and dp4a GEMM; measured
-    # on the emulator <= 2.1e-7 of max|y| (Q6_K 0.9e-7: its per-16 scales combine in exact int32)
+    # the exact per-32 integer path (only fp32 rounding differs): GEMV (M = 1), dp4a GEMM and the
+    # tensor-core GEMM (Q6_K: one mma per sub-block of 16); measured on the emulator <= 2.1e-7 of
+    # max|y| (Q6_K 0.9e-7: its per-16 scales combine in exact int32)
     N, K = NK
     w = _weights(fmt, rng, N, K)
     x = rng.standard_normal((M, K)).astype(np.float32)
     want = _per32_integer_ref(w, fmt, K, x)
-    for path in ("dp4a", "auto"):
+    for path in ("dp4a", "mma", "auto"):
         got = cuda_ext.matmul(w, fmt, N, K, x, path=path)
         assert got.shape == (M, N)
         assert _rel(got, want) < 2e-6, (path, _rel(got, want))
-    with pytest.raises(ValueError, match=r"\[cuda:matmul\].*tensor-core.*" + fmt):
-        cuda_ext.matmul(w, fmt, N, K, x, path="mma")
 
 
 @needs_gpu
@@ -179,7 +178,7 @@ def test_matmul_q4_k_vs_cpu_core(rng):
 
 
 @needs_gpu
-@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K"])
+@pytest.mark.parametrize("fmt", ALL_QUANT)
 @pytest.mark.parametrize(
     "MNK", [(16, 64, 256), (17, 65, 512), (37, 100, 768), (64, 64, 1280), (130, 33, 256)]
 )
@@ -207,7 +206,7 @@ def test_gemm_rows_equal_gemv_bitwise(fmt, rng):
 
 
 @needs_gpu
-@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K"])
+@pytest.mark.parametrize("fmt", ALL_QUANT)
 def test_mma_self_check_passes(fmt):
     assert cuda_ext.mma_self_check(fmt) == ""
     assert cuda_ext.mma_status().startswith("on")
