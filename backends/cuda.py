@@ -4,7 +4,8 @@
 ``xsil._cuda``, lazily. The extension links the CUDA runtime statically, so it imports on a machine
 without a driver, and probe() then reports why no GPU is usable ("no CUDA driver", "no device").
 
-The model (Llama family, Q4_0 / Q8_0 / Q4_K matrices; F16 / F32 also accepted) is uploaded once to device
+The model (Llama family; Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 / Q4_K / Q5_K / Q6_K matrices, mixed freely
+as in llama.cpp's Q4_K_M / Q5_K_M files; F16 / F32 also accepted) is uploaded once to device
 memory (plain cudaMalloc) and the whole forward runs in C++ on the device (``CudaLlama``). The KV
 cache is the paged device cache (``xsil._cuda.KVCache``: the CPU cache's page bookkeeping, rows
 f16 or q8_0 in device memory); a session is one sequence in it, n_ctx tokens, no context shift.
@@ -22,7 +23,7 @@ import numpy as np
 from xsil.backend import API_VERSION, Device, ModelSpec, Probe, Session, Support, model_support
 from xsil.errors import BackendError, ContextOverflowError, GGUFError
 
-SUPPORTED_TYPES = ("F32", "F16", "Q4_0", "Q8_0", "Q4_K")
+SUPPORTED_TYPES = ("F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
 
 _OPTIONS = {
     "device": "CUDA device index (default 0)",

@@ -1,4 +1,4 @@
-"""CUDA backend checks on a GPU machine (run by bench/cuda_check.sh): Q4_0 / Q8_0 / Q4_K GEMV bandwidth
+"""CUDA backend checks on a GPU machine (run by bench/cuda_check.sh): Q4_0 / Q8_0 / Q4_K / Q6_K GEMV bandwidth
 against a device-to-device copy measured in the same process, prefill GEMM GFLOP/s of the __dp4a
 kernel vs the tensor-core (mma.sync) kernel, and end-to-end decode tok/s on the TinyLlama-shaped
 synthetic model against an fp16 PyTorch matmul chain of the same dimensions. Prints a table."""
@@ -40,6 +40,11 @@ def gemv_rows():
         ("Q4_K", 16384, 16384),
         ("Q4_K", 5632, 2048),
         ("Q4_K", 2048, 5632),
+        # Q6_K: output.weight (32000 x 2048 on TinyLlama) and ffn_down in every Q4_K_M file
+        ("Q6_K", 16384, 16384),
+        ("Q6_K", 32000, 2048),
+        ("Q6_K", 2048, 5632),
+        ("Q5_K", 16384, 16384),
     ]:
         if SMOKE:
             n, k = min(n, 96), min(k, 512)
@@ -55,7 +60,7 @@ def gemm_rows():
     _cuda = _ext()
 
     rows = []
-    for fmt in ("Q4_0", "Q8_0", "Q4_K"):
+    for fmt in ("Q4_0", "Q8_0", "Q4_K", "Q6_K"):
         why = _cuda.mma_self_check(fmt)
         for n, k in [(64, 512)] if SMOKE else [(5632, 2048), (4096, 4096)]:
             for m in (16, 33) if SMOKE else (16, 128, 512):
@@ -169,7 +174,7 @@ def main() -> int:
         print("no usable GPU:", info["reason"])
         return 1
     print(
-        "\n== Q4_0 / Q8_0 / Q4_K GEMV (M=1, incl. activation quantization) vs device-to-device copy ==",
+        "\n== Q4_0 / Q8_0 / Q4_K / Q6_K / Q5_K GEMV (M=1, incl. activation quantization) vs device-to-device copy ==",
         flush=True,
     )
     print(

@@ -82,25 +82,21 @@ void down(void* h, const DBuf& b, size_t n) { check(cudaMemcpy(h, b.p, n, cudaMe
 void sync(const char* k) { check(cudaDeviceSynchronize(), k); }
 
 Fmt parse_fmt(const std::string& f) {
-  if (f == "F32") return Fmt::F32;
-  if (f == "F16") return Fmt::F16;
-  if (f == "Q4_0") return Fmt::Q4_0;
-  if (f == "Q8_0") return Fmt::Q8_0;
-  if (f == "Q4_K") return Fmt::Q4_K;
-  throw std::invalid_argument("[cuda] weight type '" + f + "' is not supported (supported: F32, F16, Q4_0, Q8_0, Q4_K)");
+  for (Fmt t : {Fmt::F32, Fmt::F16, Fmt::Q4_0, Fmt::Q4_1, Fmt::Q5_0, Fmt::Q5_1, Fmt::Q8_0, Fmt::Q4_K, Fmt::Q5_K,
+                Fmt::Q6_K})
+    if (f == cuda_fmt_name(t)) return t;
+  throw std::invalid_argument("[cuda] weight type '" + f + "' is not supported (supported: " + kCudaTypeList + ")");
 }
 
-bool is_q(Fmt f) { return f == Fmt::Q4_0 || f == Fmt::Q8_0 || f == Fmt::Q4_K; }
+bool is_q(Fmt f) { return cuda_block_quant(f); }
 
-// GGUF bytes of n_rows x n in format f (f16/f32 dense)
+// GGUF bytes of n_rows x n in format f (f16/f32 dense); n must be a multiple of the block size (checked
+// by the callers through dev_matrix_sizes or block_multiple).
 int64_t gguf_nbytes(Fmt f, int64_t n_rows, int64_t n) {
-  switch (f) {
-    case Fmt::Q4_0: return n_rows * (n / 32) * 18;
-    case Fmt::Q8_0: return n_rows * (n / 32) * 34;
-    case Fmt::Q4_K: return n_rows * (n / 256) * 144;
-    case Fmt::F16: return n_rows * n * 2;
-    default: return n_rows * n * 4;
-  }
+  if (f == Fmt::F32) return n_rows * n * 4;
+  if (f == Fmt::F16) return n_rows * n * 2;
+  const FmtInfo* fi = fmt_info(f);
+  return n_rows * (n / fi->block_size) * fi->type_size;
 }
 
 GemmPath parse_path(const std::string& p) {
@@ -218,7 +214,9 @@ py::array_t<float> py_get_rows(const py::array& w, const std::string& fmt, int64
   const Fmt f = parse_fmt(fmt);
   auto ta = arr<int32_t>(tokens);
   auto wa = py::array::ensure(w, py::array::c_style);
-  if (f == Fmt::Q4_K && n % 256) throw std::invalid_argument("[cuda:get_rows] n must be a multiple of 256 for Q4_K");
+  if (is_q(f) && n % fmt_info(f)->block_size)
+    throw std::invalid_argument(std::string("[cuda:get_rows] n must be a multiple of ") +
+                                std::to_string(fmt_info(f)->block_size) + " for " + cuda_fmt_name(f));
   const int64_t want = gguf_nbytes(f, n_rows, n);
   if (wa.nbytes() != want) throw std::invalid_argument("[cuda:get_rows] w has the wrong size");
   const int64_t T = ta.size();
@@ -393,10 +391,12 @@ HostWeight hw(const py::dict& weights, const std::string& name, bool optional, p
   py::tuple t = weights[py::str(name)].cast<py::tuple>();
   if (t.size() != 4) throw std::invalid_argument("[model] weights[" + name + "] must be (data, fmt, rows, cols)");
   const std::string f = t[1].cast<std::string>();
-  if (f != "F32" && f != "F16" && f != "Q4_0" && f != "Q8_0" && f != "Q4_K")
-    throw std::invalid_argument("[model] tensor " + name + " has type " + f +
-                                "; the CUDA backend supports F32, F16, Q4_0, Q8_0, Q4_K");
-  w.fmt = parse_fmt(f);
+  try {
+    w.fmt = parse_fmt(f);
+  } catch (const std::invalid_argument&) {
+    throw std::invalid_argument("[model] tensor " + name + " has type " + f + "; the CUDA backend supports " +
+                                kCudaTypeList);
+  }
   w.rows = t[2].cast<int64_t>();
   w.cols = t[3].cast<int64_t>();
   py::array a = py::array::ensure(t[0], py::array::c_style);

@@ -39,17 +39,45 @@ inline void* device_alloc(size_t bytes, const char* what, const char* advice) {
 inline void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
 
 // Device-side weight layout of a block-quantized matrix W[N, K] (repacked once at upload from
-// GGUF rows into structure-of-arrays so every quant load is an aligned 16-byte load):
+// GGUF rows into structure-of-arrays so every quant load is an aligned 16-byte (or 8-byte) load):
 //   Q4_0: qs = N * K/2 bytes (row n, block b: 16 bytes at (n * K/32 + b) * 16, GGUF nibble order),
 //         d  = N * K/32 fp16 scales.
 //   Q8_0: qs = N * K bytes (32 per block), d = N * K/32 fp16.
 //   Q4_K: qs = N * K/2 bytes (row n, super-block i: the 128 GGUF nibble bytes at (n * K/256 + i) * 128),
 //         d  = N * K/256 records of 20 bytes {fp16 d, fp16 dmin, uint8 sc[8], uint8 m[8]} (the 6-bit
 //         sub-block scales and mins unpacked at upload), so a sub-block's (d*sc, dmin*m) is 2 byte loads.
+// The formats below store, per 32-element block, its 32 low nibbles as 16 bytes in "nibble order"
+// (byte l: element l in bits 0-3, element 16 + l in bits 4-7; GGUF's Q4_0/Q4_1/Q5_x order) and the
+// remaining high bits in "plane order": a 32-bit word per bit plane p and half h (elements 16h..16h+15),
+// element 16h + 4i + k (i, k in 0..3) at bit 8k + i of the word, so that (word >> i) & 0x01010101
+// lines up, byte for byte, with the nibble word of elements 16h + 4i .. 16h + 4i + 3:
+//   5-bit (Q5_0, Q5_1, Q5_K): one uint32 per block, bit 8k + 4h + i (the two halves' planes interleaved).
+//   6-bit (Q6_K): two uint32 per block (half 0, half 1), bits 8k + 2i, 8k + 2i + 1 (a 2-bit field).
+//   Q4_1: qs = N * K/2 (16 nibble bytes per block, the GGUF bytes), d = N * K/32 x {fp16 d, fp16 m}.
+//   Q5_0: qs = N * K/2 (as Q4_1), d = N * K/32 x 8 bytes {uint32 5th bits, fp16 d, fp16 0}.
+//   Q5_1: qs = N * K/2 (as Q4_1), d = N * K/32 x 8 bytes {uint32 5th bits, fp16 d, fp16 m}.
+//   Q5_K: qs = N * K/256 x 160 bytes per super-block: 8 sub-blocks x 16 nibble bytes, then 8 x uint32
+//         5th bits; d = N * K/256 records of 20 bytes, exactly as Q4_K.
+//   Q6_K: qs = N * K/256 x 192 bytes per super-block: 8 blocks of 32 x 16 nibble bytes (the low 4 bits
+//         of q), then 8 x 8 bytes of high 2 bits (6-bit plane order); d = N * K/256 records of 18
+//         bytes {fp16 d, int8 sc[16]} (scale of sub-block s of 16 elements at byte 2 + s).
 //   F16 / F32: dense rows, qs = the data, d unused.
 // Every part is laid out row after row, so the rows of several matrices repacked one after another
 // form the repack of the stacked matrix (QKV, gate|up).
-constexpr int kQ4KRecord = 20;  // bytes of a Q4_K super-block record in DevMatrix::d
+constexpr int kQ4KRecord = 20;  // bytes of a Q4_K / Q5_K super-block record in DevMatrix::d
+constexpr int kQ6KRecord = 18;  // bytes of a Q6_K super-block record in DevMatrix::d
+constexpr int kQ5KBytes = 160;  // DevMatrix::qs bytes of a Q5_K super-block
+constexpr int kQ6KBytes = 192;  // DevMatrix::qs bytes of a Q6_K super-block
+// Weight types the CUDA backend takes (matmul, get_rows, the model), for messages.
+constexpr const char* kCudaTypeList = "F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K";
+// True for the types above.
+bool cuda_supports(Fmt f);
+// Block-quantized types: their matmuls read the q8a activations.
+bool cuda_block_quant(Fmt f);
+// Types with a tensor-core (mma.sync) prefill GEMM (every block-quantized type; the dispatcher falls
+// back to the dp4a GEMM for a type without one).
+bool cuda_has_mma(Fmt f);
+const char* cuda_fmt_name(Fmt f);
 struct DevMatrix {
   Fmt fmt = Fmt::F32;
   int64_t N = 0, K = 0;
@@ -78,11 +106,14 @@ struct SplitOut {
   int segs = 1;
 };
 
-// y[M][N] = x[M][K] . W^T. Q4_0/Q8_0 use the quantized activations xq (integer __dp4a dots);
+// y[M][N] = x[M][K] . W^T. Block-quantized weights use the quantized activations xq (integer __dp4a dots);
 // F16/F32 read x. M == 1 runs the decode GEMV; M > 1 the shared-memory-tiled GEMM (Q4_0/Q8_0:
 // 8 weight rows x 16 activation rows per CTA) or the register-tiled dense kernel (F16/F32).
 // Q4_K uses the same per-32 activations (its 32-element sub-blocks line up with the q8a blocks):
-// y += (d*sc) * d8 * dot(q4, q8) - (dmin*m) * s8 per sub-block.
+// y += (d*sc) * d8 * dot(q4, q8) - (dmin*m) * s8 per sub-block. So do Q5_K (the same with 5-bit q),
+// Q4_1 / Q5_1 (d * d8 * dot(q, q8) + m * s8), Q5_0 (d * (d8 * dot(q, q8) - 16 * s8)) and Q6_K (two
+// sub-blocks of 16 per activation block: d * d8 * (sc0 * dot(q - 32, q8)[0:16] + sc1 * dot[16:32]), the
+// int32 combination exact).
 // path: Auto picks the tensor-core GEMM (GemmPath::Mma) for quantized weights when M >= mma_min_m()
 // and mma_enabled(), else the __dp4a kernels; Dp4a / Mma force one (tests, bench, self-check).
 enum class GemmPath { Auto, Dp4a, Mma };
@@ -91,7 +122,7 @@ void matmul(const DevMatrix& w, const float* x, DevQ8a xq, float* y, int64_t M, 
 void matmul_split(const DevMatrix& w, const float* x, DevQ8a xq, const SplitOut& out, int64_t M, cudaStream_t st,
                   GemmPath path = GemmPath::Auto);
 
-// Tensor-core prefill GEMM (int8 mma.sync m16n8k32, Q4_0 / Q8_0 / Q4_K, compute capability >= 8.0).
+// Tensor-core prefill GEMM (int8 mma.sync m16n8k32, the types of cuda_has_mma(), compute capability >= 8.0).
 // Process-wide switch: on by default unless XSIL_CUDA_MMA=0; mma_status() says why it is off.
 bool mma_enabled();
 void set_mma_enabled(bool on, const std::string& reason);
@@ -118,7 +149,8 @@ void rope(float* x, int64_t n_tok, int64_t n_vec, int64_t hd, int64_t pos0, cons
 void swiglu(float* g, const float* u, int64_t count, cudaStream_t st);           // g = silu(g) * u
 void add_inplace(float* y, const float* x, int64_t count, cudaStream_t st);      // y += x
 void add_bias(float* y, const float* b, int64_t rows, int64_t n, cudaStream_t st);  // y[r] += b
-// out[i][:] = row tokens[i] of W[rows, n] in GGUF layout (F32, F16, Q4_0, Q8_0, Q4_K), dequantized to fp32.
+// out[i][:] = row tokens[i] of W[rows, n] in GGUF layout (every type of kCudaTypeList), dequantized to
+// fp32 with the CPU dequantizer's roundings (bit-exact).
 void get_rows(const void* w, Fmt fmt, int64_t n_rows, int64_t n, const int32_t* tokens, int64_t n_tok,
               float* out, cudaStream_t st);
 

@@ -235,14 +235,152 @@ __global__ void __launch_bounds__(kWarps * 32) k_mm_q4_k(const uint8_t* __restri
   }
 }
 
-// Prefill GEMM (M > 1) for Q4_0 / Q8_0 / Q4_K, tiled through shared memory: a CTA computes kGW weight rows
+enum { kF_Q4_0 = 0, kF_Q8_0 = 1, kF_Q4_K = 2, kF_Q4_1 = 3, kF_Q5_0 = 4, kF_Q5_1 = 5, kF_Q5_K = 6, kF_Q6_K = 7 };
+
+// --- Q4_1 / Q5_0 / Q5_1 / Q5_K / Q6_K (DevMatrix layouts in kernels.h) ---------------------------
+// One weight block of 32 for a per-32 activation block: w[i] = elements 4i..4i+3 as bytes (unsigned
+// q, or for Q6_K the signed q - 32), a / c its factors, s0 / s1 the Q6_K int8 sub-block scales.
+struct WBlk {
+  int w[8];
+  float a, c;
+  int s0, s1;
+};
+
+// 16 nibble-order bytes -> w[0..3] (elements 0..15, low nibbles), w[4..7] (16..31, high nibbles)
+__device__ __forceinline__ void unpack_nibbles(const uint4 q, int w[8]) {
+  const uint32_t v[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    w[i] = (int)(v[i] & 0x0F0F0F0Fu);
+    w[4 + i] = (int)((v[i] >> 4) & 0x0F0F0F0Fu);
+  }
+}
+// 5-bit plane order: bit 8k + 4h + i of h5 is bit 4 of element 16h + 4i + k
+__device__ __forceinline__ void add_bit4(uint32_t h5, int w[8]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    w[i] |= (int)(((h5 >> i) & 0x01010101u) << 4);
+    w[4 + i] |= (int)(((h5 >> (4 + i)) & 0x01010101u) << 4);
+  }
+}
+
+template <int F>
+__device__ __forceinline__ void load_blk(const uint8_t* __restrict__ wq, const uint8_t* __restrict__ wd, int n, int K,
+                                         int b, WBlk& o) {
+  const int nb = K / 32;
+  if (F == kF_Q4_1 || F == kF_Q5_0 || F == kF_Q5_1) {
+    const size_t blk = (size_t)n * nb + b;
+    unpack_nibbles(ld_stream16(wq + blk * 16), o.w);
+    if (F == kF_Q4_1) {
+      const uint32_t dm = *(const uint32_t*)(wd + blk * 4);
+      o.a = h2f((uint16_t)(dm & 0xFFFF));
+      o.c = h2f((uint16_t)(dm >> 16));
+    } else {
+      const uint2 r = *(const uint2*)(wd + blk * 8);
+      add_bit4(r.x, o.w);
+      o.a = h2f((uint16_t)(r.y & 0xFFFF));
+      o.c = h2f((uint16_t)(r.y >> 16));
+    }
+  } else if (F == kF_Q5_K) {
+    const size_t sb = (size_t)n * (K / 256) + (b >> 3);
+    const int j = b & 7;
+    const uint8_t* q = wq + sb * kQ5KBytes;
+    unpack_nibbles(ld_stream16(q + j * 16), o.w);
+    add_bit4(*(const uint32_t*)(q + 128 + j * 4), o.w);
+    const uint8_t* r = wd + sb * kQ4KRecord;
+    o.a = h2f(*(const uint16_t*)r) * (float)r[4 + j];
+    o.c = h2f(*(const uint16_t*)(r + 2)) * (float)r[12 + j];
+  } else {  // Q6_K
+    const size_t sb = (size_t)n * (K / 256) + (b >> 3);
+    const int j = b & 7;
+    const uint8_t* q = wq + sb * kQ6KBytes;
+    unpack_nibbles(ld_stream16(q + j * 16), o.w);
+    const uint2 h = *(const uint2*)(q + 128 + j * 8);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const uint32_t lo = (uint32_t)o.w[i] | (((h.x >> (2 * i)) & 0x03030303u) << 4);
+      const uint32_t hi = (uint32_t)o.w[4 + i] | (((h.y >> (2 * i)) & 0x03030303u) << 4);
+      // q in [0, 63] per byte -> q - 32 as int8, per byte without borrows: ((q | 0x80) - 32) ^ 0x80
+      o.w[i] = (int)(((lo | 0x80808080u) - 0x20202020u) ^ 0x80808080u);
+      o.w[4 + i] = (int)(((hi | 0x80808080u) - 0x20202020u) ^ 0x80808080u);
+    }
+    const uint8_t* r = wd + sb * kQ6KRecord;
+    o.a = h2f(*(const uint16_t*)r);
+    o.s0 = (int8_t)r[2 + 2 * j];
+    o.s1 = (int8_t)r[3 + 2 * j];
+  }
+}
+
+// One block's term, written once so the GEMV and the GEMM round identically (batch == step).
+template <int F>
+__device__ __forceinline__ float blk_term(const WBlk& o, const int xv[8], float xd, float xs) {
+  if (F == kF_Q6_K) {
+    int s0 = 0, s1 = 0;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      s0 = __dp4a(o.w[i], xv[i], s0);
+      s1 = __dp4a(o.w[4 + i], xv[4 + i], s1);
+    }
+    // |sc * s| <= 128 * 16 * 32 * 127 each: the sum is exact in int32 and in fp32 (< 2^24)
+    return o.a * (xd * (float)(o.s0 * s0 + o.s1 * s1));
+  }
+  int s = 0;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) s = __dp4a(o.w[i], xv[i], s);
+  if (F == kF_Q5_0) return o.a * (xd * (float)s - 16.0f * xs);
+  if (F == kF_Q5_K) return o.a * (xd * (float)s) - o.c * xs;  // as q4k_term
+  return o.a * (xd * (float)s) + o.c * xs;                      // Q4_1 / Q5_1: w = d * q + m
+}
+
+// GEMV / small-M matmul for the types above: one warp per weight row, lane l owns blocks l, l + 32,
+// ... (the same per-lane order as the dp4a GEMM, so the two agree bitwise).
+template <int F, int MT>
+__global__ void __launch_bounds__(kWarps * 32) k_mm_x(const uint8_t* __restrict__ wq, const uint8_t* __restrict__ wd,
+                                                      const int8_t* __restrict__ xq, const float* __restrict__ xd,
+                                                      const float* __restrict__ xs, SplitOut out, int N, int K, int M) {
+  const int lane = threadIdx.x & 31;
+  const int n = blockIdx.x * kWarps + threadIdx.x / 32;
+  if (n >= N) return;
+  const int m0 = blockIdx.y * MT;
+  const int nb = K / 32;
+  float acc[MT];
+#pragma unroll
+  for (int m = 0; m < MT; ++m) acc[m] = 0.0f;
+  constexpr int kU = 2;
+  for (int b0 = lane; b0 < nb; b0 += 32 * kU) {
+    WBlk wb[kU];
+#pragma unroll
+    for (int u = 0; u < kU; ++u)
+      if (b0 + u * 32 < nb) load_blk<F>(wq, wd, n, K, b0 + u * 32, wb[u]);
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int b = b0 + u * 32;
+      if (b >= nb) break;
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        if (MT > 1 && m0 + m >= M) break;
+        const size_t xb = (size_t)(m0 + m) * nb + b;
+        const int4* xr = (const int4*)(xq + xb * 32);
+        const int4 xa = xr[0], xc = xr[1];
+        const int xv[8] = {xa.x, xa.y, xa.z, xa.w, xc.x, xc.y, xc.z, xc.w};
+        acc[m] += blk_term<F>(wb[u], xv, xd[xb], xs[xb]);
+      }
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    if (MT > 1 && m0 + m >= M) break;
+    const float v = warp_sum(acc[m]);
+    if (lane == 0) *out_ptr(out, m0 + m, n) = v;
+  }
+}
+
+// Prefill GEMM (M > 1) for every block-quantized type, tiled through shared memory: a CTA computes kGW weight rows
 // (one warp each) x kGM activation rows. K is walked in chunks of 32 blocks: the chunk's quantized
 // activations (kGM rows x 32 blocks: quants, scales, sums) are staged in shared memory once and read
 // by every warp; each lane owns one block of the chunk, loads its weight block once and reuses it
 // for the kGM activation rows.
 constexpr int kGW = 8, kGM = 16, kGC = 32;
-
-enum { kF_Q4_0 = 0, kF_Q8_0 = 1, kF_Q4_K = 2 };
 
 template <int F>
 __global__ void __launch_bounds__(kGW * 32) k_gemm_q(const uint8_t* __restrict__ wq, const void* __restrict__ wdv,
@@ -290,7 +428,16 @@ __global__ void __launch_bounds__(kGW * 32) k_gemm_q(const uint8_t* __restrict__
         for (int i = 0; i < 8; ++i) s = __dp4a(w[i], xv[i], s);
         acc[m] += q4k_term(dsc, dmm, sd[m][lane], ss[m][lane], s);
       }
-    } else if (F != kF_Q4_K && n < N && b < nb) {
+    } else if (F >= kF_Q4_1 && n < N && b < nb) {
+      WBlk wb;
+      load_blk<F>(wq, (const uint8_t*)wdv, n, K, b, wb);
+#pragma unroll
+      for (int m = 0; m < kGM; ++m) {
+        const int4 xa = *(const int4*)&sq[m][lane][0], xc = *(const int4*)&sq[m][lane][16];
+        const int xv[8] = {xa.x, xa.y, xa.z, xa.w, xc.x, xc.y, xc.z, xc.w};
+        acc[m] += blk_term<F>(wb, xv, sd[m][lane], ss[m][lane]);
+      }
+    } else if ((F == kF_Q4_0 || F == kF_Q8_0) && n < N && b < nb) {
       const uint8_t* wb = wq + ((size_t)n * nb + b) * bytes_per_block;
       const float dw = h2f(wd[(size_t)n * nb + b]);
       int w[8];
@@ -331,9 +478,11 @@ __global__ void __launch_bounds__(kGW * 32) k_gemm_q(const uint8_t* __restrict__
   }
 }
 
-// Tensor-core prefill GEMM (Q4_0 / Q8_0 / Q4_K): a CTA of 4 warps computes a 64 (weight rows) x
+// Tensor-core prefill GEMM (every block type): a CTA of 4 warps computes a 64 (weight rows) x
 // 64 (activation rows) tile; K is walked 4 blocks (128 values) at a time. Per chunk the weights are
-// unpacked to int8 in shared memory (Q4_0: nibble - 8, Q4_K: the unsigned nibble, Q8_0: as stored)
+// unpacked to int8 in shared memory (Q4_0: nibble - 8, Q5_0: q - 16, Q6_K: q - 32, Q4_K / Q5_K /
+// Q4_1 / Q5_1: the unsigned q, Q8_0: as stored; Q6_K runs one mma per sub-block of 16, the other
+// half's A registers zeroed, and combines the two int32 dots with its int8 scales)
 // with their per-(row, block) factors, the q8a activations copied next to them; then each warp (a
 // 32 x 32 sub-tile) runs one m16n8k32 mma per (16 weight rows, 8 activation rows, block): exactly the
 // int32 block dot, scaled by d_w * d_x (Q4_K: minus dmin*m * s_x) and accumulated in fp32.
@@ -349,6 +498,7 @@ __global__ void __launch_bounds__(128) k_gemm_mma(const uint8_t* __restrict__ wq
   __shared__ __align__(16) int8_t sw[kMN][kMRow];
   __shared__ __align__(16) int8_t sx[kMM][kMRow];
   __shared__ float sfa[kMN][kMKB], sfb[kMN][kMKB], sxd[kMM][kMKB], sxs[kMM][kMKB];
+  __shared__ int ssc[kMN][kMKB][2];  // Q6_K: the int8 scales of the block's two sub-blocks of 16
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int n0 = blockIdx.x * kMN, m0 = blockIdx.y * kMM;
@@ -367,6 +517,7 @@ __global__ void __launch_bounds__(128) k_gemm_mma(const uint8_t* __restrict__ wq
       const int r = i / kMKB, kb = i % kMKB, n = n0 + r, b = c0 + kb;
       uint32_t v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
       float fa = 0.0f, fb = 0.0f;
+      int s0 = 0, s1 = 0;
       if (n < N && b < nb) {
         if (F == kF_Q4_0) {
           const uint4 q = ld_stream16(wq + ((size_t)n * nb + b) * 16);
@@ -384,12 +535,29 @@ __global__ void __launch_bounds__(128) k_gemm_mma(const uint8_t* __restrict__ wq
           v[0] = q0.x; v[1] = q0.y; v[2] = q0.z; v[3] = q0.w;
           v[4] = q1.x; v[5] = q1.y; v[6] = q1.z; v[7] = q1.w;
           fa = h2f(((const uint16_t*)wdv)[(size_t)n * nb + b]);
-        } else {
+        } else if (F == kF_Q4_K) {
           int w[8];
           q4k_load(wq + (size_t)n * (K / 2), (const uint8_t*)wdv + (size_t)n * (K / 256) * kQ4KRecord, b, w, fa, fb);
 #pragma unroll
           for (int k = 0; k < 8; ++k) v[k] = (uint32_t)w[k];
+        } else {
+          // Q4_1 / Q5_1: unsigned q (<= 31), fb = -m; Q5_K: as Q4_K; Q5_0: q - 16 as int8; Q6_K: q - 32
+          // (load_blk), fa = d, the two sub-block scales in ssc
+          WBlk o;
+          load_blk<F>(wq, (const uint8_t*)wdv, n, K, b, o);
+#pragma unroll
+          for (int k = 0; k < 8; ++k) {
+            const uint32_t q = (uint32_t)o.w[k];
+            v[k] = F == kF_Q5_0 ? (((q | 0x80808080u) - 0x10101010u) ^ 0x80808080u) : q;
+          }
+          fa = o.a;
+          fb = F == kF_Q5_K ? o.c : (F == kF_Q4_1 || F == kF_Q5_1) ? -o.c : 0.0f;
+          if (F == kF_Q6_K) s0 = o.s0, s1 = o.s1;
         }
+      }
+      if (F == kF_Q6_K) {
+        ssc[r][kb][0] = s0;
+        ssc[r][kb][1] = s1;
       }
       uint4* dst = (uint4*)&sw[r][kb * 32];
       dst[0] = make_uint4(v[0], v[1], v[2], v[3]);
@@ -431,12 +599,22 @@ __global__ void __launch_bounds__(128) k_gemm_mma(const uint8_t* __restrict__ wq
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           int c[4] = {0, 0, 0, 0};
-          mma_s8_m16n8k32(c, a[i], bf[j]);
+          int c1[4] = {0, 0, 0, 0};
+          if (F == kF_Q6_K) {
+            // one mma per sub-block of 16: a[0], a[1] hold k 0..15 of the block, a[2], a[3] k 16..31
+            const uint32_t lo[4] = {a[i][0], a[i][1], 0u, 0u}, hi[4] = {0u, 0u, a[i][2], a[i][3]};
+            mma_s8_m16n8k32(c, lo, bf[j]);
+            mma_s8_m16n8k32(c1, hi, bf[j]);
+          } else {
+            mma_s8_m16n8k32(c, a[i], bf[j]);
+          }
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int wr = wn + 16 * i + g + (e >> 1) * 8;  // c0, c1: row g; c2, c3: row g + 8
             const int tk = wm + 8 * j + 2 * t + (e & 1);   // columns 2t, 2t + 1
-            if (F == kF_Q4_K)
+            if (F == kF_Q6_K)
+              acc[i][j][e] += sfa[wr][kb] * (sxd[tk][kb] * (float)(ssc[wr][kb][0] * c[e] + ssc[wr][kb][1] * c1[e]));
+            else if (F == kF_Q4_K || F == kF_Q5_K || F == kF_Q4_1 || F == kF_Q5_1)
               acc[i][j][e] += sfa[wr][kb] * (sxd[tk][kb] * (float)c[e]) - sfb[wr][kb] * sxs[tk][kb];
             else
               acc[i][j][e] += sfa[wr][kb] * sxd[tk][kb] * (float)c[e];
@@ -492,36 +670,110 @@ __global__ void __launch_bounds__(kWarps * 32) k_mm_dense(const void* __restrict
   }
 }
 
-const char* fmt_name(Fmt f) {
+}  // namespace
+
+bool cuda_supports(Fmt f) {
   switch (f) {
-    case Fmt::F32: return "F32";
-    case Fmt::F16: return "F16";
-    case Fmt::Q4_0: return "Q4_0";
-    case Fmt::Q8_0: return "Q8_0";
-    case Fmt::Q4_K: return "Q4_K";
+    case Fmt::F32: case Fmt::F16: case Fmt::Q4_0: case Fmt::Q4_1: case Fmt::Q5_0: case Fmt::Q5_1:
+    case Fmt::Q8_0: case Fmt::Q4_K: case Fmt::Q5_K: case Fmt::Q6_K:
+      return true;
   }
-  return "?";
+  return false;
+}
+bool cuda_block_quant(Fmt f) { return cuda_supports(f) && f != Fmt::F32 && f != Fmt::F16; }
+bool cuda_has_mma(Fmt f) { return cuda_block_quant(f); }
+const char* cuda_fmt_name(Fmt f) {
+  if (f == Fmt::F32) return "F32";
+  if (f == Fmt::F16) return "F16";
+  const FmtInfo* fi = fmt_info(f);
+  return fi ? fi->name : "unknown";
+}
+
+namespace {
+const char* fmt_name(Fmt f) { return cuda_fmt_name(f); }
+
+// --- host-side repack helpers (formats as documented in xsil/blocks.h) -----------------------------
+// 32 quants (low 4 bits used) -> 16 bytes in nibble order
+void put_nibbles(const uint8_t q[32], uint8_t* out) {
+  for (int l = 0; l < 16; ++l) out[l] = (uint8_t)((q[l] & 0x0F) | ((q[16 + l] & 0x0F) << 4));
+}
+// bit 4 of 32 quants -> the 5-bit plane word (bit 8k + 4h + i = element 16h + 4i + k)
+uint32_t plane5(const uint8_t q[32]) {
+  uint32_t w = 0;
+  for (int e = 0; e < 32; ++e) {
+    const int h = e / 16, i = (e % 16) / 4, k = e % 4;
+    w |= (uint32_t)((q[e] >> 4) & 1) << (8 * k + 4 * h + i);
+  }
+  return w;
+}
+// bits 4-5 of 16 quants (one half) -> the 6-bit plane word (bits 8k + 2i.. = element 4i + k)
+uint32_t plane6(const uint8_t q[16]) {
+  uint32_t w = 0;
+  for (int e = 0; e < 16; ++e) w |= (uint32_t)((q[e] >> 4) & 3) << (8 * (e % 4) + 2 * (e / 4));
+  return w;
+}
+// the 32 5-bit quants of a Q5_0 / Q5_1 block from its qs / qh
+void q5_quants(const uint8_t* qs, const uint8_t* qh, uint8_t q[32]) {
+  uint32_t h;
+  std::memcpy(&h, qh, 4);  // little-endian, element j at bit j
+  for (int j = 0; j < 32; ++j)
+    q[j] = (uint8_t)(((j < 16 ? qs[j] : qs[j - 16] >> 4) & 0x0F) | (((h >> j) & 1) << 4));
+}
+void put_q4k_record(uint16_t d, uint16_t dmin, const uint8_t* scales, uint8_t* r) {
+  std::memcpy(r, &d, 2);
+  std::memcpy(r + 2, &dmin, 2);
+  for (int j = 0; j < 8; ++j) {
+    int sc, m;
+    q4k_sc_m(j, scales, &sc, &m);
+    r[4 + j] = (uint8_t)sc;
+    r[12 + j] = (uint8_t)m;
+  }
 }
 
 }  // namespace
 
 void dev_matrix_sizes(Fmt fmt, int64_t N, int64_t K, size_t* qs_bytes, size_t* d_bytes) {
   require(N > 0 && K > 0, "matmul", "N and K must be positive");
+  const auto need = [&](int64_t mult) {
+    require(K % mult == 0, "matmul",
+            "K=" + std::to_string(K) + " must be a multiple of " + std::to_string(mult) + " for " + fmt_name(fmt));
+  };
   switch (fmt) {
     case Fmt::Q4_0:
-      require(K % 32 == 0, "matmul", "K=" + std::to_string(K) + " must be a multiple of 32 for Q4_0");
+      need(32);
       *qs_bytes = (size_t)N * K / 2;
       *d_bytes = (size_t)N * (K / 32) * 2;
       return;
     case Fmt::Q8_0:
-      require(K % 32 == 0, "matmul", "K=" + std::to_string(K) + " must be a multiple of 32 for Q8_0");
+      need(32);
       *qs_bytes = (size_t)N * K;
       *d_bytes = (size_t)N * (K / 32) * 2;
       return;
+    case Fmt::Q4_1:
+      need(32);
+      *qs_bytes = (size_t)N * K / 2;
+      *d_bytes = (size_t)N * (K / 32) * 4;
+      return;
+    case Fmt::Q5_0:
+    case Fmt::Q5_1:
+      need(32);
+      *qs_bytes = (size_t)N * K / 2;
+      *d_bytes = (size_t)N * (K / 32) * 8;
+      return;
     case Fmt::Q4_K:
-      require(K % 256 == 0, "matmul", "K=" + std::to_string(K) + " must be a multiple of 256 for Q4_K");
+      need(256);
       *qs_bytes = (size_t)N * K / 2;
       *d_bytes = (size_t)N * (K / 256) * kQ4KRecord;
+      return;
+    case Fmt::Q5_K:
+      need(256);
+      *qs_bytes = (size_t)N * (K / 256) * kQ5KBytes;
+      *d_bytes = (size_t)N * (K / 256) * kQ4KRecord;
+      return;
+    case Fmt::Q6_K:
+      need(256);
+      *qs_bytes = (size_t)N * (K / 256) * kQ6KBytes;
+      *d_bytes = (size_t)N * (K / 256) * kQ6KRecord;
       return;
     case Fmt::F16:
       require(K % 2 == 0, "matmul", "K must be even for F16");
@@ -533,45 +785,99 @@ void dev_matrix_sizes(Fmt fmt, int64_t N, int64_t K, size_t* qs_bytes, size_t* d
       *qs_bytes = (size_t)N * K * 4;
       *d_bytes = 0;
       return;
-    default:
-      throw std::invalid_argument(std::string("[cuda:matmul] weight type ") + fmt_name(fmt) +
-                                  " is not supported by the CUDA backend (supported: F32, F16, Q4_0, Q8_0, Q4_K)");
   }
+  throw std::invalid_argument(std::string("[cuda:matmul] weight type ") + fmt_name(fmt) +
+                              " is not supported by the CUDA backend (supported: " + kCudaTypeList + ")");
 }
 
 void repack_host(Fmt fmt, const void* src, int64_t N, int64_t K, void* qs, uint16_t* d) {
+  size_t qb, db;
+  dev_matrix_sizes(fmt, N, K, &qb, &db);  // validates fmt and K
   const int64_t nb = K / 32;
   const uint8_t* s = (const uint8_t*)src;
+  uint8_t* oq = (uint8_t*)qs;
+  uint8_t* od = (uint8_t*)d;
+  uint8_t q[32];
   if (fmt == Fmt::Q4_0) {
     for (int64_t i = 0; i < N * nb; ++i) {
       const block_q4_0* b = (const block_q4_0*)(s + i * sizeof(block_q4_0));
       d[i] = b->d;
-      std::memcpy((uint8_t*)qs + i * 16, b->qs, 16);
+      std::memcpy(oq + i * 16, b->qs, 16);
     }
   } else if (fmt == Fmt::Q8_0) {
     for (int64_t i = 0; i < N * nb; ++i) {
       const block_q8_0* b = (const block_q8_0*)(s + i * sizeof(block_q8_0));
       d[i] = b->d;
-      std::memcpy((uint8_t*)qs + i * 32, b->qs, 32);
+      std::memcpy(oq + i * 32, b->qs, 32);
+    }
+  } else if (fmt == Fmt::Q4_1) {
+    for (int64_t i = 0; i < N * nb; ++i) {
+      const block_q4_1* b = (const block_q4_1*)(s + i * sizeof(block_q4_1));
+      std::memcpy(oq + i * 16, b->qs, 16);
+      std::memcpy(od + i * 4, &b->d, 2);
+      std::memcpy(od + i * 4 + 2, &b->m, 2);
+    }
+  } else if (fmt == Fmt::Q5_0 || fmt == Fmt::Q5_1) {
+    const bool one = fmt == Fmt::Q5_1;
+    const size_t bs = one ? sizeof(block_q5_1) : sizeof(block_q5_0);
+    for (int64_t i = 0; i < N * nb; ++i) {
+      const uint8_t* bp = s + i * bs;
+      uint16_t dd, mm = 0;
+      const uint8_t *bqs, *bqh;
+      if (one) {
+        const block_q5_1* b = (const block_q5_1*)bp;
+        dd = b->d, mm = b->m, bqs = b->qs, bqh = b->qh;
+      } else {
+        const block_q5_0* b = (const block_q5_0*)bp;
+        dd = b->d, bqs = b->qs, bqh = b->qh;
+      }
+      q5_quants(bqs, bqh, q);
+      std::memcpy(oq + i * 16, bqs, 16);  // GGUF's nibble bytes are already in nibble order
+      const uint32_t h = plane5(q);
+      std::memcpy(od + i * 8, &h, 4);
+      std::memcpy(od + i * 8 + 4, &dd, 2);
+      std::memcpy(od + i * 8 + 6, &mm, 2);
     }
   } else if (fmt == Fmt::Q4_K) {
-    uint8_t* rec = (uint8_t*)d;
     for (int64_t i = 0; i < N * (K / 256); ++i) {
       const block_q4_K* b = (const block_q4_K*)(s + i * sizeof(block_q4_K));
-      std::memcpy((uint8_t*)qs + i * 128, b->qs, 128);
-      uint8_t* r = rec + i * kQ4KRecord;
-      std::memcpy(r, &b->d, 2);
-      std::memcpy(r + 2, &b->dmin, 2);
+      std::memcpy(oq + i * 128, b->qs, 128);
+      put_q4k_record(b->d, b->dmin, b->scales, od + i * kQ4KRecord);
+    }
+  } else if (fmt == Fmt::Q5_K) {
+    for (int64_t i = 0; i < N * (K / 256); ++i) {
+      const block_q5_K* b = (const block_q5_K*)(s + i * sizeof(block_q5_K));
+      uint8_t* o = oq + i * kQ5KBytes;
       for (int j = 0; j < 8; ++j) {
-        int sc, m;
-        q4k_sc_m(j, b->scales, &sc, &m);
-        r[4 + j] = (uint8_t)sc;
-        r[12 + j] = (uint8_t)m;
+        for (int l = 0; l < 32; ++l)
+          q[l] = (uint8_t)(((b->qs[32 * (j / 2) + l] >> (4 * (j & 1))) & 0x0F) | (((b->qh[l] >> j) & 1) << 4));
+        put_nibbles(q, o + 16 * j);
+        const uint32_t h = plane5(q);
+        std::memcpy(o + 128 + 4 * j, &h, 4);
       }
+      put_q4k_record(b->d, b->dmin, b->scales, od + i * kQ4KRecord);
+    }
+  } else if (fmt == Fmt::Q6_K) {
+    for (int64_t i = 0; i < N * (K / 256); ++i) {
+      const block_q6_K* b = (const block_q6_K*)(s + i * sizeof(block_q6_K));
+      uint8_t* o = oq + i * kQ6KBytes;
+      for (int j = 0; j < 8; ++j) {
+        for (int l = 0; l < 32; ++l) {  // element e = 32j + l: half e / 128, quarter (e % 128) / 32
+          const int h = j / 4, sq = j % 4;
+          const int lo = (b->ql[64 * h + 32 * (sq & 1) + l] >> (4 * (sq >> 1))) & 0x0F;
+          const int hi = (b->qh[32 * h + l] >> (2 * sq)) & 0x03;
+          q[l] = (uint8_t)(lo | (hi << 4));
+        }
+        put_nibbles(q, o + 16 * j);
+        const uint32_t h0 = plane6(q), h1 = plane6(q + 16);
+        std::memcpy(o + 128 + 8 * j, &h0, 4);
+        std::memcpy(o + 128 + 8 * j + 4, &h1, 4);
+      }
+      uint8_t* r = od + i * kQ6KRecord;
+      std::memcpy(r, &b->d, 2);
+      std::memcpy(r + 2, b->scales, 16);
     }
   } else {
-    size_t qb, db;
-    dev_matrix_sizes(fmt, N, K, &qb, &db);
     std::memcpy(qs, src, qb);
   }
 }
@@ -601,6 +907,31 @@ static void launch_mm(const DevMatrix& w, const float* x, DevQ8a xq, const Split
                                                   K, Mi);
       check_launch("matmul_q4_k");
       break;
+    case Fmt::Q4_1:
+      k_mm_x<kF_Q4_1, MT><<<grid, kWarps * 32, 0, st>>>((const uint8_t*)w.qs, (const uint8_t*)w.d, xq.qs, xq.d, xq.s,
+                                                        y, N, K, Mi);
+      check_launch("matmul_q4_1");
+      break;
+    case Fmt::Q5_0:
+      k_mm_x<kF_Q5_0, MT><<<grid, kWarps * 32, 0, st>>>((const uint8_t*)w.qs, (const uint8_t*)w.d, xq.qs, xq.d, xq.s,
+                                                        y, N, K, Mi);
+      check_launch("matmul_q5_0");
+      break;
+    case Fmt::Q5_1:
+      k_mm_x<kF_Q5_1, MT><<<grid, kWarps * 32, 0, st>>>((const uint8_t*)w.qs, (const uint8_t*)w.d, xq.qs, xq.d, xq.s,
+                                                        y, N, K, Mi);
+      check_launch("matmul_q5_1");
+      break;
+    case Fmt::Q5_K:
+      k_mm_x<kF_Q5_K, MT><<<grid, kWarps * 32, 0, st>>>((const uint8_t*)w.qs, (const uint8_t*)w.d, xq.qs, xq.d, xq.s,
+                                                        y, N, K, Mi);
+      check_launch("matmul_q5_k");
+      break;
+    case Fmt::Q6_K:
+      k_mm_x<kF_Q6_K, MT><<<grid, kWarps * 32, 0, st>>>((const uint8_t*)w.qs, (const uint8_t*)w.d, xq.qs, xq.d, xq.s,
+                                                        y, N, K, Mi);
+      check_launch("matmul_q6_k");
+      break;
     case Fmt::F16:
       k_mm_dense<MT, true><<<grid, kWarps * 32, 0, st>>>(w.qs, x, y, N, K, Mi);
       check_launch("matmul_f16");
@@ -622,7 +953,6 @@ int g_mma_on = -1;  // -1: not yet read from XSIL_CUDA_MMA
 std::string g_mma_why;
 int g_mma_checked = 0;  // bit per format: self-check done
 
-bool is_block_quant(Fmt f) { return f == Fmt::Q4_0 || f == Fmt::Q8_0 || f == Fmt::Q4_K; }
 
 void mma_init_locked() {
   if (g_mma_on >= 0) return;
@@ -664,11 +994,13 @@ void matmul_split(const DevMatrix& w, const float* x, DevQ8a xq, const SplitOut&
   size_t a, b;
   dev_matrix_sizes(w.fmt, w.N, w.K, &a, &b);
   require(M > 0 && M <= 65535LL * kTileM && w.N < (1LL << 31) && w.K < (1LL << 31), "matmul", "sizes out of range");
-  const bool quant = is_block_quant(w.fmt);
-  require(path != GemmPath::Mma || quant, "matmul", "the tensor-core GEMM takes Q4_0, Q8_0 or Q4_K weights");
+  const bool quant = cuda_block_quant(w.fmt);
+  const bool has_mma = cuda_has_mma(w.fmt);
+  require(path != GemmPath::Mma || has_mma, "matmul",
+          std::string("the tensor-core GEMM takes block-quantized weights, not ") + fmt_name(w.fmt));
   require(!quant || (xq.qs && xq.d && xq.s), "matmul", "quantized weights need the q8a activations");
   const int N = (int)w.N, K = (int)w.K, Mi = (int)M;
-  const bool mma = path == GemmPath::Mma || (path == GemmPath::Auto && quant && M >= kMmaMinM && mma_enabled());
+  const bool mma = path == GemmPath::Mma || (path == GemmPath::Auto && has_mma && M >= kMmaMinM && mma_enabled());
   if (mma) {
     require(M <= 65535LL * kMM, "matmul", "M too large");
     const dim3 grid(grid1(w.N, kMN), (unsigned)((M + kMM - 1) / kMM));
@@ -681,9 +1013,32 @@ void matmul_split(const DevMatrix& w, const float* x, DevQ8a xq, const SplitOut&
         k_gemm_mma<kF_Q8_0><<<grid, 128, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
         check_launch("gemm_mma_q8_0");
         break;
-      default:
+      case Fmt::Q4_K:
         k_gemm_mma<kF_Q4_K><<<grid, 128, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
         check_launch("gemm_mma_q4_k");
+        break;
+      case Fmt::Q4_1:
+        k_gemm_mma<kF_Q4_1><<<grid, 128, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
+        check_launch("gemm_mma_q4_1");
+        break;
+      case Fmt::Q5_0:
+        k_gemm_mma<kF_Q5_0><<<grid, 128, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
+        check_launch("gemm_mma_q5_0");
+        break;
+      case Fmt::Q5_1:
+        k_gemm_mma<kF_Q5_1><<<grid, 128, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
+        check_launch("gemm_mma_q5_1");
+        break;
+      case Fmt::Q5_K:
+        k_gemm_mma<kF_Q5_K><<<grid, 128, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
+        check_launch("gemm_mma_q5_k");
+        break;
+      case Fmt::Q6_K:
+        k_gemm_mma<kF_Q6_K><<<grid, 128, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
+        check_launch("gemm_mma_q6_k");
+        break;
+      default:
+        throw std::logic_error("[cuda:matmul] no tensor-core GEMM for " + std::string(fmt_name(w.fmt)));
     }
   } else if (M == 1) {
     launch_mm<1>(w, x, xq, y, M, st);
@@ -699,9 +1054,32 @@ void matmul_split(const DevMatrix& w, const float* x, DevQ8a xq, const SplitOut&
         k_gemm_q<kF_Q8_0><<<grid, kGW * 32, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
         check_launch("gemm_q8_0");
         break;
-      default:
+      case Fmt::Q4_K:
         k_gemm_q<kF_Q4_K><<<grid, kGW * 32, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
         check_launch("gemm_q4_k");
+        break;
+      case Fmt::Q4_1:
+        k_gemm_q<kF_Q4_1><<<grid, kGW * 32, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
+        check_launch("gemm_q4_1");
+        break;
+      case Fmt::Q5_0:
+        k_gemm_q<kF_Q5_0><<<grid, kGW * 32, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
+        check_launch("gemm_q5_0");
+        break;
+      case Fmt::Q5_1:
+        k_gemm_q<kF_Q5_1><<<grid, kGW * 32, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
+        check_launch("gemm_q5_1");
+        break;
+      case Fmt::Q5_K:
+        k_gemm_q<kF_Q5_K><<<grid, kGW * 32, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
+        check_launch("gemm_q5_k");
+        break;
+      case Fmt::Q6_K:
+        k_gemm_q<kF_Q6_K><<<grid, kGW * 32, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
+        check_launch("gemm_q6_k");
+        break;
+      default:
+        throw std::logic_error("[cuda:matmul] no dp4a GEMM for " + std::string(fmt_name(w.fmt)));
     }
   } else {
     launch_mm<kTileM>(w, x, xq, y, M, st);
@@ -727,10 +1105,12 @@ std::vector<uint8_t> random_gguf_rows(Fmt fmt, int64_t N, int64_t K, Lcg& r) {
     uint8_t* p = v.data() + i * fi->type_size;
     // fp16 scales in [2^-8, 2^-7): positive, normal, small
     const uint16_t d = (uint16_t)(0x1C00 | (r.next() & 0x3FF));
-    std::memcpy(p, &d, 2);
-    if (fmt == Fmt::Q4_K) {
-      const uint16_t dmin = (uint16_t)(0x1C00 | (r.next() & 0x3FF));
-      std::memcpy(p + 2, &dmin, 2);
+    std::memcpy(p + (fmt == Fmt::Q6_K ? 208 : 0), &d, 2);  // Q6_K keeps d last
+    if (fmt == Fmt::Q4_K || fmt == Fmt::Q5_K || fmt == Fmt::Q4_1 || fmt == Fmt::Q5_1) {
+      // dmin (K-quants) or m (Q4_1 / Q5_1, signed: the sign bit stays random)
+      const bool sign = fmt == Fmt::Q4_1 || fmt == Fmt::Q5_1;
+      const uint16_t m = (uint16_t)(0x1C00 | (r.next() & (sign ? 0x83FF : 0x3FF)));
+      std::memcpy(p + 2, &m, 2);
     }
   }
   return v;
@@ -738,15 +1118,15 @@ std::vector<uint8_t> random_gguf_rows(Fmt fmt, int64_t N, int64_t K, Lcg& r) {
 }  // namespace
 
 std::string mma_self_check(Fmt fmt, cudaStream_t st) {
-  if (!is_block_quant(fmt) || !mma_enabled()) return "";
-  const int bit = fmt == Fmt::Q4_0 ? 1 : fmt == Fmt::Q8_0 ? 2 : 4;
+  if (!cuda_has_mma(fmt) || !mma_enabled()) return "";
+  const int bit = 1 << ((int)fmt & 15);  // GGML type ids of the block formats are < 16
   {
     std::lock_guard<std::mutex> lk(g_mma_mu);
     if (g_mma_checked & bit) return "";
     g_mma_checked |= bit;
   }
   // odd sizes: N and M not multiples of the 64 tile, K an odd number of 32-blocks (Q4_K: of 256)
-  const int64_t N = 72, M = 37, K = fmt == Fmt::Q4_K ? 768 : 352;
+  const int64_t N = 72, M = 37, K = fmt_info(fmt)->block_size == 256 ? 768 : 352;
   Lcg r{0x9E3779B97F4A7C15ULL + (uint64_t)fmt};
   const std::vector<uint8_t> rows = random_gguf_rows(fmt, N, K, r);
   std::vector<float> x((size_t)(M * K));

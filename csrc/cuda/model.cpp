@@ -9,17 +9,16 @@ namespace xsil::cuda {
 
 namespace {
 std::string s(int64_t v) { return std::to_string(v); }
-bool is_quant(Fmt f) { return f == Fmt::Q4_0 || f == Fmt::Q8_0 || f == Fmt::Q4_K; }
+bool is_quant(Fmt f) { return cuda_block_quant(f); }
 
+// GGUF bytes of a rows x cols tensor of type f; -1 for a type the CUDA backend does not take or a row
+// length that is not a whole number of blocks.
 int64_t gguf_bytes(Fmt f, int64_t rows, int64_t cols) {
-  switch (f) {
-    case Fmt::F32: return rows * cols * 4;
-    case Fmt::F16: return rows * cols * 2;
-    case Fmt::Q4_0: return cols % 32 ? -1 : rows * (cols / 32) * 18;
-    case Fmt::Q8_0: return cols % 32 ? -1 : rows * (cols / 32) * 34;
-    case Fmt::Q4_K: return cols % 256 ? -1 : rows * (cols / 256) * 144;
-    default: return -1;
-  }
+  if (f == Fmt::F32) return rows * cols * 4;
+  if (f == Fmt::F16) return rows * cols * 2;
+  const FmtInfo* fi = fmt_info(f);
+  if (!fi || !cuda_supports(f) || cols % fi->block_size) return -1;
+  return rows * (cols / fi->block_size) * fi->type_size;
 }
 
 void check_weight(const HostWeight& w, const std::string& name, int64_t rows, int64_t cols) {
@@ -28,11 +27,14 @@ void check_weight(const HostWeight& w, const std::string& name, int64_t rows, in
     throw std::invalid_argument("[model] tensor " + name + " has shape [" + s(w.rows) + ", " + s(w.cols) +
                                 "], expected [" + s(rows) + ", " + s(cols) + "]");
   const int64_t eb = gguf_bytes(w.fmt, rows, cols);
-  if (eb < 0)
-    throw std::invalid_argument("[model] tensor " + name +
-                                (w.fmt == Fmt::Q4_K ? ": Q4_K needs a row length that is a multiple of 256"
-                                                    : ": weight type not supported by the CUDA backend (supported: "
-                                                      "F32, F16, Q4_0, Q8_0, Q4_K)"));
+  if (eb < 0) {
+    const FmtInfo* fi = fmt_info(w.fmt);
+    if (cuda_supports(w.fmt) && fi)
+      throw std::invalid_argument("[model] tensor " + name + ": " + fi->name + " needs a row length that is a multiple of " +
+                                  s(fi->block_size));
+    throw std::invalid_argument("[model] tensor " + name + ": weight type " + cuda_fmt_name(w.fmt) +
+                                " not supported by the CUDA backend (supported: " + kCudaTypeList + ")");
+  }
   if (eb != w.nbytes)
     throw std::invalid_argument("[model] tensor " + name + " has " + s(w.nbytes) + " bytes, expected " + s(eb));
 }

@@ -145,6 +145,40 @@ __global__ void k_get_rows(const uint8_t* __restrict__ w, int fmt, int64_t n, co
       const uint8_t* b = w + (r * (n / 32) + k / 32) * 34;
       const float d = h2f((uint16_t)(b[0] | (b[1] << 8)));
       v = d * (float)(int8_t)b[2 + k % 32];
+    } else if (fmt == (int)Fmt::Q4_1 || fmt == (int)Fmt::Q5_0 || fmt == (int)Fmt::Q5_1) {
+      // the CPU dequantizer's roundings: d * q + m (Q4_1, Q5_1), d * (q - 16) (Q5_0), no fma
+      const int bs = fmt == (int)Fmt::Q4_1 ? 20 : fmt == (int)Fmt::Q5_0 ? 22 : 24;
+      const uint8_t* b = w + (r * (n / 32) + k / 32) * bs;
+      const int j = (int)(k % 32);
+      const float d = h2f((uint16_t)(b[0] | (b[1] << 8)));
+      const uint8_t* qs = b + (fmt == (int)Fmt::Q5_0 ? 6 : fmt == (int)Fmt::Q5_1 ? 8 : 4);
+      int q = (j < 16 ? qs[j] : qs[j - 16] >> 4) & 0x0F;
+      if (fmt != (int)Fmt::Q4_1) {
+        const uint8_t* qh = b + (fmt == (int)Fmt::Q5_0 ? 2 : 4);
+        q |= ((qh[j / 8] >> (j % 8)) & 1) << 4;  // bit j of the little-endian uint32
+      }
+      if (fmt == (int)Fmt::Q5_0) {
+        v = __fmul_rn(d, (float)(q - 16));
+      } else {
+        const float m = h2f((uint16_t)(b[2] | (b[3] << 8)));
+        v = __fadd_rn(__fmul_rn(d, (float)q), m);
+      }
+    } else if (fmt == (int)Fmt::Q5_K) {  // as Q4_K plus bit j of qh[l]
+      const uint8_t* b = w + (r * (n / 256) + k / 256) * 176;
+      const int e = (int)(k % 256), j = e / 32, l = e % 32;
+      int sc, m;
+      q4k_sc_m(j, b + 4, &sc, &m);
+      const float d1 = __fmul_rn(h2f((uint16_t)(b[0] | (b[1] << 8))), (float)sc);
+      const float m1 = __fmul_rn(h2f((uint16_t)(b[2] | (b[3] << 8))), (float)m);
+      const int q = ((b[48 + 32 * (j / 2) + l] >> (4 * (j & 1))) & 0x0F) | (((b[16 + l] >> j) & 1) << 4);
+      v = __fsub_rn(__fmul_rn(d1, (float)q), m1);
+    } else if (fmt == (int)Fmt::Q6_K) {  // (d * sc) * (q - 32); ql, qh, scales, then d at byte 208
+      const uint8_t* b = w + (r * (n / 256) + k / 256) * 210;
+      const int e = (int)(k % 256), h = e / 128, sq = (e % 128) / 32, l = e % 32;
+      const int lo = (b[64 * h + 32 * (sq & 1) + l] >> (4 * (sq >> 1))) & 0x0F;
+      const int hi = (b[128 + 32 * h + l] >> (2 * sq)) & 0x03;
+      const float d = h2f((uint16_t)(b[208] | (b[209] << 8)));
+      v = __fmul_rn(__fmul_rn(d, (float)(int8_t)b[192 + e / 16]), (float)((lo | (hi << 4)) - 32));
     } else {  // Q4_K: element e of a super-block is in group e / 64, low nibbles first
       const uint8_t* b = w + (r * (n / 256) + k / 256) * 144;
       const int e = (int)(k % 256), grp = e / 64, hi = (e / 32) & 1, l = e % 32;
@@ -218,10 +252,13 @@ void add_bias(float* y, const float* b, int64_t rows, int64_t n, cudaStream_t st
 
 void get_rows(const void* w, Fmt fmt, int64_t n_rows, int64_t n, const int32_t* tokens, int64_t n_tok, float* out,
               cudaStream_t st) {
-  require(fmt == Fmt::F32 || fmt == Fmt::F16 || fmt == Fmt::Q4_0 || fmt == Fmt::Q8_0 || fmt == Fmt::Q4_K, "get_rows",
-          "embedding type not supported (supported: F32, F16, Q4_0, Q8_0, Q4_K)");
-  require((fmt != Fmt::Q4_0 && fmt != Fmt::Q8_0) || n % 32 == 0, "get_rows", "n must be a multiple of 32");
-  require(fmt != Fmt::Q4_K || n % 256 == 0, "get_rows", "n must be a multiple of 256 for Q4_K");
+  require(cuda_supports(fmt), "get_rows",
+          std::string("embedding type ") + cuda_fmt_name(fmt) + " not supported (supported: " + kCudaTypeList + ")");
+  if (fmt != Fmt::F32 && fmt != Fmt::F16) {
+    const int bsz = fmt_info(fmt)->block_size;
+    require(n % bsz == 0, "get_rows",
+            "n=" + std::to_string(n) + " must be a multiple of " + std::to_string(bsz) + " for " + cuda_fmt_name(fmt));
+  }
   require(n_tok > 0 && n_tok < (1LL << 31) && n > 0 && n_rows > 0, "get_rows", "bad sizes");
   k_get_rows<<<(unsigned)n_tok, 256, 0, st>>>((const uint8_t*)w, (int)fmt, n, tokens, out);
   check_launch("get_rows");

@@ -84,8 +84,10 @@ def test_supports_lists_the_types():
     b = _backend()
     ok = ModelSpec(MODEL, "llama", ["F32", "Q4_0", "Q8_0", "Q4_K"], 1, 1, 1, 1)
     assert b.supports(ok).ok
-    bad = b.supports(ModelSpec(MODEL, "llama", ["F32", "Q6_K"], 1, 1, 1, 1))
-    assert not bad.ok and "Q6_K" in bad.reason and "Q4_K" in bad.reason
+    kq = ["F32", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]
+    assert b.supports(ModelSpec(MODEL, "llama", kq, 1, 1, 1, 1)).ok
+    bad = b.supports(ModelSpec(MODEL, "llama", ["F32", "Q2_K"], 1, 1, 1, 1))
+    assert not bad.ok and "Q2_K" in bad.reason and "Q6_K" in bad.reason
     assert not b.supports(ModelSpec(MODEL, "gpt2", ["F32"], 1, 1, 1, 1)).ok
 
 
@@ -165,10 +167,15 @@ def test_native_model_rejects_unsupported_types_before_touching_a_device():
     cfg = LlamaConfig.from_gguf(g)
     w = load_weights(g, cfg)
     arr, _, rows, cols = w["blk.0.attn_q.weight"]
-    w["blk.0.attn_q.weight"] = (arr, "Q6_K", rows, cols)
+    w["blk.0.attn_q.weight"] = (arr, "Q2_K", rows, cols)
     with pytest.raises(
-        ValueError, match=r"blk\.0\.attn_q\.weight has type Q6_K; the CUDA backend supports .*Q4_K"
+        ValueError, match=r"blk\.0\.attn_q\.weight has type Q2_K; the CUDA backend supports .*Q6_K"
     ):
+        cuda_ext.LlamaModel(cfg.as_core(), w, 64, 0)
+    # a supported type whose data does not have that type's size
+    w["blk.0.attn_q.weight"] = (arr, "Q6_K", rows, cols)
+    want = rows * cols // 256 * 210
+    with pytest.raises(ValueError, match=rf"blk\.0\.attn_q\.weight has \d+ bytes, expected {want}"):
         cuda_ext.LlamaModel(cfg.as_core(), w, 64, 0)
 
 
@@ -249,6 +256,68 @@ def test_q4_k_models_match_cpu_and_reference(tmp_path, case, overrides):
     assert cos(a, b) >= 0.99 and np.abs(a - b).max() / a.std() < 0.5
     assert np.abs(b - step).max() / b.std() < 0.15
     assert np.abs(b - b_dp4a).max() / b.std() < 1e-3
+
+
+# llama.cpp-like mixes of the formats beyond Q4_0 / Q8_0 / Q4_K (MODEL_CASES["q4_k_m_mix"] and
+# overrides of it): Q4_K_M (Q4_K matrices, Q6_K output / ffn_down, a Q5_K attn_v: QKV unstacked,
+# Q4_K embedding), Q5_K_M-like (stacked Q5_K QKV and gate|up, Q5_K embedding), all Q6_K (stacked
+# Q6_K, Q6_K embedding) and the legacy formats (stacked Q5_0 QKV, unstacked Q5_1 / Q4_1 gate|up,
+# Q4_1 embedding, Q5_1 output).
+KQ_MIXES = {
+    "q4_k_m": {},
+    "q5_k_m": dict(wtype="Q5_K", mix={"ffn_down": "Q6_K", "=output.weight": "Q6_K"}),
+    "q6_k": dict(wtype="Q6_K", mix=None),
+    "legacy": dict(wtype="Q5_0", mix={"ffn_up": "Q5_1", "ffn_gate": "Q4_1", "ffn_down": "Q4_1",
+                                      "token_embd": "Q4_1", "=output.weight": "Q5_1"}),
+}
+
+
+@gpu
+@pytest.mark.parametrize("mix", list(KQ_MIXES))
+def test_k_quant_mixes_match_cpu_and_reference(tmp_path, mix):
+    # As test_q4_k_models_match_cpu_and_reference, with the same bounds (cosine >= 0.99, max error
+    # <= 0.5 of the logit std against the float64 reference); the 21-token prefill runs the tensor-core
+    # GEMM (every block type has one) and, with it switched off, the dp4a GEMM. Measured on the CPU
+    # emulator, min cosine / max error over the reference's std:
+    #   mix     cpu vs ref      cuda vs ref     cuda vs cpu     step vs batch  dp4a vs mma prefill
+    #   q4_k_m  0.9964 / 0.262  0.9980 / 0.200  0.9954 / 0.289  3.4e-3         3.4e-3
+    #   q5_k_m  0.9967 / 0.259  0.9979 / 0.215  0.9955 / 0.314  5.0e-2         4.6e-2
+    #   q6_k    0.9971 / 0.231  0.9979 / 0.233  0.9952 / 0.357  2.8e-2         2.8e-2
+    #   legacy  0.9980 / 0.204  0.9980 / 0.204  1.0000 / 0.025  4.0e-2         4.0e-2
+    # Step vs batch and mma vs dp4a: most rows agree to < 1e-6 of the std, a few differ by the amounts
+    # above (different fp32 orders flip int8 activation roundings downstream, as in the Q4_K test); the
+    # kernels alone agree bitwise / to 2e-6 (tests/kernels/test_cuda_kernels.py).
+    from xsil.backends.cuda import _load_ext
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "model"))
+    from gguf_cases import reference_case
+
+    path, toks, ref = reference_case("q4_k_m_mix", tmp_path, **KQ_MIXES[mix])
+    ext, _ = _load_ext()
+    with xsil.Session(path, backend="cpu", n_ctx=64) as c, xsil.Session(path, backend="cuda", n_ctx=64) as g:
+        a = c.forward(toks)
+        b = g.forward(toks)
+        assert g.describe()["mma_gemm"].startswith("on")  # every type's self-check passed at load
+        g.reset()
+        step = np.concatenate([g.forward(toks[i : i + 1]) for i in range(len(toks))])
+        g.reset()
+        ext.set_mma(False)
+        try:
+            b_dp4a = g.forward(toks)
+        finally:
+            ext.set_mma(True)
+
+    def cos(x, y):
+        return float(((x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)).min())
+
+    def err(x, y):
+        return float(np.abs(x - y).max() / y.std())
+
+    for got in (a, b, step):
+        assert cos(got, ref) >= 0.99 and err(got, ref) <= 0.5
+    assert cos(a, b) >= 0.99 and err(b, a) < 0.5
+    assert err(step, b) < 0.15
+    assert err(b_dp4a, b) < 0.15
 
 
 @gpu

@@ -1,5 +1,5 @@
-"""A llama.cpp "Q4_K_M"-like model (Q4_K, Q5_K, Q6_K, F32 norms): the cpu backend accepts it; the
-backends without Q5_K / Q6_K kernels (ORT family, CUDA) refuse it in supports() with a message that
+"""A llama.cpp "Q4_K_M"-like model (Q4_K, Q5_K, Q6_K, F32 norms): the cpu and cuda backends accept
+it; the backends without Q5_K / Q6_K kernels (ORT family) refuse it in supports() with a message that
 names the unsupported types and the supported ones, without loading anything."""
 
 import sys
@@ -29,7 +29,16 @@ def test_cpu_supports_k_quant_mix(spec):
     assert registry.get("cpu").supports(spec).ok
 
 
-@pytest.mark.parametrize("name", ["ort-cpu", "qnn", "coreml", "cuda"])
+def test_cuda_supports_k_quant_mix(spec):
+    # supports() is data only: it answers without a GPU (running it: tests/backends/test_cuda.py)
+    b = registry.get("cuda")
+    if b is None:
+        pytest.skip(f"backend cuda not importable here: {registry.import_error('cuda')}")
+    s = b.supports(spec)
+    assert s.ok, s.reason
+
+
+@pytest.mark.parametrize("name", ["ort-cpu", "qnn", "coreml"])
 def test_other_backends_refuse_with_supported_list(spec, name):
     b = registry.get(name)
     if b is None:

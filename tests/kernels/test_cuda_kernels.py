@@ -70,9 +70,21 @@ def _q4k_weights(rng, N, K):
 
 
 def _weights(fmt, rng, N, K):
+    from xsil.testing.reference import quantize_q5_k, quantize_q6_k
+
+    x = rng.standard_normal((N, K)).astype(np.float32)
     if fmt == "Q4_K":
         return _q4k_weights(rng, N, K)
-    return _core.quantize(rng.standard_normal((N, K)).astype(np.float32), fmt)
+    if fmt == "Q5_K":
+        return quantize_q5_k(x)
+    if fmt == "Q6_K":
+        return quantize_q6_k(x)
+    return _core.quantize(x, fmt)
+
+
+# the formats added after Q4_0 / Q8_0 / Q4_K (llama.cpp's Q4_K_M / Q5_K_M / Q6_K files, legacy Q4_1 / Q5_x)
+NEW_QUANT = ["Q4_1", "Q5_0", "Q5_1", "Q5_K", "Q6_K"]
+ALL_QUANT = ["Q4_0", "Q8_0", "Q4_K"] + NEW_QUANT
 
 
 def _per32_integer_ref(w, fmt, K, x):
@@ -103,6 +115,54 @@ def test_matmul_q4_k_integer_path(M, NK, rng):
 
 
 @needs_gpu
+@pytest.mark.parametrize("fmt", NEW_QUANT)
+@pytest.mark.parametrize("M", [1, 2, 8, 17, 33])
+@pytest.mark.parametrize("NK", [(64, 256), (37, 2816)])
+def test_matmul_new_formats_integer_path(fmt, M, NK, rng):
+    # the exact per-32 integer path (only fp32 rounding differs): GEMV (M = 1), dp4a GEMM and the
+    # tensor-core GEMM (Q6_K: one mma per sub-block of 16); measured on the emulator <= 2.1e-7 of
+    # max|y| (Q6_K 0.9e-7: its per-16 scales combine in exact int32)
+    N, K = NK
+    w = _weights(fmt, rng, N, K)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    want = _per32_integer_ref(w, fmt, K, x)
+    for path in ("dp4a", "mma", "auto"):
+        got = cuda_ext.matmul(w, fmt, N, K, x, path=path)
+        assert got.shape == (M, N)
+        assert _rel(got, want) < 2e-6, (path, _rel(got, want))
+
+
+@needs_gpu
+@pytest.mark.parametrize("fmt", ["Q4_1", "Q5_0", "Q5_1"])
+@pytest.mark.parametrize("M", [1, 17])
+def test_matmul_legacy_matches_cpu_integer_path(fmt, M, rng):
+    # the CPU core quantizes these formats' activations per 32 as the CUDA kernels do: the same integer
+    # block dots, only the fp32 scaling / summation order differs (measured on the emulator <= 2.6e-7)
+    N, K = 130, 1024
+    w = _weights(fmt, rng, N, K)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    assert _rel(cuda_ext.matmul(w, fmt, N, K, x), _core.matmul(x, w, fmt)) < 2e-6
+
+
+@needs_gpu
+@pytest.mark.parametrize("fmt", ["Q5_K", "Q6_K"])
+def test_matmul_k_quants_vs_cpu_core(fmt, rng):
+    # as test_matmul_q4_k_vs_cpu_core: the CPU core's per-256 activations are not CUDA's per-32
+    # integer path, so both are held to the float64 product of the dequantized weights. Measured on
+    # the emulator (rel. to max|exact|): Q5_K cpu 6.9e-3, cuda 5.3e-3; Q6_K cpu 6.19e-3, cuda 6.28e-3
+    # (1.014x); cuda vs cpu 8.3e-3 / 7.6e-3.
+    N, K, M = 96, 2048, 9
+    w = _weights(fmt, rng, N, K)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    exact = x.astype(np.float64) @ _core.dequantize(w, fmt, K).astype(np.float64).T
+    cpu = _core.matmul(x, w, fmt)
+    gpu = cuda_ext.matmul(w, fmt, N, K, x)
+    e_cpu, e_gpu = _rel(cpu, exact), _rel(gpu, exact)
+    assert e_gpu < 1e-2 and e_gpu <= e_cpu * 1.1, (e_gpu, e_cpu)
+    assert _rel(gpu, cpu) < 2e-2
+
+
+@needs_gpu
 def test_matmul_q4_k_vs_cpu_core(rng):
     # The CPU core quantizes Q4_K activations per 256 (block_q8k), the CUDA kernels per 32 (finer):
     # not the same integer path, so both are held to the float64 product of the dequantized weights.
@@ -118,7 +178,7 @@ def test_matmul_q4_k_vs_cpu_core(rng):
 
 
 @needs_gpu
-@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K"])
+@pytest.mark.parametrize("fmt", ALL_QUANT)
 @pytest.mark.parametrize(
     "MNK", [(16, 64, 256), (17, 65, 512), (37, 100, 768), (64, 64, 1280), (130, 33, 256)]
 )
@@ -134,7 +194,7 @@ def test_mma_gemm_equals_dp4a_gemm(fmt, MNK, rng):
 
 
 @needs_gpu
-@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K"])
+@pytest.mark.parametrize("fmt", ALL_QUANT)
 def test_gemm_rows_equal_gemv_bitwise(fmt, rng):
     # prefill dp4a GEMM and decode GEMV keep the same per-lane summation order: batch == step exactly
     N, K, M = 100, 2048, 19
@@ -146,7 +206,7 @@ def test_gemm_rows_equal_gemv_bitwise(fmt, rng):
 
 
 @needs_gpu
-@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K"])
+@pytest.mark.parametrize("fmt", ALL_QUANT)
 def test_mma_self_check_passes(fmt):
     assert cuda_ext.mma_self_check(fmt) == ""
     assert cuda_ext.mma_status().startswith("on")
@@ -243,11 +303,11 @@ def test_swiglu(rng):
 
 
 @needs_gpu
-@pytest.mark.parametrize("fmt", ["Q4_0", "Q8_0", "Q4_K", "F16", "F32"])
+@pytest.mark.parametrize("fmt", ALL_QUANT + ["F16", "F32"])
 def test_get_rows(fmt, rng):
     rows, n = 50, 512
     wf = rng.standard_normal((rows, n)).astype(np.float32)
-    if fmt in ("Q4_0", "Q8_0", "Q4_K"):
+    if fmt in ALL_QUANT:
         w = _weights(fmt, rng, rows, n)
         ref = _core.dequantize(w, fmt, n)
     else:
@@ -303,10 +363,17 @@ def test_attention(nq, nk, hd, rng):
 
 @needs_gpu
 def test_errors_name_the_kernel(rng):
-    with pytest.raises(ValueError, match="Q6_K"):
-        cuda_ext.matmul(np.zeros(210, np.uint8), "Q6_K", 1, 256, np.zeros((1, 256), np.float32))
-    with pytest.raises(ValueError, match=r"\[cuda:matmul\].*multiple of 256"):
-        cuda_ext.matmul(np.zeros(72, np.uint8), "Q4_K", 1, 128, np.zeros((1, 128), np.float32))
+    with pytest.raises(ValueError, match=r"Q2_K.*not supported \(supported: .*Q6_K"):
+        cuda_ext.matmul(np.zeros(84, np.uint8), "Q2_K", 1, 256, np.zeros((1, 256), np.float32))
+    for fmt in ("Q4_K", "Q5_K", "Q6_K"):
+        with pytest.raises(ValueError, match=r"\[cuda:matmul\].*multiple of 256 for " + fmt):
+            cuda_ext.matmul(np.zeros(72, np.uint8), fmt, 1, 128, np.zeros((1, 128), np.float32))
+        with pytest.raises(ValueError, match=r"\[cuda:get_rows\].*multiple of 256 for " + fmt):
+            cuda_ext.get_rows(np.zeros(72, np.uint8), fmt, 1, 128, np.zeros(1, np.int32))
+    with pytest.raises(ValueError, match=r"\[cuda:matmul\] w has 21 bytes, expected 20"):
+        cuda_ext.matmul(np.zeros(21, np.uint8), "Q4_1", 1, 32, np.zeros((1, 32), np.float32))
+    with pytest.raises(ValueError, match=r"\[cuda:get_rows\] w has the wrong size"):
+        cuda_ext.get_rows(np.zeros(21, np.uint8), "Q5_0", 1, 32, np.zeros(1, np.int32))
     with pytest.raises(ValueError, match=r"\[cuda:matmul\].*tensor-core"):
         z = np.zeros((20, 64), np.float32)
         cuda_ext.matmul(np.zeros((4, 64), np.float32), "F32", 4, 64, z, path="mma")
