@@ -115,7 +115,7 @@ struct SplitOut {
 // sub-blocks of 16 per activation block: d * d8 * (sc0 * dot(q - 32, q8)[0:16] + sc1 * dot[16:32]), the
 // int32 combination exact).
 // path: Auto picks the tensor-core GEMM (GemmPath::Mma) for quantized weights when M >= mma_min_m()
-// and mma_enabled(), else the __dp4a kernels; Dp4a / Mma force one (tests, bench, self-check).
+// and mma_enabled_for(w.fmt), else the __dp4a kernels; Dp4a / Mma force one (tests, bench, self-check).
 enum class GemmPath { Auto, Dp4a, Mma };
 void matmul(const DevMatrix& w, const float* x, DevQ8a xq, float* y, int64_t M, cudaStream_t st,
             GemmPath path = GemmPath::Auto);
@@ -123,14 +123,16 @@ void matmul_split(const DevMatrix& w, const float* x, DevQ8a xq, const SplitOut&
                   GemmPath path = GemmPath::Auto);
 
 // Tensor-core prefill GEMM (int8 mma.sync m16n8k32, the types of cuda_has_mma(), compute capability >= 8.0).
-// Process-wide switch: on by default unless XSIL_CUDA_MMA=0; mma_status() says why it is off.
+// Process-wide switch: on by default unless XSIL_CUDA_MMA=0; mma_status() says why it is off. A
+// format whose self-check failed stays on the dp4a GEMM while the others keep the tensor cores.
 bool mma_enabled();
+bool mma_enabled_for(Fmt fmt);
 void set_mma_enabled(bool on, const std::string& reason);
-std::string mma_status();  // "on (M >= 16)" or "off: <reason>"
+std::string mma_status();  // "on (M >= 16)[; off for <fmt> (<reason>)...]" or "off: <reason>"
 constexpr int kMmaMinM = 16;
 // Runs the tensor-core GEMM and the __dp4a GEMM on a small pseudo-random matrix of format fmt and
 // compares them; when they differ beyond fp32 rounding (or the mma kernel fails) the tensor-core
-// path is switched off process-wide with the reason. Returns "" when they agree (or mma is off).
+// path is switched off for that format, with the reason. Returns "" when they agree (or mma is off).
 std::string mma_self_check(Fmt fmt, cudaStream_t st);
 
 // Fused norm: optionally x += add (in place, residual), then h = rmsnorm(x) * w, and (when xq.qs) h

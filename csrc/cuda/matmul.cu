@@ -952,6 +952,9 @@ std::mutex g_mma_mu;
 int g_mma_on = -1;  // -1: not yet read from XSIL_CUDA_MMA
 std::string g_mma_why;
 int g_mma_checked = 0;  // bit per format: self-check done
+int g_mma_failed = 0;   // bit per format: self-check failed (mma stays off for that format only)
+std::string g_mma_failed_why;
+int fmt_bit(Fmt f) { return 1 << ((int)f & 15); }  // GGML type ids of the block formats are < 16
 
 
 void mma_init_locked() {
@@ -975,10 +978,19 @@ void set_mma_enabled(bool on, const std::string& reason) {
   g_mma_why = on ? "" : reason;
 }
 
+bool mma_enabled_for(Fmt fmt) {
+  std::lock_guard<std::mutex> lk(g_mma_mu);
+  mma_init_locked();
+  return g_mma_on == 1 && !(g_mma_failed & fmt_bit(fmt));
+}
+
 std::string mma_status() {
   std::lock_guard<std::mutex> lk(g_mma_mu);
   mma_init_locked();
-  return g_mma_on ? "on (quantized GEMMs with M >= " + std::to_string(kMmaMinM) + ")" : "off: " + g_mma_why;
+  if (!g_mma_on) return "off: " + g_mma_why;
+  std::string s = "on (quantized GEMMs with M >= " + std::to_string(kMmaMinM) + ")";
+  if (g_mma_failed) s += "; off for " + g_mma_failed_why;
+  return s;
 }
 
 void matmul(const DevMatrix& w, const float* x, DevQ8a xq, float* y, int64_t M, cudaStream_t st, GemmPath path) {
@@ -1000,7 +1012,8 @@ void matmul_split(const DevMatrix& w, const float* x, DevQ8a xq, const SplitOut&
           std::string("the tensor-core GEMM takes block-quantized weights, not ") + fmt_name(w.fmt));
   require(!quant || (xq.qs && xq.d && xq.s), "matmul", "quantized weights need the q8a activations");
   const int N = (int)w.N, K = (int)w.K, Mi = (int)M;
-  const bool mma = path == GemmPath::Mma || (path == GemmPath::Auto && has_mma && M >= kMmaMinM && mma_enabled());
+  const bool mma =
+      path == GemmPath::Mma || (path == GemmPath::Auto && has_mma && M >= kMmaMinM && mma_enabled_for(w.fmt));
   if (mma) {
     require(M <= 65535LL * kMM, "matmul", "M too large");
     const dim3 grid(grid1(w.N, kMN), (unsigned)((M + kMM - 1) / kMM));
@@ -1119,7 +1132,7 @@ std::vector<uint8_t> random_gguf_rows(Fmt fmt, int64_t N, int64_t K, Lcg& r) {
 
 std::string mma_self_check(Fmt fmt, cudaStream_t st) {
   if (!cuda_has_mma(fmt) || !mma_enabled()) return "";
-  const int bit = 1 << ((int)fmt & 15);  // GGML type ids of the block formats are < 16
+  const int bit = fmt_bit(fmt);
   {
     std::lock_guard<std::mutex> lk(g_mma_mu);
     if (g_mma_checked & bit) return "";
@@ -1177,8 +1190,18 @@ std::string mma_self_check(Fmt fmt, cudaStream_t st) {
   } catch (const std::exception& e) {
     why = std::string("self-check failed (") + fmt_name(fmt) + "): " + e.what();
   }
+  // fault injection for tests: XSIL_CUDA_MMA_FAIL=Q6_K,Q4_0 fails those formats' checks
+  if (const char* f = std::getenv("XSIL_CUDA_MMA_FAIL"); f && why.empty()) {
+    const std::string list = std::string(",") + f + ",";
+    if (list.find(std::string(",") + fmt_name(fmt) + ",") != std::string::npos)
+      why = std::string("self-check failed (") + fmt_name(fmt) + "): forced by XSIL_CUDA_MMA_FAIL";
+  }
   for (void* p : bufs) cudaFree(p);
-  if (!why.empty()) set_mma_enabled(false, why);
+  if (!why.empty()) {  // only this format falls back to the dp4a GEMM
+    std::lock_guard<std::mutex> lk(g_mma_mu);
+    g_mma_failed |= bit;
+    g_mma_failed_why += (g_mma_failed_why.empty() ? "" : "; ") + std::string(fmt_name(fmt)) + " (" + why + ")";
+  }
   return why;
 }
 

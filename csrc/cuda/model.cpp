@@ -215,7 +215,7 @@ CudaLlama::CudaLlama(const CudaLlamaConfig& cfg, const HostWeight& tok_embd, con
     check(cudaMallocHost(&h_pt_, (size_t)(max_pages_ + 1) * 4), "cudaMallocHost");
     work_ = (float*)dalloc((size_t)paged_decode_work_floats(1, c.n_head, c.head_dim, max_splits_) * 4);
     // First use of the tensor-core prefill GEMM for each weight format: checked against the dp4a
-    // GEMM once per process; a mismatch switches it off (mma_status() gives the reason).
+    // GEMM once per process and format; a mismatch switches it off for that format (mma_status() says why).
     for (const DevLayer& D : layers_)
       for (const DevMatrix* m : {&D.wq, &D.wk, &D.wv, &D.wo, &D.w_gate, &D.w_up, &D.w_down, &D.wqkv, &D.wgu})
         if (m->qs) mma_self_check(m->fmt, stream_);

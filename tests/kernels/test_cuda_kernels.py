@@ -227,6 +227,36 @@ def test_mma_switch_env():
 
 
 @needs_gpu
+def test_failed_self_check_turns_mma_off_for_that_format_only():
+    # a format whose tensor-core self-check fails (forced here) stays on the dp4a GEMM; others keep mma
+    import os
+    import subprocess
+
+    code = """
+import sys, numpy as np
+sys.path.insert(0, %r)
+from test_cuda_kernels import _weights
+from xsil.backends.cuda import _load_ext
+c = _load_ext()[0]
+rng = np.random.default_rng(0)
+assert c.mma_self_check("Q6_K") != "" and c.mma_self_check("Q4_0") == ""
+print(c.mma_status())
+x = rng.standard_normal((20, 256)).astype(np.float32)
+for fmt in ("Q6_K", "Q4_0"):
+    w = _weights(fmt, rng, 40, 256)
+    auto = c.matmul(w, fmt, 40, 256, x)
+    print(fmt, [bool((auto == c.matmul(w, fmt, 40, 256, x, path=p)).all()) for p in ("dp4a", "mma")])
+""" % os.path.dirname(__file__)
+    env = dict(os.environ, XSIL_CUDA_MMA_FAIL="Q6_K")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    status, q6, q4 = out.stdout.strip().splitlines()[-3:]
+    assert status.startswith("on") and "off for Q6_K" in status and "XSIL_CUDA_MMA_FAIL" in status
+    assert q6.startswith("Q6_K [True,")  # auto = dp4a
+    assert q4.endswith(", True]")  # auto = mma
+
+
+@needs_gpu
 @pytest.mark.parametrize("fmt", ["F16", "F32"])
 def test_matmul_dense(fmt, rng):
     N, K, M = 70, 320, 5
