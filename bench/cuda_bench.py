@@ -1,6 +1,7 @@
 """CUDA backend checks on a GPU machine (run by bench/cuda_check.sh): Q4_0 / Q8_0 / Q4_K / Q6_K GEMV bandwidth
 against a device-to-device copy measured in the same process, prefill GEMM GFLOP/s of the __dp4a
-kernel vs the tensor-core (mma.sync) kernel, and end-to-end decode tok/s on the TinyLlama-shaped
+kernel vs the tensor-core (mma.sync) kernel, decode attention us per TinyLlama layer at ctx 512 / 2048 / 8192,
+and end-to-end decode tok/s on the TinyLlama-shaped
 synthetic model against an fp16 PyTorch matmul chain of the same dimensions. Prints a table."""
 
 from __future__ import annotations
@@ -68,6 +69,19 @@ def gemm_rows():
                 d = _cuda.bench_gemm(fmt, n, k, m, "dp4a", it)
                 t = _cuda.bench_gemm(fmt, n, k, m, "mma", it) if not why else None
                 rows.append((fmt, n, k, m, d, t, why))
+    return rows
+
+
+def attention_rows():
+    """Decode attention (GQA-grouped split-K + merge) for one TinyLlama layer (32 query heads, 4 KV
+    heads, head_dim 64), the model's default split plan: us per layer per token, at ctx 512 / 2048 /
+    8192 with f16 and q8_0 K/V. GB/s counts the K/V bytes each call must read once."""
+    _cuda = _ext()
+    rows = []
+    for ctx in (64, 200) if SMOKE else (512, 2048, 8192):
+        for kvd in ("f16", "q8_0"):
+            r = _cuda.bench_attention_decode(32, 4, 64, ctx, kvd, 1 if SMOKE else 200)
+            rows.append((ctx, kvd, r))
     return rows
 
 
@@ -215,6 +229,17 @@ def main() -> int:
         print("GEMM bench failed:", e, flush=True)
     print("mma status after the GEMM bench:", _cuda.mma_status(), flush=True)
 
+    print("\n== decode attention, one TinyLlama layer (32 q heads / 4 KV heads, hd 64), default split plan ==")
+    print(f"{'ctx':>6} {'KV':5} {'us/layer':>9} {'KV GB/s':>8} {'splits':>7} {'CTAs':>5}")
+    try:
+        for ctx, kvd, r in attention_rows():
+            print(
+                f"{ctx:6d} {kvd:5} {r['us']:9.2f} {r['GBps']:8.0f} {r['splits']:7d} {r['ctas']:5d}",
+                flush=True,
+            )
+    except Exception as e:  # keep the rest of the report
+        print("attention bench failed:", e, flush=True)
+
     from xsil.model.default import TINYLLAMA, synthetic_model_path
     from xsil.model.gguf import GGUFFile
     from xsil.model.llama import LlamaConfig
@@ -251,8 +276,8 @@ def main() -> int:
     print(f"{'xsil cuda (Q4_0, fp16 KV)':34} {tps:8.1f} {1e3 / tps:8.2f} {wb * tps / 1e9:15.0f}")
     print(f"{'xsil cuda, no CUDA graph':34} {tps_nog:8.1f} {1e3 / tps_nog:8.2f} {wb * tps_nog / 1e9:15.0f}")
     print(f"{'torch fp16 matmul chain':34} {base:8.1f} {1e3 / base:8.2f}")
-    # long contexts: the paged decode attention splits the keys across CTAs (split-K, 512 tokens
-    # per split); q8_0 K/V halves the cache bytes read per token
+    # long contexts: the paged decode attention splits the keys across CTAs (split-K, 64+ tokens
+    # per split, up to ~2 CTAs per SM); q8_0 K/V halves the cache bytes read per token
     long_ctx = (40,) if SMOKE else (2048, 8192)
     for n_prompt, kvd in [(n, d) for n in long_ctx for d in ("f16", "q8_0")]:
         try:

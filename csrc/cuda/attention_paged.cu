@@ -1,13 +1,16 @@
 // Attention over the paged device KV cache (cuda/kv_cache.h).
 //
-// Decode is flash-decoding (split-K): CTA (head, sequence, split) walks a chunk of whole pages of
-// its sequence, its warps taking tokens round-robin with an online softmax each (lane holds elements
-// lane, lane + 32, ...: coalesced row reads), merged in shared memory into a partial (max, sum, acc)
-// in the workspace; k_paged_merge combines a (head, sequence)'s splits, normalizes and optionally
-// quantizes the output for the next matmul. The split count comes from the length in device memory.
+// Decode is flash-decoding (split-K) grouped by KV head: CTA (KV head, sequence, split) walks a
+// chunk of whole pages of its sequence in tiles gathered into shared memory as fp32 (each K/V row
+// loaded and dequantized once per CTA) and keeps an online softmax for every query head of the GQA
+// group (warps hold up to 4 heads each in registers; tokens round-robin over the warps that share a
+// chunk of heads), merged in shared memory into per-query-head partials (max, sum, acc) in the
+// workspace; k_paged_merge combines a (head, sequence)'s splits, normalizes and optionally quantizes
+// the output for the next matmul. The split count comes from the length in device memory.
 //
 // Prefill: CTA (head, tile of 8 queries), one warp per query; K/V tiles of 16 tokens are gathered
 // through the page table into shared memory as fp32 (any storage dtype) once for the 8 queries.
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -20,85 +23,150 @@ namespace {
 constexpr int kDecWarps = 4;
 constexpr int kMaxE = 8;  // hd <= 256
 constexpr int kQT = 8, kKT = 16;
+// GQA decode: a warp keeps the online softmax of up to kHC query heads in registers; a pass over a
+// split's keys serves kPassHeads = kDecWarps * kHC heads of the group (G <= 16: one pass, every K/V
+// row loaded once per CTA; larger groups, e.g. MQA, stream the split once per 16 heads).
+constexpr int kHC = 4;
+constexpr int kPassHeads = kDecWarps * kHC;
+// K and V tiles in shared memory as fp32: kTileFloats / hd tokens per tile (16 at hd 256, 64 at
+// hd 64), 16 KiB each. The K tile is reused for the warps' partials: kDecWarps * kHC * 256 floats.
+constexpr int kTileFloats = 4096;
+static_assert(kDecWarps * kHC * 256 <= kTileFloats, "the partials must fit in the K tile");
 
-__device__ __forceinline__ int n_splits_for(int len, int ps, int max_splits, int split_tokens) {
+// Splits of a sequence of len tokens: ceil(len / split_tokens), at most max_splits and the page
+// count, then reduced so that every split gets at least one page (pps pages each, the last fewer):
+// no split is empty. Decode and merge kernels both derive it from the length in device memory.
+__device__ __forceinline__ int n_splits_for(int len, int ps, int max_splits, int split_tokens, int* pages_per_split) {
   const int n_pg = (len + ps - 1) / ps;
   int ns = (len + split_tokens - 1) / split_tokens;
   ns = min(ns, max_splits);
-  ns = min(ns, n_pg);
-  return max(ns, 1);
+  ns = max(min(ns, n_pg), 1);
+  const int pps = (n_pg + ns - 1) / ns;
+  if (pages_per_split) *pages_per_split = pps;
+  return (n_pg + pps - 1) / pps;
 }
 
+// Flash-decoding with GQA grouping: CTA (KV head, sequence, split) computes the partial softmax of
+// all G = n_heads / n_kv query heads that share the KV head over the split's whole pages. Per tile,
+// the 128 threads gather K and V rows (any storage dtype) through the page table into shared memory
+// as fp32, coalesced, dequantized once; the warps then read them for their heads. A pass's heads are
+// cut into nwc = ceil(hp / kHC) warp chunks; the 4 / nwc warps of a chunk (4, 2, 1 or 1) take the
+// tile's tokens round-robin and are merged in shared memory at the end of the pass. Partials go to
+// the workspace per query head ([seq][head][split]), exactly what k_paged_merge reads.
 template <int KD, int VD>
 __global__ void __launch_bounds__(kDecWarps * 32) k_paged_decode(PagedDecodeArgs a, float scale) {
-  const int h = blockIdx.x, s = blockIdx.y, sp = blockIdx.z;
+  __shared__ float sk[kTileFloats];
+  __shared__ float sv[kTileFloats];
+  __shared__ float sm_m[kDecWarps][kHC], sm_l[kDecWarps][kHC];
+  const int kvh = blockIdx.x, s = blockIdx.y, sp = blockIdx.z;
   const DevKV& kv = a.kv;
   const int len = a.lens[s];
   const int ps = kv.page_size, hd = kv.hd, E = hd / 32;
-  const int ns = n_splits_for(len, ps, a.max_splits, a.split_tokens);
-  if (sp >= ns) return;  // an unused split of this length: the merge does not read it
-  const int n_pg = (len + ps - 1) / ps;
-  const int pps = (n_pg + ns - 1) / ns;
+  int pps = 1;
+  const int ns = n_splits_for(len, ps, a.max_splits, a.split_tokens, &pps);
+  if (sp >= ns) return;  // an unused split of this length (uniform in the CTA): the merge does not read it
   const int t0 = sp * pps * ps, t1 = min(len, (sp + 1) * pps * ps);
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
-  const int kvh = h / (a.n_heads / kv.n_kv);
+  const int G = a.n_heads / kv.n_kv;
+  const int TT = kTileFloats / hd;  // tokens per tile
   const int32_t* pt = a.pt + (int64_t)s * a.pt_stride;
-  const float* qr = a.q + ((int64_t)s * a.n_heads + h) * hd;
-  float qv[kMaxE], acc[kMaxE];
-#pragma unroll
-  for (int e = 0; e < kMaxE; ++e) {
-    qv[e] = e < E ? qr[e * 32 + lane] * scale : 0.0f;
-    acc[e] = 0.0f;
-  }
-  float m = -INFINITY, l = 0.0f;
-  for (int t = t0 + warp; t < t1; t += kDecWarps) {
-    const int32_t page = pt[t / ps];
-    const int64_t off = t % ps;
-    const uint8_t* kr = kv.pool + kv_k_off(kv, page, a.layer, kvh) + off * kv.k_row;
-    float sc = 0.0f;
-#pragma unroll
-    for (int e = 0; e < kMaxE; ++e)
-      if (e < E) sc += qv[e] * kv_load<KD>(kr, e * 32 + lane);
-    sc = warp_sum(sc);
-    const float mn = fmaxf(m, sc);
-    const float c = expf(m - mn), p = expf(sc - mn);
-    l = l * c + p;
-    const uint8_t* vr = kv.pool + kv_v_off(kv, page, a.layer, kvh) + off * kv.v_row;
-#pragma unroll
-    for (int e = 0; e < kMaxE; ++e)
-      if (e < E) acc[e] = acc[e] * c + p * kv_load<VD>(vr, e * 32 + lane);
-    m = mn;
-  }
-  __shared__ float sm_m[kDecWarps], sm_l[kDecWarps];
-  __shared__ float sm_acc[kDecWarps][256];
-  if (lane == 0) {
-    sm_m[warp] = m;
-    sm_l[warp] = l;
-  }
-#pragma unroll
-  for (int e = 0; e < kMaxE; ++e)
-    if (e < E) sm_acc[warp][e * 32 + lane] = acc[e];
-  __syncthreads();
-  float M = -INFINITY;
-  for (int w = 0; w < kDecWarps; ++w) M = fmaxf(M, sm_m[w]);
-  float L = 0.0f, f[kDecWarps];
-  for (int w = 0; w < kDecWarps; ++w) {
-    f[w] = sm_m[w] == -INFINITY ? 0.0f : expf(sm_m[w] - M);
-    L += sm_l[w] * f[w];
-  }
-  const int64_t n_part = (int64_t)gridDim.x * gridDim.y * gridDim.z;
-  const int64_t pi = ((int64_t)s * a.n_heads + h) * a.max_splits + sp;
+  const uint8_t* kbase = kv.pool + kv_k_off(kv, 0, a.layer, kvh);
+  const uint8_t* vbase = kv.pool + kv_v_off(kv, 0, a.layer, kvh);
+  const int64_t n_part = (int64_t)a.n_seqs * a.n_heads * a.max_splits;
   float* wm = a.work;
   float* wl = a.work + n_part;
-  float* wacc = a.work + 2 * n_part + pi * hd;
-  if (threadIdx.x == 0) {
-    wm[pi] = M;
-    wl[pi] = L;
-  }
-  for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-    float x = 0.0f;
-    for (int w = 0; w < kDecWarps; ++w) x += sm_acc[w][i] * f[w];
-    wacc[i] = x;
+  float* wacc = a.work + 2 * n_part;
+  for (int p0 = 0; p0 < G; p0 += kPassHeads) {
+    const int hp = min(kPassHeads, G - p0);   // heads of this pass
+    const int nwc = (hp + kHC - 1) / kHC;     // warp chunks (1..4)
+    const int wpc = kDecWarps / nwc;          // warps per chunk, splitting the tokens
+    const int c = warp / wpc, r = warp % wpc;
+    const int nh = c < nwc ? min(kHC, hp - c * kHC) : 0;  // this warp's heads (0: idle this pass)
+    const int64_t h0 = (int64_t)s * a.n_heads + (int64_t)kvh * G + p0 + c * kHC;  // its first q row
+    float qv[kHC][kMaxE], acc[kHC][kMaxE], m[kHC], l[kHC];
+#pragma unroll
+    for (int i = 0; i < kHC; ++i) {
+#pragma unroll
+      for (int e = 0; e < kMaxE; ++e) {
+        qv[i][e] = (i < nh && e < E) ? a.q[(h0 + i) * hd + e * 32 + lane] * scale : 0.0f;
+        acc[i][e] = 0.0f;
+      }
+      m[i] = -INFINITY;
+      l[i] = 0.0f;
+    }
+    for (int tt = t0; tt < t1; tt += TT) {
+      const int n = min(TT, t1 - tt);
+      __syncthreads();  // the previous tile (or pass's partials) has been consumed
+      for (int idx = threadIdx.x; idx < n * hd; idx += blockDim.x) {
+        const int j = idx / hd, col = idx - j * hd;
+        const int tok = tt + j;
+        const int64_t page = pt[tok / ps], off = tok % ps;
+        sk[idx] = kv_load<KD>(kbase + page * kv.k_chunk + off * kv.k_row, col);
+        sv[idx] = kv_load<VD>(vbase + page * kv.v_chunk + off * kv.v_row, col);
+      }
+      __syncthreads();
+      if (nh > 0) {
+        for (int j = r; j < n; j += wpc) {
+          const float* kr = sk + j * hd;
+          const float* vr = sv + j * hd;
+          float kx[kMaxE], vx[kMaxE];
+#pragma unroll
+          for (int e = 0; e < kMaxE; ++e) {
+            kx[e] = e < E ? kr[e * 32 + lane] : 0.0f;
+            vx[e] = e < E ? vr[e * 32 + lane] : 0.0f;
+          }
+#pragma unroll
+          for (int i = 0; i < kHC; ++i) {
+            if (i < nh) {  // warp-uniform
+              float sc = 0.0f;
+#pragma unroll
+              for (int e = 0; e < kMaxE; ++e) sc += qv[i][e] * kx[e];
+              sc = warp_sum(sc);
+              const float mn = fmaxf(m[i], sc);
+              const float cf = expf(m[i] - mn), p = expf(sc - mn);
+              l[i] = l[i] * cf + p;
+#pragma unroll
+              for (int e = 0; e < kMaxE; ++e) acc[i][e] = acc[i][e] * cf + p * vx[e];
+              m[i] = mn;
+            }
+          }
+        }
+      }
+    }
+    __syncthreads();  // the last tile has been consumed: sk holds the partials now
+#pragma unroll
+    for (int i = 0; i < kHC; ++i) {
+      if (i < nh) {
+        if (lane == 0) {
+          sm_m[warp][i] = m[i];
+          sm_l[warp][i] = l[i];
+        }
+#pragma unroll
+        for (int e = 0; e < kMaxE; ++e)
+          if (e < E) sk[(warp * kHC + i) * hd + e * 32 + lane] = acc[i][e];
+      }
+    }
+    __syncthreads();
+    // head p0 + hh of the group: chunk hh / kHC, slot hh % kHC of that chunk's wpc warps
+    for (int idx = threadIdx.x; idx < hp * hd; idx += blockDim.x) {
+      const int hh = idx / hd, col = idx - hh * hd;
+      const int w0 = (hh / kHC) * wpc, i = hh % kHC;
+      float M = -INFINITY;
+      for (int w = w0; w < w0 + wpc; ++w) M = fmaxf(M, sm_m[w][i]);
+      float L = 0.0f, x = 0.0f;
+      for (int w = w0; w < w0 + wpc; ++w) {
+        const float f = sm_m[w][i] == -INFINITY ? 0.0f : expf(sm_m[w][i] - M);  // a warp without tokens
+        L += sm_l[w][i] * f;
+        x += sk[(w * kHC + i) * hd + col] * f;
+      }
+      const int64_t pi = ((int64_t)s * a.n_heads + (int64_t)kvh * G + p0 + hh) * a.max_splits + sp;
+      wacc[pi * hd + col] = x;
+      if (col == 0) {
+        wm[pi] = M;
+        wl[pi] = L;
+      }
+    }
+    // the next pass writes sk only after a barrier (its first tile's, or the one after its tiles)
   }
 }
 
@@ -107,7 +175,7 @@ __global__ void k_paged_merge(PagedDecodeArgs a) {
   const int h = blockIdx.x, s = blockIdx.y, i = threadIdx.x, lane = i & 31;
   const DevKV& kv = a.kv;
   const int hd = kv.hd;
-  const int ns = n_splits_for(a.lens[s], kv.page_size, a.max_splits, a.split_tokens);
+  const int ns = n_splits_for(a.lens[s], kv.page_size, a.max_splits, a.split_tokens, nullptr);
   const int64_t n_part = (int64_t)a.n_seqs * a.n_heads * a.max_splits;
   const int64_t p0 = ((int64_t)s * a.n_heads + h) * a.max_splits;
   const float* wm = a.work + p0;
@@ -228,7 +296,7 @@ struct DecodeLaunch {
   cudaStream_t st;
   template <int KD, int VD>
   void operator()() const {
-    const dim3 grid((unsigned)a.n_heads, (unsigned)a.n_seqs, (unsigned)a.max_splits);
+    const dim3 grid((unsigned)a.kv.n_kv, (unsigned)a.n_seqs, (unsigned)a.max_splits);
     k_paged_decode<KD, VD><<<grid, kDecWarps * 32, 0, st>>>(a, scale);
   }
 };
@@ -254,6 +322,27 @@ int32_t paged_max_splits(int64_t max_len, int32_t split_tokens) {
   if (split_tokens < 1) split_tokens = 1;
   const int64_t n = (max_len + split_tokens - 1) / split_tokens;
   return (int32_t)std::max<int64_t>(1, std::min<int64_t>(n, kMaxSplits));
+}
+
+// The default plan. The grid has n_kv * n_seqs CTAs per split (TinyLlama, one sequence: 4), so the
+// old 512 tokens per split left an H100 (132 SMs) with 4 CTAs up to 512 tokens and 64 at 8192.
+// Now splits are added as the length grows, one per kMinSplitTokens (64) tokens, until the grid
+// reaches ~2 CTAs per SM (enough resident CTAs to hide the latency of the page-table-indirected row
+// loads; more only adds merge work); past that, the splits get longer instead. 64 tokens (4 pages of
+// 16) is the floor: below it a CTA spends more on its fixed costs (q loads, the in-CTA merge, the
+// partial's write and the merge kernel's read) than on keys. TinyLlama on an H100: 8 splits (32
+// CTAs) at 512 tokens, 32 (128 CTAs) at 2048, 64 (256 CTAs, 128 tokens each) at 8192.
+DecodeSplitPlan paged_decode_plan(int64_t max_len, int64_t n_kv, int64_t n_seqs, int sm_count) {
+  const char* kn = "attention_decode_plan";
+  require(max_len >= 1 && n_kv >= 1 && n_seqs >= 1 && sm_count >= 1, kn,
+          "max_len=" + str(max_len) + ", n_kv=" + str(n_kv) + ", n_seqs=" + str(n_seqs) + ", sm_count=" +
+              str(sm_count) + " must all be >= 1");
+  DecodeSplitPlan p;
+  p.split_tokens = kMinSplitTokens;
+  const int64_t per_split = n_kv * n_seqs;  // CTAs per split index
+  const int64_t want = (2 * (int64_t)sm_count + per_split - 1) / per_split;
+  p.max_splits = (int32_t)std::max<int64_t>(1, std::min<int64_t>(want, paged_max_splits(max_len, kMinSplitTokens)));
+  return p;
 }
 
 void paged_attention_decode(const PagedDecodeArgs& a, cudaStream_t st) {

@@ -145,9 +145,17 @@ void check_common(const char* op, const CudaKVCache& c, int layer, int64_t n_hea
 
 RopeParams rope_of(const CudaKVCache& c) { return c.params().rope; }  // factors: c.dev_freq_factors()
 
+int sm_count() {
+  int dev = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  cudaDeviceProp prop;
+  check(cudaGetDeviceProperties(&prop, dev), "cudaGetDeviceProperties");
+  return prop.multiProcessorCount;
+}
+
 // Decode over the device cache: one query per sequence at its last position. split_tokens: tokens
-// per split-K chunk before another split is used; max_splits: the launch's split count (0 = sized for
-// the cache's n_ctx, as a model's graph would be).
+// per split-K chunk before another split is used (0 = the model's default plan, paged_decode_plan);
+// max_splits: the launch's split count (0 = sized for the cache's n_ctx, as a model's graph would be).
 py::array_t<float> py_decode(const CudaKVCache& c, int layer, const py::array& seq_ids, const py::array& q,
                              double scale, bool q_rotated, int split_tokens, int max_splits) {
   const char* op = "attention_decode";
@@ -161,7 +169,7 @@ py::array_t<float> py_decode(const CudaKVCache& c, int layer, const py::array& s
   check_common(op, c, layer, H, scale);
   if (ns < 1) bad(op, "n_seqs=" + str(ns) + " must be >= 1");
   if (ns > 65535) bad(op, "n_seqs=" + str(ns) + " is more than 65535");
-  if (split_tokens < 1) bad(op, "split_tokens=" + str(split_tokens) + " must be >= 1");
+  if (split_tokens < 0) bad(op, "split_tokens=" + str(split_tokens) + " must be >= 0 (0 = the model's default plan)");
   if (max_splits < 0 || max_splits > kMaxSplits)
     bad(op, "max_splits=" + str(max_splits) + " must be in [0, " + str(kMaxSplits) + "] (0 = from n_ctx)");
   const int32_t* ids = (const int32_t*)seq_ids.data();
@@ -180,7 +188,13 @@ py::array_t<float> py_decode(const CudaKVCache& c, int layer, const py::array& s
     const auto& p = c.page_table(ids[i]);
     std::copy(p.begin(), p.end(), pt.begin() + i * stride);
   }
-  const int32_t ms = max_splits > 0 ? max_splits : paged_max_splits(c.n_ctx(), split_tokens);
+  int32_t ms = max_splits;
+  if (split_tokens == 0) {  // the model's plan for this device (SM count), sized for n_ctx
+    const DecodeSplitPlan plan = paged_decode_plan(c.n_ctx(), c.params().n_kv_heads, ns, sm_count());
+    split_tokens = plan.split_tokens;
+    if (ms == 0) ms = plan.max_splits;
+  }
+  if (ms == 0) ms = paged_max_splits(c.n_ctx(), split_tokens);
   const size_t qbytes = (size_t)(ns * H * hd * 4);
   DBuf dpt(pt.size() * 4), dlen(lens.size() * 4), dq(qbytes), dout(qbytes),
       work((size_t)paged_decode_work_floats(ns, H, hd, ms) * 4);
@@ -248,6 +262,102 @@ py::array_t<float> py_prefill(const CudaKVCache& c, int layer, int seq_id, const
 }
 
 
+// Decode attention micro-benchmark: one layer of a cache of n_kv heads x head_dim holding one
+// sequence of ctx random tokens, n_heads query heads, the model's default split plan (split_tokens
+// 0) or split_tokens per split; `iters` launches (decode + merge) timed with CUDA events.
+py::dict bench_attention_decode(int n_heads, int n_kv, int hd, int64_t ctx, const std::string& kv_dtype, int iters,
+                                int split_tokens) {
+  const char* op = "bench_attention_decode";
+  if (n_kv < 1 || n_heads < 1 || n_heads % n_kv) bad(op, "n_heads=" + str(n_heads) + " must be a positive multiple of n_kv=" + str(n_kv));
+  if (ctx < 1 || ctx > (1 << 24)) bad(op, "ctx=" + str(ctx) + " must be in [1, 2^24]");
+  if (iters < 1) bad(op, "iters must be >= 1");
+  if (split_tokens < 0) bad(op, "split_tokens must be >= 0 (0 = the default plan)");
+  KVCacheParams p;
+  p.n_layers = 1;
+  p.n_kv_heads = n_kv;
+  p.head_dim = hd;
+  p.page_size = 16;
+  p.k_dtype = p.v_dtype = parse_kv_dtype(kv_dtype, op);
+  p.budget_tokens = (ctx + 15) / 16 * 16;
+  p.n_ctx = ctx;
+  p.rope.mode = RopeMode::None;
+  CudaKVCache c(p, nullptr);  // validates head_dim
+  const int32_t sid = c.add_sequence();
+  {
+    const size_t nel = (size_t)(ctx * n_kv * hd);
+    std::vector<float> hk(nel);
+    uint32_t x = 12345;
+    for (float& f : hk) {
+      x = x * 1664525u + 1013904223u;
+      f = (float)((x >> 8) & 0xffff) / 32768.0f - 1.0f;
+    }
+    DBuf dk(nel * 4);
+    dk.up(hk.data(), nel * 4);
+    c.reserve(sid, ctx);
+    c.write(0, sid, 0, (int32_t)ctx, dk.as<float>(), dk.as<float>(), true);
+  }
+  int32_t st = split_tokens, ms;
+  if (st == 0) {
+    const DecodeSplitPlan plan = paged_decode_plan(ctx, n_kv, 1, sm_count());
+    st = plan.split_tokens;
+    ms = plan.max_splits;
+  } else {
+    ms = paged_max_splits(ctx, st);
+  }
+  const auto& pt = c.page_table(sid);
+  const int32_t len = (int32_t)ctx;
+  const size_t qbytes = (size_t)n_heads * hd * 4;
+  DBuf dpt(pt.size() * 4), dlen(4), dq(qbytes), dout(qbytes),
+      work((size_t)paged_decode_work_floats(1, n_heads, hd, ms) * 4);
+  dpt.up(pt.data(), pt.size() * 4);
+  dlen.up(&len, 4);
+  {
+    std::vector<float> hq((size_t)n_heads * hd, 0.05f);
+    dq.up(hq.data(), qbytes);
+  }
+  PagedDecodeArgs a;
+  a.kv = c.dev();
+  a.n_seqs = 1;
+  a.n_heads = n_heads;
+  a.pt = dpt.as<int32_t>();
+  a.pt_stride = (int32_t)pt.size();
+  a.lens = dlen.as<int32_t>();
+  a.q = dq.as<float>();
+  a.out = dout.as<float>();
+  a.max_splits = ms;
+  a.split_tokens = st;
+  a.work = work.as<float>();
+  cudaEvent_t e0, e1;
+  check(cudaEventCreate(&e0), "event");
+  check(cudaEventCreate(&e1), "event");
+  for (int i = 0; i < 3; ++i) paged_attention_decode(a, nullptr);
+  check(cudaEventRecord(e0, 0), "event");
+  for (int i = 0; i < iters; ++i) paged_attention_decode(a, nullptr);
+  check(cudaEventRecord(e1, 0), "event");
+  check(cudaEventSynchronize(e1), "event");
+  float ms_total = 0;
+  check(cudaEventElapsedTime(&ms_total, e0, e1), "event");
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  const KVLayout& L = c.layout();
+  const double us = ms_total * 1e3 / iters;
+  const double kv_bytes = (double)ctx * n_kv * (double)(L.k_row + L.v_row);
+  const int n_pg = (int)((ctx + 15) / 16);
+  int ns = (int)std::min<int64_t>(std::min<int64_t>((ctx + st - 1) / st, ms), n_pg);
+  ns = std::max(ns, 1);
+  const int pps = (n_pg + ns - 1) / ns;
+  ns = (n_pg + pps - 1) / pps;
+  py::dict r;
+  r["us"] = us;
+  r["kv_bytes"] = kv_bytes;
+  r["GBps"] = kv_bytes / (us * 1e-6) / 1e9;
+  r["split_tokens"] = st;
+  r["max_splits"] = ms;
+  r["splits"] = ns;
+  r["ctas"] = ns * n_kv;
+  return r;
+}
+
 }  // namespace
 
 void register_kv(py::module_& m) {
@@ -262,6 +372,9 @@ void register_kv(py::module_& m) {
         py::arg("scale") = 0.0, py::arg("q_rotated") = false, py::arg("split_tokens") = 512,
         py::arg("max_splits") = 0,
         "Decode attention over the device cache (split-K: one split per split_tokens tokens, at most max_splits)");
+  m.def("bench_attention_decode", &bench_attention_decode, py::arg("n_heads"), py::arg("n_kv"), py::arg("head_dim"),
+        py::arg("ctx"), py::arg("kv_dtype") = "f16", py::arg("iters") = 50, py::arg("split_tokens") = 0,
+        "Times decode attention (+ merge) over one layer of ctx tokens: us per call, KV GB/s, the split plan");
   m.def("attention_prefill", &py_prefill, py::arg("cache"), py::arg("layer"), py::arg("seq_id"), py::arg("q"),
         py::arg("scale") = 0.0, py::arg("q_rotated") = false);
 }

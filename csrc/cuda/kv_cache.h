@@ -84,11 +84,13 @@ void require_rope(const RopeParams& rp, const float* dff, int64_t head_dim, cons
 void kv_copy_page(const DevKV& kv, int32_t src, int32_t dst, cudaStream_t st);
 
 // --- paged attention (attention_paged.cu) --------------------------------------------------------
-// Decode (one query per sequence at its last position, q already rotated), split-K over pages:
-// CTA (head, seq, split) reduces a chunk of whole pages to a partial (max, sum, acc); a merge kernel
-// combines the splits. The split count is derived ON THE DEVICE from each sequence's length
-// (ceil(len / split_tokens), at most max_splits and the page count), so short contexts use one split
-// and the launch shape (max_splits) is fixed for a CUDA graph; splits past the count do nothing.
+// Decode (one query per sequence at its last position, q already rotated), split-K over pages with
+// GQA grouping: CTA (KV head, seq, split) loads each K/V row of its chunk of whole pages once (into
+// shared memory) and reduces it for every query head of the group to a partial (max, sum, acc) per
+// query head; a merge kernel combines the splits. The split count is derived ON THE DEVICE from each
+// sequence's length (ceil(len / split_tokens), at most max_splits and the page count), so short
+// contexts use few splits and the launch shape (max_splits) is fixed for a CUDA graph; splits past
+// the count do nothing.
 struct PagedDecodeArgs {
   DevKV kv;
   int32_t layer = 0;
@@ -108,6 +110,14 @@ constexpr int kMaxSplits = 64;
 int64_t paged_decode_work_floats(int64_t n_seqs, int64_t n_heads, int64_t hd, int64_t max_splits);
 // max_splits for sequences up to max_len tokens (what a graph's launch shape is sized for).
 int32_t paged_max_splits(int64_t max_len, int32_t split_tokens);
+// Default (split_tokens, max_splits) for sequences up to max_len tokens on a device with sm_count
+// SMs (cudaDeviceProp::multiProcessorCount, queried once): kMinSplitTokens per split, splits up to
+// ~2 CTAs per SM (see attention_paged.cu).
+constexpr int kMinSplitTokens = 64;
+struct DecodeSplitPlan {
+  int32_t split_tokens = kMinSplitTokens, max_splits = 1;
+};
+DecodeSplitPlan paged_decode_plan(int64_t max_len, int64_t n_kv, int64_t n_seqs, int sm_count);
 void paged_attention_decode(const PagedDecodeArgs& a, cudaStream_t st);
 
 // Causal prefill of one sequence: queries at positions [len - n_q, len) (len = *lens), q rotated.

@@ -135,7 +135,7 @@ CudaLlama::CudaLlama(const CudaLlamaConfig& cfg, const HostWeight& tok_embd, con
   if ((int64_t)layers.size() != c.n_layer) throw std::invalid_argument("[model] layer count does not match the config");
   if (n_ctx < 1 || n_ctx > INT32_MAX / 2) throw std::invalid_argument("[model] n_ctx must be in [1, 2^30)");
   if (kv.budget_tokens < 0) throw std::invalid_argument("[model] the KV budget must not be negative");
-  if (kv.split_tokens < 1) throw std::invalid_argument("[model] split_tokens must be >= 1");
+  if (kv.split_tokens < 0) throw std::invalid_argument("[model] split_tokens must be >= 0 (0 = from the SM count)");
   int count = 0;
   check(cudaGetDeviceCount(&count), "cudaGetDeviceCount");
   if (device < 0 || device >= count)
@@ -210,7 +210,15 @@ CudaLlama::CudaLlama(const CudaLlamaConfig& cfg, const HostWeight& tok_embd, con
     seq_ = cache_->add_sequence();
     kv_bytes_ = cache_->stats().pool_bytes;
     max_pages_ = (n_ctx + kv.page_size - 1) / kv.page_size;
-    max_splits_ = paged_max_splits(n_ctx, kv.split_tokens);
+    if (kv.split_tokens > 0) {
+      max_splits_ = paged_max_splits(n_ctx, kv.split_tokens);
+    } else {  // the default plan from the SM count, queried once here (not per step)
+      cudaDeviceProp prop;
+      check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
+      const DecodeSplitPlan plan = paged_decode_plan(n_ctx, c.n_head_kv, 1, prop.multiProcessorCount);
+      kvo_.split_tokens = plan.split_tokens;
+      max_splits_ = plan.max_splits;
+    }
     d_pt_ = (int32_t*)dalloc((size_t)(max_pages_ + 1) * 4);
     check(cudaMallocHost(&h_pt_, (size_t)(max_pages_ + 1) * 4), "cudaMallocHost");
     work_ = (float*)dalloc((size_t)paged_decode_work_floats(1, c.n_head, c.head_dim, max_splits_) * 4);

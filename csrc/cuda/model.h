@@ -40,7 +40,9 @@ struct CudaKVOptions {
   KVDtype dtype = KVDtype::F16;  // K and V rows: F16 or Q8_0 (F32 accepted)
   int32_t page_size = 16;
   int64_t budget_tokens = 0;
-  int32_t split_tokens = 512;    // decode split-K: tokens per split before another split is used
+  // decode split-K: tokens per split before another split is used (then max_splits from n_ctx);
+  // 0 = paged_decode_plan: 64 tokens per split, splits up to ~2 CTAs per SM (SM count queried once)
+  int32_t split_tokens = 0;
 };
 
 class CudaLlama {

@@ -405,7 +405,7 @@ def test_gpu_bench_script_runs_in_smoke_mode(tmp_path):
     )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     out = p.stdout
-    assert "GEMV" in out and "prefill GEMM" in out and "decode" in out
+    assert "GEMV" in out and "prefill GEMM" in out and "decode" in out and "decode attention" in out
     assert "failed" not in out.replace("torch baseline failed", ""), out[-3000:]
 
 

@@ -179,6 +179,83 @@ def test_decode_long_context(rng):
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-4)
 
 
+# GQA-grouped decode: one CTA per (KV head, sequence, split) serves the G = H / n_kv query heads of
+# its group (warps of up to 4 heads, 16 heads per pass over the keys). Groups 1..16 (one pass: 1, 2
+# or 4 warps per chunk of heads, 6 and 12 leave chunks of unequal size / an idle warp), MQA (32: two
+# passes; 20: a partial second pass), every head_dim bucket, every storage dtype, short contexts (one
+# token, one partial page) and long ones split many ways, against the CPU cache. rope "none": K is
+# stored bit-identically on both sides, so only float32 reduction order differs.
+GQA_CASES = [  # (n_heads, n_kv, head_dim)
+    (2, 2, 64),  # G = 1
+    (4, 2, 64),  # G = 2
+    (8, 2, 128),  # G = 4
+    (16, 2, 64),  # G = 8 (TinyLlama's grouping)
+    (32, 2, 32),  # G = 16
+    (12, 2, 64),  # G = 6
+    (12, 1, 256),  # G = 12
+    (32, 1, 64),  # MQA, G = 32
+    (20, 1, 96),  # MQA, G = 20
+]
+
+
+@pytest.mark.parametrize("dt", ["f16", "q8_0", "f32"])
+@pytest.mark.parametrize("case", GQA_CASES, ids=lambda c: f"H{c[0]}-kv{c[1]}-hd{c[2]}")
+def test_decode_gqa_groups_match_cpu(dt, case, rng):
+    H, nkv, hd = case
+    c, g = pair(n_kv=nkv, hd=hd, dt=dt, budget_tokens=1024, rope="none")
+    ids = []
+    for T in (1, 9, 16, 70, 301):
+        s = c.add_sequence()
+        g.add_sequence()
+        k, v = rand_kv(rng, T, nkv, hd)
+        both(c, g, lambda x: x.append(s, k, v))
+        ids.append(s)
+    q = rng.standard_normal((len(ids), H, hd)).astype(np.float32)
+    want = xsil.attention_decode(c, 0, ids, q)
+    dids = np.asarray(ids, np.int32)
+    for kw in (
+        {},  # 512 tokens per split: one split each
+        dict(split_tokens=0),  # the model's default plan (64 tokens per split, SM-count bound)
+        dict(split_tokens=16, max_splits=64),  # one page per split: up to 19 splits
+        dict(split_tokens=40, max_splits=3),  # capped: 3 splits of several pages
+    ):
+        got = cuda_ext.attention_decode(g, 0, dids, q, **kw)
+        np.testing.assert_allclose(got, want, rtol=0, atol=3e-5, err_msg=str(kw))
+
+
+@pytest.mark.parametrize("case", [(32, 4, 64), (32, 1, 128)], ids=["tinyllama", "mqa"])
+def test_decode_gqa_long_context_many_splits(case, rng):
+    H, nkv, hd = case
+    T = 3000
+    c, g = pair(n_kv=nkv, hd=hd, dt="f16", budget_tokens=T + 8, page_size=16)
+    s = c.add_sequence()
+    g.add_sequence()
+    k, v = rand_kv(rng, T, nkv, hd)
+    both(c, g, lambda x: x.append(s, k, v))
+    q = rng.standard_normal((1, H, hd)).astype(np.float32)
+    got, want = _decode_pair(c, g, [s], q, split_tokens=0)
+    many, _ = _decode_pair(c, g, [s], q, split_tokens=16, max_splits=64)  # 63 splits of 3 pages
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-4)
+    np.testing.assert_allclose(many, got, rtol=0, atol=1e-5)
+
+
+def test_decode_split_plan_arguments(rng):
+    c, g = pair(n_kv=1, hd=32)
+    s = c.add_sequence()
+    g.add_sequence()
+    k, v = rand_kv(rng, 5, 1, 32)
+    both(c, g, lambda x: x.append(s, k, v))
+    q = rng.standard_normal((1, 4, 32)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"\[attention_decode\] split_tokens=-1 must be >= 0"):
+        cuda_ext.attention_decode(g, 0, np.array([s], np.int32), q, split_tokens=-1)
+    with pytest.raises(ValueError, match=r"\[attention_decode\] max_splits=65"):
+        cuda_ext.attention_decode(g, 0, np.array([s], np.int32), q, max_splits=65)
+    r = cuda_ext.bench_attention_decode(4, 1, 32, 200, "q8_0", 1)
+    assert r["split_tokens"] == 64 and r["splits"] == 4 and r["ctas"] == 4 and r["us"] > 0
+    with pytest.raises(ValueError, match=r"\[bench_attention_decode\] n_heads=3"):
+        cuda_ext.bench_attention_decode(3, 2, 32, 200)
+
+
 @pytest.mark.parametrize("dt", ["f16", "q8_0"])
 def test_prefill_matches_cpu(dt, rng):
     c, g = pair(n_kv=2, hd=64, dt=dt, budget_tokens=256, page_size=8)
