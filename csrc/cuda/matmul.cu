@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 #include "cuda/common.cuh"
@@ -236,6 +237,24 @@ __global__ void __launch_bounds__(kWarps * 32) k_mm_q4_k(const uint8_t* __restri
 }
 
 enum { kF_Q4_0 = 0, kF_Q8_0 = 1, kF_Q4_K = 2, kF_Q4_1 = 3, kF_Q5_0 = 4, kF_Q5_1 = 5, kF_Q5_K = 6, kF_Q6_K = 7 };
+constexpr const char* kKfName[] = {"q4_0", "q8_0", "q4_k", "q4_1", "q5_0", "q5_1", "q5_k", "q6_k"};
+
+// Calls fn(std::integral_constant<int, kF_x>()) for block format f (one switch for every launcher that
+// instantiates a kernel template per format); false when f is not a block format.
+template <class Fn>
+bool with_block_fmt(Fmt f, Fn&& fn) {
+  switch (f) {
+    case Fmt::Q4_0: fn(std::integral_constant<int, kF_Q4_0>()); return true;
+    case Fmt::Q8_0: fn(std::integral_constant<int, kF_Q8_0>()); return true;
+    case Fmt::Q4_K: fn(std::integral_constant<int, kF_Q4_K>()); return true;
+    case Fmt::Q4_1: fn(std::integral_constant<int, kF_Q4_1>()); return true;
+    case Fmt::Q5_0: fn(std::integral_constant<int, kF_Q5_0>()); return true;
+    case Fmt::Q5_1: fn(std::integral_constant<int, kF_Q5_1>()); return true;
+    case Fmt::Q5_K: fn(std::integral_constant<int, kF_Q5_K>()); return true;
+    case Fmt::Q6_K: fn(std::integral_constant<int, kF_Q6_K>()); return true;
+    default: return false;
+  }
+}
 
 // --- Q4_1 / Q5_0 / Q5_1 / Q5_K / Q6_K (DevMatrix layouts in kernels.h) ---------------------------
 // One weight block of 32 for a per-32 activation block: w[i] = elements 4i..4i+3 as bytes (unsigned
@@ -908,29 +927,18 @@ static void launch_mm(const DevMatrix& w, const float* x, DevQ8a xq, const Split
       check_launch("matmul_q4_k");
       break;
     case Fmt::Q4_1:
-      k_mm_x<kF_Q4_1, MT><<<grid, kWarps * 32, 0, st>>>((const uint8_t*)w.qs, (const uint8_t*)w.d, xq.qs, xq.d, xq.s,
-                                                        y, N, K, Mi);
-      check_launch("matmul_q4_1");
-      break;
     case Fmt::Q5_0:
-      k_mm_x<kF_Q5_0, MT><<<grid, kWarps * 32, 0, st>>>((const uint8_t*)w.qs, (const uint8_t*)w.d, xq.qs, xq.d, xq.s,
-                                                        y, N, K, Mi);
-      check_launch("matmul_q5_0");
-      break;
     case Fmt::Q5_1:
-      k_mm_x<kF_Q5_1, MT><<<grid, kWarps * 32, 0, st>>>((const uint8_t*)w.qs, (const uint8_t*)w.d, xq.qs, xq.d, xq.s,
-                                                        y, N, K, Mi);
-      check_launch("matmul_q5_1");
-      break;
     case Fmt::Q5_K:
-      k_mm_x<kF_Q5_K, MT><<<grid, kWarps * 32, 0, st>>>((const uint8_t*)w.qs, (const uint8_t*)w.d, xq.qs, xq.d, xq.s,
-                                                        y, N, K, Mi);
-      check_launch("matmul_q5_k");
-      break;
     case Fmt::Q6_K:
-      k_mm_x<kF_Q6_K, MT><<<grid, kWarps * 32, 0, st>>>((const uint8_t*)w.qs, (const uint8_t*)w.d, xq.qs, xq.d, xq.s,
-                                                        y, N, K, Mi);
-      check_launch("matmul_q6_k");
+      with_block_fmt(w.fmt, [&](auto kf) {
+        constexpr int F = decltype(kf)::value;
+        if constexpr (F != kF_Q4_0 && F != kF_Q8_0 && F != kF_Q4_K) {  // those have their own kernels
+          k_mm_x<F, MT><<<grid, kWarps * 32, 0, st>>>((const uint8_t*)w.qs, (const uint8_t*)w.d, xq.qs, xq.d, xq.s,
+                                                      y, N, K, Mi);
+          check_launch((std::string("matmul_") + kKfName[F]).c_str());
+        }
+      });
       break;
     case Fmt::F16:
       k_mm_dense<MT, true><<<grid, kWarps * 32, 0, st>>>(w.qs, x, y, N, K, Mi);
@@ -1017,83 +1025,23 @@ void matmul_split(const DevMatrix& w, const float* x, DevQ8a xq, const SplitOut&
   if (mma) {
     require(M <= 65535LL * kMM, "matmul", "M too large");
     const dim3 grid(grid1(w.N, kMN), (unsigned)((M + kMM - 1) / kMM));
-    switch (w.fmt) {
-      case Fmt::Q4_0:
-        k_gemm_mma<kF_Q4_0><<<grid, 128, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
-        check_launch("gemm_mma_q4_0");
-        break;
-      case Fmt::Q8_0:
-        k_gemm_mma<kF_Q8_0><<<grid, 128, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
-        check_launch("gemm_mma_q8_0");
-        break;
-      case Fmt::Q4_K:
-        k_gemm_mma<kF_Q4_K><<<grid, 128, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
-        check_launch("gemm_mma_q4_k");
-        break;
-      case Fmt::Q4_1:
-        k_gemm_mma<kF_Q4_1><<<grid, 128, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
-        check_launch("gemm_mma_q4_1");
-        break;
-      case Fmt::Q5_0:
-        k_gemm_mma<kF_Q5_0><<<grid, 128, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
-        check_launch("gemm_mma_q5_0");
-        break;
-      case Fmt::Q5_1:
-        k_gemm_mma<kF_Q5_1><<<grid, 128, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
-        check_launch("gemm_mma_q5_1");
-        break;
-      case Fmt::Q5_K:
-        k_gemm_mma<kF_Q5_K><<<grid, 128, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
-        check_launch("gemm_mma_q5_k");
-        break;
-      case Fmt::Q6_K:
-        k_gemm_mma<kF_Q6_K><<<grid, 128, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
-        check_launch("gemm_mma_q6_k");
-        break;
-      default:
-        throw std::logic_error("[cuda:matmul] no tensor-core GEMM for " + std::string(fmt_name(w.fmt)));
-    }
+    const bool ok = with_block_fmt(w.fmt, [&](auto kf) {
+      constexpr int F = decltype(kf)::value;
+      k_gemm_mma<F><<<grid, 128, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
+      check_launch((std::string("gemm_mma_") + kKfName[F]).c_str());
+    });
+    if (!ok) throw std::logic_error("[cuda:matmul] no tensor-core GEMM for " + std::string(fmt_name(w.fmt)));
   } else if (M == 1) {
     launch_mm<1>(w, x, xq, y, M, st);
   } else if (quant) {
     require(M <= 65535LL * kGM, "matmul", "M too large");
     const dim3 grid(grid1(w.N, kGW), (unsigned)((M + kGM - 1) / kGM));
-    switch (w.fmt) {
-      case Fmt::Q4_0:
-        k_gemm_q<kF_Q4_0><<<grid, kGW * 32, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
-        check_launch("gemm_q4_0");
-        break;
-      case Fmt::Q8_0:
-        k_gemm_q<kF_Q8_0><<<grid, kGW * 32, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
-        check_launch("gemm_q8_0");
-        break;
-      case Fmt::Q4_K:
-        k_gemm_q<kF_Q4_K><<<grid, kGW * 32, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
-        check_launch("gemm_q4_k");
-        break;
-      case Fmt::Q4_1:
-        k_gemm_q<kF_Q4_1><<<grid, kGW * 32, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
-        check_launch("gemm_q4_1");
-        break;
-      case Fmt::Q5_0:
-        k_gemm_q<kF_Q5_0><<<grid, kGW * 32, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
-        check_launch("gemm_q5_0");
-        break;
-      case Fmt::Q5_1:
-        k_gemm_q<kF_Q5_1><<<grid, kGW * 32, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
-        check_launch("gemm_q5_1");
-        break;
-      case Fmt::Q5_K:
-        k_gemm_q<kF_Q5_K><<<grid, kGW * 32, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
-        check_launch("gemm_q5_k");
-        break;
-      case Fmt::Q6_K:
-        k_gemm_q<kF_Q6_K><<<grid, kGW * 32, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
-        check_launch("gemm_q6_k");
-        break;
-      default:
-        throw std::logic_error("[cuda:matmul] no dp4a GEMM for " + std::string(fmt_name(w.fmt)));
-    }
+    const bool ok = with_block_fmt(w.fmt, [&](auto kf) {
+      constexpr int F = decltype(kf)::value;
+      k_gemm_q<F><<<grid, kGW * 32, 0, st>>>((const uint8_t*)w.qs, w.d, xq.qs, xq.d, xq.s, y, N, K, Mi);
+      check_launch((std::string("gemm_") + kKfName[F]).c_str());
+    });
+    if (!ok) throw std::logic_error("[cuda:matmul] no dp4a GEMM for " + std::string(fmt_name(w.fmt)));
   } else {
     launch_mm<kTileM>(w, x, xq, y, M, st);
   }
