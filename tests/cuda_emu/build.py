@@ -80,12 +80,33 @@ def _includes() -> list[str]:
     return [pybind11.get_include(), py_inc]
 
 
+_UBSAN: list[str] | None = None
+
+
 def _sanitize_flags() -> list[str]:
     """Misaligned typed accesses (an int4 / uint4 load from an address that is not 16-byte aligned)
-    fault on a GPU but not on x86: UBSan's alignment check makes them abort here too."""
+    fault on a GPU but not on x86: UBSan's alignment check makes them abort here too. Dropped (with a
+    note) when this compiler cannot link it into a shared library (no libubsan)."""
+    global _UBSAN
     if os.environ.get("XSIL_EMU_UBSAN", "1") == "0":
         return []
-    return ["-fsanitize=alignment", "-fno-sanitize-recover=alignment"]
+    if _UBSAN is None:
+        flags = ["-fsanitize=alignment", "-fno-sanitize-recover=alignment"]
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            src = Path(d) / "t.cpp"
+            src.write_text("int f(const int* p) { return *p; }\n")
+            p = subprocess.run(
+                [_compiler(), *flags, "-fPIC", "-shared", str(src), "-o", str(Path(d) / "t.so")],
+                capture_output=True, text=True,
+            )
+        if p.returncode:
+            print("note: the CUDA emulator builds without UBSan's alignment check "
+                  f"({p.stderr.strip()[-200:]})", file=sys.stderr)
+            flags = []
+        _UBSAN = flags
+    return _UBSAN
 
 
 def cache_dir() -> Path:

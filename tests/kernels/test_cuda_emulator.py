@@ -17,16 +17,18 @@ pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler")
 @pytest.fixture(scope="module")
 def selftest(tmp_path_factory):
     exe = str(tmp_path_factory.mktemp("xemu") / "selftest")
-    subprocess.run(
-        [CXX, "-std=c++17", "-O1", "-ffp-contract=off", "-fsanitize=alignment", "-fno-sanitize-recover=alignment",
-         f"-I{EMU}/include", f"{EMU}/selftest.cpp",
-         f"{EMU}/xemu.cpp", "-o", exe, "-lpthread"],
-        check=True,
-    )
+    base = [CXX, "-std=c++17", "-O1", "-ffp-contract=off", f"-I{EMU}/include", f"{EMU}/selftest.cpp",
+            f"{EMU}/xemu.cpp", "-o", exe, "-lpthread"]
+    ubsan = ["-fsanitize=alignment", "-fno-sanitize-recover=alignment"]
+    # UBSan's alignment check when this compiler can link it (as tests/cuda_emu/build.py does)
+    has_ubsan = subprocess.run(base + ubsan, capture_output=True).returncode == 0
+    if not has_ubsan:
+        subprocess.run(base, check=True)
 
     def run(mode, stdin=None):
-        p = subprocess.run([exe, mode], input=stdin, capture_output=True, text=True, timeout=120)
-        return p
+        if mode == "misaligned" and not has_ubsan:
+            pytest.skip("no UBSan (libubsan) for this compiler: the alignment check is off")
+        return subprocess.run([exe, mode], input=stdin, capture_output=True, text=True, timeout=120)
 
     return run
 
