@@ -6,8 +6,11 @@
 //   1. activation quantization (block_q8a for Q4_0/Q8_0, block_q8k for Q4_K): bytes identical to
 //      ref's, on random rows and on special rows (zeros, subnormal blocks, +-inf, NaN, huge values,
 //      exact .5 ties);
-//   2. matmul (integer path) for Q4_0 / Q8_0 / Q4_K over awkward shapes: every output within
-//      1e-5 * sum|terms| of ref's (float32 accumulation-order freedom; bit-exact is reported too);
+//   2. matmul (integer path) for every block format over awkward shapes (odd N and M, K from one
+//      block up), on random weights and on extreme ones (all-0 / all-1 / 0x80 quant bytes, int8
+//      scales of -128, fp16 scales of +-65504, subnormal and zero): every output bit-identical to
+//      ref's (every tier computes ref's exact integer sums and ref's fp32 operations in ref's order;
+//      two NaNs count as equal whatever their payload); the worst |diff| / sum|terms| is reported;
 //   3. the same matmul on 1 and 2 threads, and the tier's gemm called on [0, N) at once and in
 //      n_tile pieces: bit-identical outputs;
 //   4. where the tier has a packed layout: pack_weights (out of place and in place) keeps the size
@@ -61,6 +64,30 @@ std::vector<uint8_t> random_weights(Fmt fmt, int64_t N, int64_t K, std::mt19937&
     if (fmt == Fmt::Q4_K || fmt == Fmt::Q5_K || fmt == Fmt::Q4_1 || fmt == Fmt::Q5_1) {  // dmin / m
       uint16_t dm = fp32_to_fp16(sc(rng));
       std::memcpy(&w[off + 2], &dm, 2);
+    }
+  }
+  return w;
+}
+
+// Extreme GGUF weight rows: each block gets one quant-byte pattern (0x00, 0xFF, 0x80, 0x7F or random:
+// the largest quants of either sign, Q6_K scales of -128 / 127) and extreme fp16 scales / mins.
+std::vector<uint8_t> extreme_weights(Fmt fmt, int64_t N, int64_t K, std::mt19937& rng) {
+  std::vector<uint8_t> w = random_weights(fmt, N, K, rng);
+  const int bs = fmt_info(fmt)->type_size;
+  const uint8_t pats[] = {0x00, 0xFF, 0x80, 0x7F};
+  const uint16_t scales[] = {0x7BFF, 0xFBFF, 0x0001, 0x8001, 0x0400, 0x0000, 0x3C00, 0xBC00};  // +-65504, subnormals, min normal, 0, +-1
+  std::uniform_int_distribution<int> pick(0, 5), pick_s(0, 9);
+  for (size_t off = 0; off < w.size(); off += (size_t)bs) {
+    const int p = pick(rng);
+    if (p < 4) std::memset(&w[off], pats[p], (size_t)bs);
+    const size_t d_off = fmt == Fmt::Q6_K ? offsetof(block_q6_K, d) : 0;
+    int ps = pick_s(rng);
+    if (ps < 8) std::memcpy(&w[off + d_off], &scales[ps], 2);
+    else if (p < 4) { const uint16_t one = 0x2000; std::memcpy(&w[off + d_off], &one, 2); }  // keep the pattern's d finite
+    if (fmt == Fmt::Q4_K || fmt == Fmt::Q5_K || fmt == Fmt::Q4_1 || fmt == Fmt::Q5_1) {  // dmin / m
+      ps = pick_s(rng);
+      const uint16_t m = ps < 8 ? scales[ps] : (uint16_t)0x2000;
+      std::memcpy(&w[off + 2], &m, 2);
     }
   }
   return w;
@@ -169,11 +196,17 @@ void run_matmul(const MatmulKernels& k, Fmt fmt, const std::vector<float>& x, co
 }
 
 void check_matmul_case(const MatmulKernels& tk, const MatmulKernels& rk, Fmt fmt, int64_t M, int64_t N, int64_t K,
-                       std::mt19937& rng, Stats& st, bool specials) {
+                       std::mt19937& rng, Stats& st, bool specials, bool extreme = false) {
   const std::string name = std::string(tier_name(tk.tier)) + " " + fmt_name(fmt) + " M=" + std::to_string(M) +
-                           " N=" + std::to_string(N) + " K=" + std::to_string(K) + (specials ? " (inf/nan)" : "");
-  const std::vector<uint8_t> w = random_weights(fmt, N, K, rng);
+                           " N=" + std::to_string(N) + " K=" + std::to_string(K) + (specials ? " (inf/nan)" : "") +
+                           (extreme ? " (extreme)" : "");
+  const std::vector<uint8_t> w = extreme ? extreme_weights(fmt, N, K, rng) : random_weights(fmt, N, K, rng);
   std::vector<float> x = random_acts(M, K, rng);
+  if (extreme) {  // activation quants of +-127 (constant-magnitude rows), alternating or one sign
+    for (int64_t k = 0; k < K; ++k) x[k] = (k & 1) ? -3.0f : 3.0f;
+    if (M > 1) for (int64_t k = 0; k < K; ++k) x[K + k] = -1e30f;
+    if (M > 2) for (int64_t k = 0; k < K; ++k) x[2 * K + k] = 1e-30f;
+  }
   if (specials) {
     x[0] = std::numeric_limits<float>::infinity();
     if (M > 1) x[K + 1] = std::numeric_limits<float>::quiet_NaN();
@@ -208,13 +241,10 @@ void check_matmul_case(const MatmulKernels& tk, const MatmulKernels& rk, Fmt fmt
         continue;
       }
       const double diff = std::fabs((double)a - (double)b);
-      const double tol = 1e-5 * bound + 1e-30;
       if (std::isfinite(bound) && bound > 0) st.worst = std::max(st.worst, diff / bound);
-      if (!(diff <= tol) && !(std::isinf(a) && a == b)) {
-        if (bad++ < 3)
-          fail(name + ": y[" + std::to_string(m) + "," + std::to_string(n) + "] = " + std::to_string(a) +
-               ", ref " + std::to_string(b) + " (bound " + std::to_string(bound) + ")");
-      }
+      if (bad++ < 3)  // not bit-identical: every tier must be
+        fail(name + ": y[" + std::to_string(m) + "," + std::to_string(n) + "] = " + std::to_string(a) +
+             ", ref " + std::to_string(b) + " (bound " + std::to_string(bound) + "): not bit-identical");
     }
   }
   ++g_checks;
@@ -326,6 +356,8 @@ int main(int argc, char** argv) {
       }
       check_matmul_case(tk, rk, fmt, 5, 37, 512, rng, st, true);
       check_matmul_case(tk, rk, fmt, 150, 21, 256, rng, st, false);  // M > 64: several M blocks
+      for (int64_t N : {1, 6, 13})
+        for (int64_t M : {1, 3, 6}) check_matmul_case(tk, rk, fmt, M, N, 512, rng, st, false, true);
       std::printf("  %-13s %-5s %s: %" PRId64 " outputs, %" PRId64 " bit-exact vs ref, worst |diff|/sum|terms| %.3g, %" PRId64
                   " cases also packed\n",
                   t.name.c_str(), fmt_name(fmt), g_fail == fails1 ? "PASS" : "FAIL", st.outputs, st.exact, st.worst,

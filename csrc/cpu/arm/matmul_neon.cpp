@@ -23,14 +23,20 @@ static inline int32x4_t dot32(int8x16_t w0, int8x16_t w1, int8x16_t a0, int8x16_
   return vpadalq_s16(vpaddlq_s16(p0), p1);
 }
 
-// dot32 for weights in [0, 15] (Q4_K nibbles): 4 products per int16 lane (at most 4 * 15 * 127 = 7620),
-// one widening pairwise add at the end (5 instructions instead of 6).
+// dot32 for weights in [0, 31] (Q4_K nibbles, Q5_K quants): 4 products per int16 lane (at most
+// 4 * 31 * 128 = 15872), one widening pairwise add at the end (5 instructions instead of 6).
 static inline int32x4_t dot32_u4(int8x16_t w0, int8x16_t w1, int8x16_t a0, int8x16_t a1) {
   int16x8_t p = vmull_s8(vget_low_s8(w0), vget_low_s8(a0));
   p = vmlal_high_s8(p, w0, a0);
   p = vmlal_s8(p, vget_low_s8(w1), vget_low_s8(a1));
   p = vmlal_high_s8(p, w1, a1);
   return vpaddlq_s16(p);
+}
+
+// 16-element dot product (Q6_K sub-blocks, |w| <= 32): two products per int16 lane (at most
+// 2 * 32 * 128), one widening pairwise add.
+static inline int32x4_t dot16(int8x16_t w, int8x16_t a) {
+  return vpaddlq_s16(vmlal_high_s8(vmull_s8(vget_low_s8(w), vget_low_s8(a)), w, a));
 }
 
 // [sum_i w_r[i] * a[i] for r = 0..3] over one 32-element block, weights |w| <= 8 (Q4_0): a row's 32

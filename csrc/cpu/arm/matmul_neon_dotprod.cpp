@@ -19,6 +19,8 @@ static inline int32x4_t dot32_u4(int8x16_t w0, int8x16_t w1, int8x16_t a0, int8x
   return dot32(w0, w1, a0, a1);
 }
 
+static inline int32x4_t dot16(int8x16_t w, int8x16_t a) { return vdotq_s32(vdupq_n_s32(0), w, a); }
+
 // [sum_i w_r[i] * a[i] for r = 0..3] over one 32-element block (any int8 weights here).
 static inline int32x4_t dot4rows_w8(const int8x16_t lo[4], const int8x16_t hi[4], int8x16_t a0, int8x16_t a1) {
   return vpaddq_s32(vpaddq_s32(dot32(lo[0], hi[0], a0, a1), dot32(lo[1], hi[1], a0, a1)),
