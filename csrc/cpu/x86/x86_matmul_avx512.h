@@ -333,29 +333,10 @@ void q4_k_tile16_vnni(const uint8_t* wp, int64_t nb, const block_q8k* const* x, 
 }
 
 void gemm_q4_k_packed_vnni(const GemmArgs& a, int64_t n0, int64_t n1) {
-  const int64_t nb = a.K / QK_K;
-  const int64_t rb = (int64_t)a.w_row_bytes;
-  const uint8_t* W = (const uint8_t*)a.w;
-  int64_t n = n0;
-  for (; n + GK <= n1; n += GK) {
-    const uint8_t* wp = W + n * rb;
-    for (int64_t m0 = 0; m0 < a.M; m0 += MRK) {
-      const int R = (int)(a.M - m0 < MRK ? a.M - m0 : MRK);
-      const block_q8k* x[MRK];
-      float* y[MRK];
-      for (int m = 0; m < R; ++m) {
-        x[m] = (const block_q8k*)((const uint8_t*)a.xq + (m0 + m) * a.xq_row_bytes);
-        y[m] = a.y + (m0 + m) * a.ldy + n;
-      }
-      switch (R) {
-        case 1: q4_k_tile16_vnni<1>(wp, nb, x, y); break;
-        case 2: q4_k_tile16_vnni<2>(wp, nb, x, y); break;
-        case 3: q4_k_tile16_vnni<3>(wp, nb, x, y); break;
-        default: q4_k_tile16_vnni<4>(wp, nb, x, y); break;
-      }
-    }
-  }
-  if (n < n1) gemm_q4_k_x86(a, n, n1);  // final partial group: GGUF rows
+  gemm_kq_packed_groups<GK, MRK>(a, n0, n1, gemm_q4_k_x86, [](const uint8_t* wp, int64_t g0, int64_t nb, const block_q8k* const* x, float* const* y, auto r) {
+    (void)g0;
+    q4_k_tile16_vnni<decltype(r)::value>(wp, nb, x, y);
+  });
 }
 #endif
 
@@ -521,30 +502,9 @@ void q6_k_tile16(const uint8_t* wp, int64_t g0, int64_t nb, const block_q8k* con
 }
 
 void gemm_q6_k_packed16(const GemmArgs& a, int64_t n0, int64_t n1) {
-  const int64_t nb = a.K / QK_K;
-  const int64_t rb = (int64_t)a.w_row_bytes;
-  const uint8_t* W = (const uint8_t*)a.w;
-  int64_t n = n0;
-  for (; n + GQ6 <= n1; n += GQ6) {
-    const uint8_t* wp = W + n * rb;
-    const int64_t g0 = (n / GQ6) * nb;  // group-block number of column 0 (its parity picks the layout)
-    for (int64_t m0 = 0; m0 < a.M; m0 += MRQ6) {
-      const int R = (int)(a.M - m0 < MRQ6 ? a.M - m0 : MRQ6);
-      const block_q8k* x[MRQ6];
-      float* y[MRQ6];
-      for (int m = 0; m < R; ++m) {
-        x[m] = (const block_q8k*)((const uint8_t*)a.xq + (m0 + m) * a.xq_row_bytes);
-        y[m] = a.y + (m0 + m) * a.ldy + n;
-      }
-      switch (R) {
-        case 1: q6_k_tile16<1>(wp, g0, nb, x, y); break;
-        case 2: q6_k_tile16<2>(wp, g0, nb, x, y); break;
-        case 3: q6_k_tile16<3>(wp, g0, nb, x, y); break;
-        default: q6_k_tile16<4>(wp, g0, nb, x, y); break;
-      }
-    }
-  }
-  if (n < n1) gemm_q6_k_x86(a, n, n1);  // final partial group: GGUF rows
+  gemm_kq_packed_groups<GQ6, MRQ6>(a, n0, n1, gemm_q6_k_x86, [](const uint8_t* wp, int64_t g0, int64_t nb, const block_q8k* const* x, float* const* y, auto r) {
+    q6_k_tile16<decltype(r)::value>(wp, g0, nb, x, y);
+  });
 }
 
 // --- Q5_K, packed groups of 16 rows ("lane = output row"; both builds) ------------------------------
@@ -656,29 +616,10 @@ void q5_k_tile16(const uint8_t* wp, int64_t nb, const block_q8k* const* x, float
 }
 
 void gemm_q5_k_packed16(const GemmArgs& a, int64_t n0, int64_t n1) {
-  const int64_t nb = a.K / QK_K;
-  const int64_t rb = (int64_t)a.w_row_bytes;
-  const uint8_t* W = (const uint8_t*)a.w;
-  int64_t n = n0;
-  for (; n + GQ5 <= n1; n += GQ5) {
-    const uint8_t* wp = W + n * rb;
-    for (int64_t m0 = 0; m0 < a.M; m0 += MRQ5) {
-      const int R = (int)(a.M - m0 < MRQ5 ? a.M - m0 : MRQ5);
-      const block_q8k* x[MRQ5];
-      float* y[MRQ5];
-      for (int m = 0; m < R; ++m) {
-        x[m] = (const block_q8k*)((const uint8_t*)a.xq + (m0 + m) * a.xq_row_bytes);
-        y[m] = a.y + (m0 + m) * a.ldy + n;
-      }
-      switch (R) {
-        case 1: q5_k_tile16<1>(wp, nb, x, y); break;
-        case 2: q5_k_tile16<2>(wp, nb, x, y); break;
-        case 3: q5_k_tile16<3>(wp, nb, x, y); break;
-        default: q5_k_tile16<4>(wp, nb, x, y); break;
-      }
-    }
-  }
-  if (n < n1) gemm_q5_k_x86(a, n, n1);  // final partial group: GGUF rows
+  gemm_kq_packed_groups<GQ5, MRQ5>(a, n0, n1, gemm_q5_k_x86, [](const uint8_t* wp, int64_t g0, int64_t nb, const block_q8k* const* x, float* const* y, auto r) {
+    (void)g0;
+    q5_k_tile16<decltype(r)::value>(wp, nb, x, y);
+  });
 }
 
 MatmulKernels make_avx512_table() {

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "cpu/q4_matmul.h"
 #include "xsil/blocks.h"
@@ -538,6 +539,43 @@ void gemm_q5_k_x86(const GemmArgs& a, int64_t n0, int64_t n1) {
 }
 void gemm_q6_k_x86(const GemmArgs& a, int64_t n0, int64_t n1) {
   gemm_kq_rows_x86<block_q6_K, q6_k_tile<1>, q6_k_tile<2>, q6_k_tile<3>, q6_k_tile<4>>(a, n0, n1);
+}
+
+// fn(std::integral_constant<int, r>()) for r = R in [1, MR]: the activation-row count as a template
+// argument of a tile kernel.
+template <int MR, class Fn>
+inline void with_rows(int R, Fn&& fn) {
+  if constexpr (MR > 1) {
+    if (R < MR) return with_rows<MR - 1>(R, fn);
+  }
+  fn(std::integral_constant<int, MR>());
+}
+
+// The loop every packed K-quant GEMM shares: whole groups of GR weight rows, up to MR activation rows
+// at a time, tile(wp, g0, nb, x, y, r) with r the row count as an integral_constant (g0: group-block
+// number of the group's first column, for layouts that alternate by position); the final partial
+// group runs rows_fallback on the GGUF rows.
+template <int GR, int MR, class Tile>
+inline void gemm_kq_packed_groups(const GemmArgs& a, int64_t n0, int64_t n1,
+                                  void (*rows_fallback)(const GemmArgs&, int64_t, int64_t), Tile tile) {
+  const int64_t nb = a.K / QK_K;
+  const uint8_t* W = (const uint8_t*)a.w;
+  int64_t n = n0;
+  for (; n + GR <= n1; n += GR) {
+    const uint8_t* wp = W + n * (int64_t)a.w_row_bytes;
+    const int64_t g0 = (n / GR) * nb;
+    for (int64_t m0 = 0; m0 < a.M; m0 += MR) {
+      const int R = (int)(a.M - m0 < MR ? a.M - m0 : MR);
+      const block_q8k* x[MR];
+      float* y[MR];
+      for (int m = 0; m < R; ++m) {
+        x[m] = (const block_q8k*)((const uint8_t*)a.xq + (m0 + m) * a.xq_row_bytes);
+        y[m] = a.y + (m0 + m) * a.ldy + n;
+      }
+      with_rows<MR>(R, [&](auto r) { tile(wp, g0, nb, x, y, r); });
+    }
+  }
+  if (n < n1) rows_fallback(a, n, n1);  // final partial group: GGUF rows
 }
 
 // The row-wise entries of the newer formats in a tier table (the tiers add their packed layouts).
