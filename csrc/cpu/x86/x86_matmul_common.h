@@ -298,27 +298,6 @@ void q4_k_tile(const block_q4_K* w, const block_q8k* const* x, int64_t nb, float
   for (int m = 0; m < R; ++m) *y[m] = acc[m];
 }
 
-void gemm_q4_k_x86(const GemmArgs& a, int64_t n0, int64_t n1) {
-  const int64_t nb = a.K / QK_K;
-  for (int64_t n = n0; n < n1; ++n) {
-    const block_q4_K* w = (const block_q4_K*)((const uint8_t*)a.w + n * a.w_row_bytes);
-    for (int64_t m0 = 0; m0 < a.M; m0 += 4) {
-      const int R = (int)(a.M - m0 < 4 ? a.M - m0 : 4);
-      const block_q8k* x[4];
-      float* y[4];
-      for (int m = 0; m < R; ++m) {
-        x[m] = (const block_q8k*)((const uint8_t*)a.xq + (m0 + m) * a.xq_row_bytes);
-        y[m] = a.y + (m0 + m) * a.ldy + n;
-      }
-      switch (R) {
-        case 1: q4_k_tile<1>(w, x, nb, y); break;
-        case 2: q4_k_tile<2>(w, x, nb, y); break;
-        case 3: q4_k_tile<3>(w, x, nb, y); break;
-        default: q4_k_tile<4>(w, x, nb, y); break;
-      }
-    }
-  }
-}
 
 // --- Q4_1 / Q5_0 / Q5_1: row-wise kernels (GGUF rows, block_q8a activations) ------------------
 // Quants are decoded to unsigned bytes (0..15 or 0..31) and dotted with the int8 activations
@@ -534,6 +513,9 @@ void gemm_kq_rows_x86(const GemmArgs& a, int64_t n0, int64_t n1) {
   }
 }
 
+void gemm_q4_k_x86(const GemmArgs& a, int64_t n0, int64_t n1) {
+  gemm_kq_rows_x86<block_q4_K, q4_k_tile<1>, q4_k_tile<2>, q4_k_tile<3>, q4_k_tile<4>>(a, n0, n1);
+}
 void gemm_q5_k_x86(const GemmArgs& a, int64_t n0, int64_t n1) {
   gemm_kq_rows_x86<block_q5_K, q5_k_tile<1>, q5_k_tile<2>, q5_k_tile<3>, q5_k_tile<4>>(a, n0, n1);
 }
