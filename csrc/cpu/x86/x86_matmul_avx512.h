@@ -231,6 +231,71 @@ void gemm_q4_0_avx512(const GemmArgs& a, int64_t n0, int64_t n1) {
   }
 }
 
+inline __m512i dpwssd512(__m512i acc, __m512i a, __m512i b) {
+#if defined(__AVX512VNNI__)
+  return _mm512_dpwssd_epi32(acc, a, b);
+#else
+  return _mm512_add_epi32(acc, _mm512_madd_epi16(a, b));
+#endif
+}
+
+// --- shared by the packed 16-row Q4_K and Q5_K kernels (same 12-byte 6-bit scale/min records) ------
+// vpshufb controls: byte j of each dword -> int32 (sel[j], j < 4); bytes (0,1) / (2,3) -> int16 pair
+// (sel[4] / sel[5]).
+struct KqSel16 {
+  __m512i sel[6];
+  KqSel16() {
+    alignas(64) int8_t ctl[6][64];
+    for (int q = 0; q < 64; ++q) {
+      const int base = (q & ~3) % 16, pos = q % 4;
+      for (int j = 0; j < 4; ++j) ctl[j][q] = pos == 0 ? (int8_t)(base + j) : (int8_t)0x80;
+      ctl[4][q] = pos == 0 ? (int8_t)base : pos == 2 ? (int8_t)(base + 1) : (int8_t)0x80;
+      ctl[5][q] = pos == 0 ? (int8_t)(base + 2) : pos == 2 ? (int8_t)(base + 3) : (int8_t)0x80;
+    }
+    for (int j = 0; j < 6; ++j) sel[j] = _mm512_load_si512((const void*)ctl[j]);
+  }
+};
+
+// The 6-bit scales (s_lo: sub-blocks 0-3, s_hi: 4-7) and mins of 16 rows from the scale records at
+// p + 64 .. p + 255 (SWAR per dword, as q4k_scales_mins).
+struct KqScales16 {
+  __m512i s_lo, m_lo, s_hi, m_hi;
+  explicit KqScales16(const uint8_t* p) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i a = _mm512_loadu_si512((const void*)(p + 64));
+    const __m512i b = _mm512_loadu_si512((const void*)(p + 128));
+    const __m512i c = _mm512_loadu_si512((const void*)(p + 192));
+    const __m512i k3f = _mm512_set1_epi8(0x3f), k30 = _mm512_set1_epi8(0x30);
+    s_lo = _mm512_and_si512(a, k3f);
+    m_lo = _mm512_and_si512(b, k3f);
+    s_hi = _mm512_or_si512(_mm512_and_si512(c, m4), _mm512_and_si512(_mm512_srli_epi32(a, 2), k30));
+    m_hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(c, 4), m4), _mm512_and_si512(_mm512_srli_epi32(b, 2), k30));
+  }
+};
+
+// Super-block i's end: the mins term (int16 pairs of mins . pair sums of the activations' bsums) and
+// acc[m] += (d_w d_x) ssc[m] - (dmin_w d_x) smn[m], with d_w / dmin_w the fp16 rows at p / p + 32.
+template <int R>
+inline void kq_finish16(const uint8_t* p, const block_q8k* const* x, int64_t i, const KqScales16& sm,
+                        const KqSel16& S, const __m512i* ssc, __m512i* smn, __m512* acc) {
+  const __m512i mp[4] = {_mm512_shuffle_epi8(sm.m_lo, S.sel[4]), _mm512_shuffle_epi8(sm.m_lo, S.sel[5]),
+                         _mm512_shuffle_epi8(sm.m_hi, S.sel[4]), _mm512_shuffle_epi8(sm.m_hi, S.sel[5])};
+  const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
+  const __m512 dmw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(p + 32)));
+  for (int m = 0; m < R; ++m) {
+    const int16_t* bs = x[m][i].bsums;
+    for (int k = 0; k < 4; ++k) {
+      const int32_t pr = (int32_t)(uint16_t)(int16_t)(bs[4 * k] + bs[4 * k + 1]) |
+                         (int32_t)((uint32_t)(uint16_t)(int16_t)(bs[4 * k + 2] + bs[4 * k + 3]) << 16);
+      smn[m] = dpwssd512(smn[m], mp[k], _mm512_set1_epi32(pr));
+    }
+    const __m512 dx = _mm512_set1_ps(x[m][i].d);
+    const __m512 d = _mm512_mul_ps(dw, dx), dmin = _mm512_mul_ps(dmw, dx);
+    acc[m] = _mm512_add_ps(acc[m], _mm512_sub_ps(_mm512_mul_ps(d, _mm512_cvtepi32_ps(ssc[m])),
+                                                 _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(smn[m]))));
+  }
+}
+
 #if defined(__AVX512VNNI__)
 // --- Q4_K, VNNI, packed groups of 16 rows ("lane = output row") -----------------------------------
 // Packed group-block (one super-block column of 16 rows, 16 x 144 = 2304 bytes):
@@ -265,31 +330,15 @@ void pack_q4_k_rows16(const void* src, void* dst, int64_t n_rows, int64_t K) {
 template <int R>
 void q4_k_tile16_vnni(const uint8_t* wp, int64_t nb, const block_q8k* const* x, float* const* y) {
   const __m512i m4 = _mm512_set1_epi8(0x0F);
-  // vpshufb controls: byte j of each dword -> int32 (sel[j]); bytes (2k, 2k+1) -> int16 pair.
-  alignas(64) int8_t ctl[6][64];
-  for (int q = 0; q < 64; ++q) {
-    const int base = (q & ~3) % 16, pos = q % 4;
-    for (int j = 0; j < 4; ++j) ctl[j][q] = pos == 0 ? (int8_t)(base + j) : (int8_t)0x80;
-    ctl[4][q] = pos == 0 ? (int8_t)base : pos == 2 ? (int8_t)(base + 1) : (int8_t)0x80;
-    ctl[5][q] = pos == 0 ? (int8_t)(base + 2) : pos == 2 ? (int8_t)(base + 3) : (int8_t)0x80;
-  }
-  __m512i sel[6];
-  for (int j = 0; j < 6; ++j) sel[j] = _mm512_load_si512((const void*)ctl[j]);
+  const KqSel16 S;
+  const __m512i* sel = S.sel;
   __m512 acc[R];
   for (int m = 0; m < R; ++m) acc[m] = _mm512_setzero_ps();
   for (int64_t i = 0; i < nb; ++i) {
     const uint8_t* p = wp + i * GK * 144;
     prefetch_ahead(p, GK * 144);
-    // 6-bit scales and mins of 16 rows (SWAR per dword, as q4k_scales_mins).
-    const __m512i a = _mm512_loadu_si512((const void*)(p + 64));
-    const __m512i b = _mm512_loadu_si512((const void*)(p + 128));
-    const __m512i c = _mm512_loadu_si512((const void*)(p + 192));
-    const __m512i k3f = _mm512_set1_epi8(0x3f), k30 = _mm512_set1_epi8(0x30);
-    const __m512i s_lo = _mm512_and_si512(a, k3f);
-    const __m512i m_lo = _mm512_and_si512(b, k3f);
-    const __m512i s_hi = _mm512_or_si512(_mm512_and_si512(c, m4), _mm512_and_si512(_mm512_srli_epi32(a, 2), k30));
-    const __m512i m_hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(c, 4), m4),
-                                         _mm512_and_si512(_mm512_srli_epi32(b, 2), k30));
+    const KqScales16 sm(p);
+    const __m512i s_lo = sm.s_lo, s_hi = sm.s_hi;
     __m512i ssc[R], smn[R];
     for (int m = 0; m < R; ++m) ssc[m] = smn[m] = _mm512_setzero_si512();
     for (int g = 0; g < 4; ++g) {
@@ -311,23 +360,7 @@ void q4_k_tile16_vnni(const uint8_t* wp, int64_t nb, const block_q8k* const* x, 
       for (int m = 0; m < R; ++m)
         ssc[m] = _mm512_add_epi32(ssc[m], _mm512_add_epi32(_mm512_mullo_epi32(ilo[m], sc0), _mm512_mullo_epi32(ihi[m], sc1)));
     }
-    // mins: int16 pairs (m_2k, m_2k+1) per lane . (bsum pair sums of the activations), vpdpwssd.
-    const __m512i mp[4] = {_mm512_shuffle_epi8(m_lo, sel[4]), _mm512_shuffle_epi8(m_lo, sel[5]),
-                           _mm512_shuffle_epi8(m_hi, sel[4]), _mm512_shuffle_epi8(m_hi, sel[5])};
-    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
-    const __m512 dmw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(p + 32)));
-    for (int m = 0; m < R; ++m) {
-      const int16_t* bs = x[m][i].bsums;
-      for (int k = 0; k < 4; ++k) {
-        const int32_t pr = (int32_t)(uint16_t)(int16_t)(bs[4 * k] + bs[4 * k + 1]) |
-                           (int32_t)((uint32_t)(uint16_t)(int16_t)(bs[4 * k + 2] + bs[4 * k + 3]) << 16);
-        smn[m] = _mm512_dpwssd_epi32(smn[m], mp[k], _mm512_set1_epi32(pr));
-      }
-      const __m512 dx = _mm512_set1_ps(x[m][i].d);
-      const __m512 d = _mm512_mul_ps(dw, dx), dmin = _mm512_mul_ps(dmw, dx);
-      acc[m] = _mm512_add_ps(acc[m], _mm512_sub_ps(_mm512_mul_ps(d, _mm512_cvtepi32_ps(ssc[m])),
-                                                   _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(smn[m]))));
-    }
+    kq_finish16<R>(p, x, i, sm, S, ssc, smn, acc);
   }
   for (int m = 0; m < R; ++m) _mm512_storeu_ps(y[m], acc[m]);
 }
@@ -513,14 +546,6 @@ void gemm_q6_k_packed16(const GemmArgs& a, int64_t n0, int64_t n1) {
 constexpr int GQ5 = 16;
 constexpr int MRQ5 = 4;
 
-inline __m512i dpwssd512(__m512i acc, __m512i a, __m512i b) {
-#if defined(__AVX512VNNI__)
-  return _mm512_dpwssd_epi32(acc, a, b);
-#else
-  return _mm512_add_epi32(acc, _mm512_madd_epi16(a, b));
-#endif
-}
-
 // Bit B of every byte moved to bit 4 (other bits arbitrary; callers mask with 0x10). Shifts are
 // within 16-bit words, so bit 4 of each byte comes from the same byte.
 template <int B>
@@ -553,30 +578,15 @@ inline void q5_k_group16(const uint8_t* p, const block_q8k* const* x, int64_t i,
 // sum_sc per lane <= 8 * 63 * 32 * 31 * 127 < 2^31; float steps as the ref.
 template <int R>
 void q5_k_tile16(const uint8_t* wp, int64_t nb, const block_q8k* const* x, float* const* y) {
-  const __m512i m4 = _mm512_set1_epi8(0x0F);
-  alignas(64) int8_t ctl[6][64];
-  for (int q = 0; q < 64; ++q) {
-    const int base = (q & ~3) % 16, pos = q % 4;
-    for (int j = 0; j < 4; ++j) ctl[j][q] = pos == 0 ? (int8_t)(base + j) : (int8_t)0x80;
-    ctl[4][q] = pos == 0 ? (int8_t)base : pos == 2 ? (int8_t)(base + 1) : (int8_t)0x80;
-    ctl[5][q] = pos == 0 ? (int8_t)(base + 2) : pos == 2 ? (int8_t)(base + 3) : (int8_t)0x80;
-  }
-  __m512i sel[6];
-  for (int j = 0; j < 6; ++j) sel[j] = _mm512_load_si512((const void*)ctl[j]);
+  const KqSel16 S;
+  const __m512i* sel = S.sel;
   __m512 acc[R];
   for (int m = 0; m < R; ++m) acc[m] = _mm512_setzero_ps();
   for (int64_t i = 0; i < nb; ++i) {
     const uint8_t* p = wp + i * GQ5 * 176;
     prefetch_ahead(p, GQ5 * 176);
-    const __m512i a = _mm512_loadu_si512((const void*)(p + 64));
-    const __m512i b = _mm512_loadu_si512((const void*)(p + 128));
-    const __m512i c = _mm512_loadu_si512((const void*)(p + 192));
-    const __m512i k3f = _mm512_set1_epi8(0x3f), k30 = _mm512_set1_epi8(0x30);
-    const __m512i s_lo = _mm512_and_si512(a, k3f);
-    const __m512i m_lo = _mm512_and_si512(b, k3f);
-    const __m512i s_hi = _mm512_or_si512(_mm512_and_si512(c, m4), _mm512_and_si512(_mm512_srli_epi32(a, 2), k30));
-    const __m512i m_hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(c, 4), m4),
-                                         _mm512_and_si512(_mm512_srli_epi32(b, 2), k30));
+    const KqScales16 sm(p);
+    const __m512i s_lo = sm.s_lo, s_hi = sm.s_hi;
     __m512i ssc[R], smn[R];
     for (int m = 0; m < R; ++m) ssc[m] = smn[m] = _mm512_setzero_si512();
     __m512i ilo[R], ihi[R];
@@ -595,22 +605,7 @@ void q5_k_tile16(const uint8_t* wp, int64_t nb, const block_q8k* const* x, float
     XSIL_Q5K_GROUP(2)
     XSIL_Q5K_GROUP(3)
 #undef XSIL_Q5K_GROUP
-    const __m512i mp[4] = {_mm512_shuffle_epi8(m_lo, sel[4]), _mm512_shuffle_epi8(m_lo, sel[5]),
-                           _mm512_shuffle_epi8(m_hi, sel[4]), _mm512_shuffle_epi8(m_hi, sel[5])};
-    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
-    const __m512 dmw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(p + 32)));
-    for (int m = 0; m < R; ++m) {
-      const int16_t* bs = x[m][i].bsums;
-      for (int k = 0; k < 4; ++k) {
-        const int32_t pr = (int32_t)(uint16_t)(int16_t)(bs[4 * k] + bs[4 * k + 1]) |
-                           (int32_t)((uint32_t)(uint16_t)(int16_t)(bs[4 * k + 2] + bs[4 * k + 3]) << 16);
-        smn[m] = dpwssd512(smn[m], mp[k], _mm512_set1_epi32(pr));
-      }
-      const __m512 dx = _mm512_set1_ps(x[m][i].d);
-      const __m512 d = _mm512_mul_ps(dw, dx), dmin = _mm512_mul_ps(dmw, dx);
-      acc[m] = _mm512_add_ps(acc[m], _mm512_sub_ps(_mm512_mul_ps(d, _mm512_cvtepi32_ps(ssc[m])),
-                                                   _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(smn[m]))));
-    }
+    kq_finish16<R>(p, x, i, sm, S, ssc, smn, acc);
   }
   for (int m = 0; m < R; ++m) _mm512_storeu_ps(y[m], acc[m]);
 }
